@@ -1,0 +1,64 @@
+"""What the engine asks of every model: scores for crops, a training batch, a loss, a step hook."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+    pred, target = pred.float().view(-1), target.float().view(-1)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, beta=1.0)
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"unknown regression loss {kind!r}; choose smooth_l1, l1 or mse")
+
+
+class IQAModel(nn.Module):
+    """Base class. Subclasses set `input_size` and implement `forward(x) -> (B,) scores`.
+
+    The engine calls, per optimizer step:
+        batch = model.train_batch(sampler, idx, y, generator)   # views the method needs
+        loss, logs = model.loss(batch)                           # regression (+ method terms)
+        ... backward, optimizer step ...
+        model.after_step()                                       # e.g. EMA teacher update
+    and at evaluation `model(x)` on the test crops.
+    """
+    input_size: int = 224
+    regression: str = "smooth_l1"
+
+    def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
+        x = sampler.random_crops(idx, self.input_size, flip=True, generator=generator)
+        return {"x": x, "y": y.to(x.device), "idx": idx}
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        pred = self(batch["x"])
+        reg = regression_loss(pred, batch["y"], self.regression)
+        return reg, {"loss_reg": reg.detach()}
+
+    def after_step(self) -> None:
+        pass
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names kept out of weight decay besides every 1-D tensor (DEIQT: pos/cls tokens)."""
+        return set()
+
+    def param_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def deiqt_init_(module: nn.Module) -> None:
+    """DEIQT's init: trunc-normal(0.02) Linear weights with zero bias, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

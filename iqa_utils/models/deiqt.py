@@ -1,0 +1,85 @@
+"""DEIQT: DeiT-III ViT-S/16 encoder + attention-panel decoder (AAAI-23), built on timm.
+
+Full size (`small`): 24,043,776 parameters without the ImageNet head. `tiny` is the same
+architecture at a width and depth that trains in seconds on a CPU (smoke profile).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .base import IQAModel, deiqt_init_
+from .registry import register_model
+from .pretrained import load_encoder_weights
+
+# name -> ViT arguments (timm's deit3_small_patch16_224 for `small`)
+ENCODER_SIZES = {
+    "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "tiny": dict(patch_size=16, embed_dim=48, depth=2, num_heads=3),
+}
+HUB_ID = "timm/deit3_small_patch16_224.fb_in1k"
+
+
+def build_vit(size: str, img_size: int = 224) -> VisionTransformer:
+    """DeiT-III ViT: pos-embed on patches only (no_embed_class), LayerScale, no head."""
+    if size not in ENCODER_SIZES:
+        raise KeyError(f"unknown encoder size {size!r}; choose {sorted(ENCODER_SIZES)}")
+    return VisionTransformer(img_size=img_size, num_classes=0, no_embed_class=True, init_values=1e-4,
+                             qkv_bias=True, mlp_ratio=4.0, **ENCODER_SIZES[size])
+
+
+class PanelDecoder(nn.Module):
+    """6 learnable queries + the CLS vector, one pre-norm decoder layer over patch tokens,
+    a shared bias-free scorer averaged over the panel."""
+
+    def __init__(self, dim: int, num_heads: int, num_queries: int = 6, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.queries = nn.Parameter(torch.zeros(1, num_queries, dim))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.layer = nn.TransformerDecoderLayer(dim, num_heads, int(dim * mlp_ratio), dropout=0.0,
+                                                activation="gelu", batch_first=True, norm_first=True)
+        self.score = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, cls: torch.Tensor, memory: torch.Tensor, return_panel: bool = False):
+        q = self.queries.expand(cls.shape[0], -1, -1) + cls.unsqueeze(1)
+        panel = self.layer(q, memory)                         # (B, Q, D)
+        score = self.score(panel).mean(dim=1).squeeze(-1)     # (B,)
+        return (score, panel) if return_panel else score
+
+
+class DEIQT(IQAModel):
+    def __init__(self, size: str = "small", img_size: int = 224, regression: str = "smooth_l1"):
+        super().__init__()
+        self.input_size = img_size
+        self.regression = regression
+        self.encoder = build_vit(size, img_size)
+        dim, heads = self.encoder.embed_dim, ENCODER_SIZES[size]["num_heads"]
+        self.decoder = PanelDecoder(dim, heads)
+        deiqt_init_(self)
+        nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLS (B, D), patch tokens (B, N, D)) after the final norm."""
+        tok = self.encoder.forward_features(x)
+        n = self.encoder.num_prefix_tokens
+        return tok[:, 0], tok[:, n:]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        cls, patches = self.features(x)
+        score, panel = self.decoder(cls, patches, return_panel=True)
+        if return_features:
+            return score, {"cls": cls, "patches": patches, "panel": panel}
+        return score
+
+    def no_weight_decay(self) -> set[str]:
+        return {"encoder.pos_embed", "encoder.cls_token"}
+
+
+@register_model("deiqt")
+def deiqt(cfg) -> DEIQT:
+    model = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
+    if cfg.model.pretrained:
+        load_encoder_weights(model.encoder, cfg.model.weights or HUB_ID)
+    return model
