@@ -104,8 +104,9 @@ class CSFIQAConfig:
         choices=["crossvit_small_240", "crossvit_15_240", "crossvit_18_240", "crossvit_9_240"])
     input_size: int = decision(240, id="CSFIQA D3", source="CrossViT native size", choices=[240, 224])
     scale_mode: str = decision(
-        "branch", id="CSFIQA D4", source="inferred", choices=["branch", "crop", "crop_per_branch"],
-        doc="branch: CrossViT's 12px/16px branches are the two scales; crop: 20%/40% crops (Fig. 2)")
+        "branch", id="CSFIQA D4", source="inferred", choices=["branch", "crop", "crop_per_branch", "single"],
+        doc="branch: CrossViT's 12px/16px branches are the two scales; crop: 20%/40% crops (Fig. 2); "
+            "single: one scale only (large branch), the one-vs-two-scales ablation")
     crop_ratio_small: float = decision(0.2, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.2])
     crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.4])
     scl: bool = True
@@ -139,6 +140,9 @@ class CSFIQAConfig:
         None, id="CSFIQA D23", source="kit default",
         choices=["<hub repo id>", "<local folder with sharded safetensors>"],
         doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer")
+    ic_dtype: str = decision(
+        "auto", id="CSFIQA D23", source="kit default", choices=["auto", "bfloat16", "float16", "float32"],
+        doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny one")
     decoder: str = decision("panel", id="CSFIQA D18", source="inferred (the group's baseline)",
                             choices=["panel", "linear"])
 
@@ -157,15 +161,26 @@ class LMLIQAConfig:
     intra_negatives: bool = True
     inter_negatives: bool = True
     w_intra: float = decision(1.0, id="LML D5", source="kit default", choices=[0.5, 1.0, 2.0])
-    proj_dim: int = decision(128, id="LML D6", source="kit default", choices=[128, 0])
+    proj_dim: int = decision(128, id="LML D6", source="kit default", choices=[128, 0],
+                             doc="0 = no projector (the pooled feature itself, L2-normalised)")
+    proj_source: str = decision("cls", id="LML D6", source="kit default",
+                                choices=["cls", "patch_mean", "decoder"],
+                                doc="what the projector reads: CLS token, mean patch token, mean panel output")
     tau: float = decision(0.1, id="LML D7", source="kit default", choices=[0.05, 0.07, 0.1, 0.2])
     lambda_con: float = decision(0.1, id="LML D7", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0])
     mutual: str = decision("ema_only", id="LML D8", source="caption ('enabled via EMA')",
                            choices=["ema_only", "pred_consistency", "off"])
     lambda_mut: float = decision(0.1, id="LML D8", source="kit default", choices=[0.05, 0.1, 0.5])
     ema_momentum: float = decision(0.99, id="LML D8", source="kit default", choices=[0.9, 0.99, 0.996, 0.999])
-    budget: str = decision("match_deiqt", id="LML D9", source="kit default", choices=["match_deiqt", "extra"])
+    budget: str = decision("match_deiqt", id="LML D9", source="kit default", choices=["match_deiqt", "extra"],
+                           doc="match_deiqt: the K crops replace K of the step's regression crops; extra: on top")
+    con_share: float = decision(0.5, id="LML D9", source="kit default", choices=[0.25, 0.5, 1.0],
+                                doc="share of a step's batch spent on K-crop groups: M = max(2, round(share "
+                                    "* batch / K)) images per step get the K crops and the global view")
     teacher_init: str = decision("student", id="LML D10", source="kit default", choices=["student", "checkpoint"])
+    teacher_checkpoint: str | None = decision(
+        None, id="LML D10", source="kit default", choices=["<path to a trained DEIQT checkpoint>"],
+        doc="teacher_init='checkpoint': a DEIQT state dict (or a dict holding it under 'model')")
     eval_branch: str = decision("student", id="LML D11", source="caption ('student decoder')",
                                 choices=["student", "teacher", "mean"])
 

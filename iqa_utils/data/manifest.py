@@ -78,3 +78,206 @@ class Manifest:
     def subset(self, rows) -> "Manifest":
         return Manifest(self.name, self.root, self.df.iloc[list(rows)].reset_index(drop=True), self.split_unit,
                         self.label_range, self.parity_size, self.keep_aspect_short_side, self.extras)
+
+
+# ---- helpers shared by the release parsers (live.py, csiq.py, ...) ---------------------------------
+# They keep every parser's error messages alike: each names the file or folder that is wrong.
+
+def require_dir(path: Path | str, what: str) -> Path:
+    """`path` as an absolute Path; DatasetError naming it when it is not a folder."""
+    path = Path(path).expanduser().absolute()
+    if not path.is_dir():
+        raise DatasetError(f"{what}: folder not found: {path}")
+    return path
+
+
+def find_first(root: Path, candidates, what: str, kind: str = "file", must_exist: bool = True) -> Path:
+    """The first of `candidates` (paths relative to root) that exists; else an error listing them all,
+    so a user sees which layout was expected (or the first candidate, when not must_exist)."""
+    test = Path.is_file if kind == "file" else Path.is_dir
+    for rel in candidates:
+        if test(root / rel):
+            return root / rel
+    if not must_exist:
+        return root / candidates[0]
+    kind = "folder" if kind == "dir" else kind
+    raise DatasetError(f"{what}: none of the expected {kind}s found: "
+                       + ", ".join(str(root / c) for c in candidates))
+
+
+def require_columns(df: pd.DataFrame, columns, source: Path | str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{source}: missing columns {missing}; found {list(df.columns)}")
+
+
+class FolderIndex:
+    """Looks file names up in one folder, exactly first, then ignoring case (TID2013 ships `I01.BMP`
+    beside `i25.bmp`; Linux paths are case sensitive). Never guesses beyond case."""
+
+    def __init__(self, folder: Path, recursive: bool = False):
+        self.folder, self.recursive, self._lower = Path(folder), recursive, None
+
+    def find(self, name: str) -> Path | None:
+        exact = self.folder / name
+        if exact.is_file():
+            return exact
+        if self._lower is None:   # list the folder only when some name needs it
+            self._lower = {}
+            if not self.folder.is_dir():
+                return None
+            files = self.folder.rglob("*") if self.recursive else self.folder.iterdir()
+            for p in files:
+                if p.is_file():
+                    key = (p.relative_to(self.folder).as_posix() if not self.recursive else p.name).lower()
+                    self._lower.setdefault(key, p)
+        key = name.lower() if not self.recursive else Path(name).name.lower()
+        return self._lower.get(key)
+
+    def resolve(self, name: str) -> Path:
+        """The file for `name`, or the path it should have (reported missing by check_files)."""
+        return self.find(name) or self.folder / name
+
+
+def check_decodable(manifest: Manifest) -> None:
+    """Decode every image once with PIL; DatasetError naming the first unreadable file."""
+    from PIL import Image
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        def tqdm(x, **_):
+            return x
+    for p in tqdm(manifest.df.path, desc=f"decoding {manifest.name}", leave=False):
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception as e:  # PIL raises many types; all mean the same here
+            raise DatasetError(f"{manifest.name}: unreadable image {p}: {e}") from e
+
+
+def absent_files(paths) -> list[str]:
+    """The paths (in order) that are not files. Each folder is listed once instead of one stat per file,
+    which is slow on network drives (Colab's Google Drive) for 40k-image sets."""
+    import os
+    paths = [Path(p) for p in paths]
+    listed: dict[Path, set] = {}
+    for parent in {p.parent for p in paths}:
+        try:
+            with os.scandir(parent) as it:
+                listed[parent] = {e.name for e in it if e.is_file()}
+        except OSError:
+            listed[parent] = set()
+    return [str(p) for p in paths if p.name not in listed[p.parent]]
+
+
+def finish_manifest(manifest: Manifest, expected_count: int | None, check_files: bool = True,
+                    check_images: bool = False, missing_hint=None) -> Manifest:
+    """The checks every parser ends with: count (with a hint of what is missing), files, decoding."""
+    if expected_count is not None and len(manifest) != expected_count:
+        release = EXPECTED_COUNTS.get(manifest.name)
+        note = f" (the release has {release})" if release not in (None, expected_count) else ""
+        hint = missing_hint() if missing_hint is not None else ""
+        raise DatasetError(f"{manifest.name}: found {len(manifest)} images under {manifest.root}, "
+                           f"expected {expected_count}{note}" + (f"; {hint}" if hint else ""))
+    if check_files:
+        absent = absent_files(manifest.df.path)
+        if absent:
+            more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
+            raise DatasetError(f"{manifest.name}: {len(absent)} listed images are missing under "
+                               f"{manifest.root}: " + ", ".join(absent[:5]) + more)
+    if check_images:
+        check_decodable(manifest)
+    return manifest
+
+
+def missing_grid(df: pd.DataFrame, keys=("ref", "distortion", "level"), limit: int = 10) -> str:
+    """For the synthetic sets (full ref x distortion x level grids): the combinations absent from df."""
+    import itertools
+    values = [sorted(df[k].dropna().unique().tolist()) for k in keys]
+    have = set(map(tuple, df[list(keys)].itertuples(index=False, name=None)))
+    absent = [c for c in itertools.product(*values) if c not in have]
+    if not absent:
+        return ""
+    def fmt(v):
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    shown = ", ".join("/".join(map(fmt, c)) for c in absent[:limit])
+    more = f" (and {len(absent) - limit} more)" if len(absent) > limit else ""
+    return f"missing {'/'.join(keys)}: {shown}{more}"
+
+
+def make_df(rows: list[dict]) -> pd.DataFrame:
+    """Rows -> a frame with the manifest columns in order (level as float, NaN when unknown)."""
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df["label"] = df["label"].astype(float)
+    df["level"] = pd.to_numeric(df["level"], errors="coerce").astype(float)
+    df["path"] = df["path"].map(str)
+    return df
+
+
+def load_mat(path: Path, keys) -> dict:
+    """The named variables of a MATLAB file; DatasetError naming the file when one is absent."""
+    import scipy.io
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"label file not found: {path}")
+    try:
+        mat = scipy.io.loadmat(path)
+    except Exception as e:
+        raise DatasetError(f"{path}: not a readable .mat file ({e})") from e
+    missing = [k for k in keys if k not in mat]
+    if missing:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise DatasetError(f"{path}: missing variables {missing}; found {found}")
+    return {k: mat[k] for k in keys}
+
+
+def mat_strings(arr) -> list[str]:
+    """A MATLAB cell array of strings (as scipy loads it) -> list of str."""
+    import numpy as np
+    out = []
+    for x in np.asarray(arr, dtype=object).ravel():
+        x = np.asarray(x).ravel()
+        out.append(str(x[0]) if x.size else "")
+    return out
+
+
+def mat_numbers(arr, path: Path, key: str):
+    import numpy as np
+    try:
+        return np.asarray(arr, dtype=float).ravel()
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: variable {key!r} is not numeric") from e
+
+
+def read_table(path: Path, columns, **read_kwargs) -> pd.DataFrame:
+    """A .csv or .xlsx label file with at least `columns` (header names stripped of spaces)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"label file not found: {path}")
+    try:
+        if path.suffix.lower() in (".xlsx", ".xlsm"):
+            df = pd.read_excel(path, engine="openpyxl", **read_kwargs)
+        else:
+            df = pd.read_csv(path, **read_kwargs)
+    except Exception as e:
+        raise DatasetError(f"{path}: not a readable label table ({e})") from e
+    df.columns = [str(c).strip() for c in df.columns]
+    require_columns(df, columns, path)
+    return df
+
+
+def numeric_column(table: pd.DataFrame, column: str, source: Path | str) -> list[float]:
+    """table[column] as floats; DatasetError naming the file and row of the first non-number."""
+    values = pd.to_numeric(table[column], errors="coerce")
+    if values.isna().any():
+        bad = int(values.isna().to_numpy().argmax())
+        raise DatasetError(f"{source}: column {column!r} has a non-numeric value in data row {bad + 1}: "
+                           f"{table[column].iloc[bad]!r}")
+    return values.astype(float).tolist()
+
+
+def pick_folder(root: Path, candidates, what: str, forced: str | None = None, must_exist: bool = True) -> Path:
+    """The image folder: `forced` when given, else the first existing of `candidates` (error listing them)."""
+    if forced:
+        return require_dir(root / forced, what) if must_exist else root / forced
+    return find_first(root, candidates, what, kind="dir", must_exist=must_exist)

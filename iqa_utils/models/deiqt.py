@@ -76,6 +76,20 @@ class DEIQT(IQAModel):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.pos_embed", "encoder.cls_token"}
 
+    # Grad-CAM: the score w.r.t. the last encoder block's patch tokens (deiqt_protocol / lmliqa.md Fig. 4)
+    def cam_target_layers(self) -> list[nn.Module]:
+        return [self.encoder.blocks[-1]]
+
+    def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ViT tokens (B, prefix + N, C) -> (B, C, gh, gw) on the patch grid, dropping the CLS."""
+        return tokens_to_grid(tokens, self.encoder)
+
+
+def tokens_to_grid(tokens: torch.Tensor, vit: VisionTransformer) -> torch.Tensor:
+    gh, gw = vit.patch_embed.grid_size
+    x = tokens[:, vit.num_prefix_tokens:]
+    return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2)
+
 
 @register_model("deiqt")
 def deiqt(cfg) -> DEIQT:

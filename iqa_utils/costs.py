@@ -1,0 +1,381 @@
+"""Model cost: parameters, MACs, latency, throughput and peak memory, and one table of them all.
+
+Units and conventions
+- **MACs** are counted with PyTorch's own `torch.utils.flop_counter.FlopCounterMode`, which counts
+  FLOPs of matmuls and convolutions (2 per multiply-add); `count_macs` returns FLOPs / 2 in units of
+  1e9 per crop (GMACs). Papers in the DEIQT line (CSFIQA: "45G", DEIQT: "4.6G") print GMACs under the
+  label "GFLOPs"; compare our GMACs with those numbers directly. Element-wise ops (norms, GELU,
+  softmax, bias adds) are not counted, as in fvcore/thop and timm's model cards.
+- A model too large to allocate can be built on the meta device (`with torch.device("meta"):
+  model = Builder(...)`) and passed to `count_macs`/`count_params` unchanged: shapes propagate, no
+  memory is used. Only models without data-dependent Python control flow (`.item()`, `.tolist()`)
+  can run there.
+- **Latency** is ms per image (one crop) at a batch size; **throughput** is crops per second, at
+  inference or for a full training step (forward, loss, backward, optimizer step).
+- **Peak memory**: on CUDA `torch.cuda.max_memory_allocated` (tensors only, not the allocator's
+  cache); on CPU the growth of the process's peak resident set (Linux VmHWM after resetting it via
+  /proc/self/clear_refs and trimming the malloc heap; where that reset is refused, the growth of
+  `resource` ru_maxrss, which is 0 when the process already peaked higher). CPU numbers include
+  allocator overhead and are best taken in a fresh process. The `method` field says which was used.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+# ---------------------------------------------------------------- parameters
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Total, trainable (requires_grad) and frozen parameter counts; shared tensors counted once."""
+    total = trainable = 0
+    for p in model.parameters():          # parameters() yields a shared (tied) tensor once
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+# ---------------------------------------------------------------- helpers
+
+def _hw(input_size) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return input_size, input_size
+    h, w = input_size
+    return int(h), int(w)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _input_size_of(model: nn.Module, input_size):
+    return input_size if input_size is not None else getattr(model, "input_size", 224)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _countable_kernels():
+    """Route attention through ops the flop counter knows.
+
+    On CPU, SDPA dispatches to a fused kernel the counter has no formula for (it silently counts 0,
+    ~8% of a ViT-S), and nn.MultiheadAttention's inference fast path hides its projections; the math
+    SDPA backend and the slow MHA path give the same numbers through countable bmm/addmm ops.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp in (None, "off"):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- MACs
+
+def count_macs(model: nn.Module, input_size=None, batch: int = 1, inputs: torch.Tensor | None = None,
+               by_op: bool = False):
+    """GMACs per crop (FLOPs / 2 / 1e9 / batch) of one forward pass in eval mode.
+
+    input_size: int or (H, W) for an image batch (B, 3, H, W); defaults to `model.input_size`.
+    inputs: an explicit input tensor instead (e.g. for a non-image module); batch = inputs.shape[0].
+    by_op: also return {aten op: GMACs per crop}.
+    Works for models on the meta device (nothing is allocated).
+    """
+    device = _model_device(model)
+    if inputs is None:
+        h, w = _hw(_input_size_of(model, input_size))
+        inputs = torch.zeros(batch, 3, h, w, device=device)
+    batch = inputs.shape[0]
+    with _eval_mode(model), torch.no_grad(), _countable_kernels(), FlopCounterMode(display=False) as fc:
+        model(inputs)
+    gmacs = fc.get_total_flops() / 2 / batch / 1e9
+    if not by_op:
+        return gmacs
+    ops = {str(k): v / 2 / batch / 1e9 for k, v in fc.get_flop_counts().get("Global", {}).items()}
+    return gmacs, ops
+
+
+# ---------------------------------------------------------------- timing
+
+def _images(batch: int, input_size, device) -> torch.Tensor:
+    h, w = _hw(input_size)
+    return torch.randn(batch, 3, h, w, device=device)
+
+
+def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    """Median seconds per call of fn (median: robust to other processes sharing the CPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def latency(model: nn.Module, input_size=None, device="cpu", batch: int = 1, warmup: int = 3,
+            iters: int = 10, amp: str | None = None) -> float:
+    """Inference latency in ms per image (median over iters of one batched forward, / batch)."""
+    device = torch.device(device)
+    model = model.to(device)
+    x = _images(batch, _input_size_of(model, input_size), device)
+
+    def step():
+        model(x)
+
+    with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+        sec = _time_it(step, device, warmup, iters)
+    return 1000.0 * sec / batch
+
+
+class SyntheticSampler:
+    """Stands in for data.store.CropSampler with random normalised tensors of the asked shapes, so a
+    model's own `train_batch` (and its extra views: multi-scale crops, boxes, global views) is timed."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def _x(self, *shape):
+        return torch.randn(*shape, device=self.device)
+
+    def random_crops(self, idx, size, flip=True, generator=None):
+        return self._x(len(idx), 3, size, size)
+
+    def resized_crops(self, idx, ratio, size, flip=True, generator=None):
+        return self._x(len(idx), 3, size, size)
+
+    def global_views(self, idx, size):
+        return self._x(len(idx), 3, size, size)
+
+    def crops_with_boxes(self, idx, k, size, generator=None, mode="native"):
+        hw = torch.rand(len(idx), k, 2, device=self.device) * 0.5 + 0.25
+        tl = torch.rand(len(idx), k, 2, device=self.device) * (1 - hw)
+        return self._x(len(idx), k, 3, size, size), torch.cat([tl, hw], dim=-1)
+
+    def test_crops(self, idx, n, size, mode="seeded_random", seed=0):
+        return self._x(len(idx) * n, 3, size, size)
+
+
+def _train_step_fn(model: nn.Module, input_size, device, batch: int, amp: str | None):
+    """One full optimizer step: the model's own train_batch/loss when it has them, else MSE on scores."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.0)     # full update arithmetic, weights left as they were
+    sampler = SyntheticSampler(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    idx = torch.arange(batch)
+    y = torch.rand(batch, device=device) * 100
+    uses_protocol = hasattr(model, "train_batch") and hasattr(model, "loss")
+    x = _images(batch, input_size, device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, amp):
+            if uses_protocol:
+                loss, _ = model.loss(model.train_batch(sampler, idx, y, gen))
+            else:
+                loss = (model(x).float() - y).pow(2).mean()
+        loss.backward()
+        opt.step()
+        if hasattr(model, "after_step"):
+            model.after_step()
+
+    return step
+
+
+def throughput(model: nn.Module, input_size=None, device="cpu", batch: int = 32, train: bool = False,
+               warmup: int = 2, iters: int = 5, amp: str | None = None) -> float:
+    """Crops per second. train=True times forward + loss + backward + optimizer step (the model's
+    own `train_batch`/`loss` when it has them, so extra views a method samples are included: the
+    count is then training samples/s). The optimizer runs with lr 0, so weights stay as they were
+    (an EMA teacher's after_step still moves it toward the student). The model is moved to device."""
+    device = torch.device(device)
+    model = model.to(device)
+    size = _input_size_of(model, input_size)
+    if train:
+        was_training = model.training
+        model.train()
+        try:
+            sec = _time_it(_train_step_fn(model, size, device, batch, amp), device, warmup, iters)
+        finally:
+            model.train(was_training)
+    else:
+        x = _images(batch, size, device)
+        with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+            sec = _time_it(lambda: model(x), device, warmup, iters)
+    return batch / sec
+
+
+# ---------------------------------------------------------------- memory
+
+def _read_hwm_kib() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc malloc_trim), so memory freed by earlier work is
+    not silently reused by the step being measured (it would never show up as RSS growth)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    _trim_heap()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _read_hwm_kib() is not None
+    except OSError:
+        return False
+
+
+def _cpu_rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1, train: bool = False,
+                amp: str | None = None) -> dict:
+    """Peak memory of one forward (train=False) or one training step beyond what was held before.
+
+    Returns {"peak_mib", "method"}; method is "cuda_max_memory_allocated", "cpu_vmhwm_delta"
+    (peak resident set, reset first) or "cpu_ru_maxrss_delta" (lower bound: 0 if already exceeded).
+    """
+    device = torch.device(device)
+    model = model.to(device)
+    size = _input_size_of(model, input_size)
+    if train:
+        run = _train_step_fn(model, size, device, batch, amp)
+    else:
+        x = _images(batch, size, device)
+
+        def run():
+            with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+                model(x)
+
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - before
+        return {"peak_mib": peak / 2**20, "method": "cuda_max_memory_allocated"}
+
+    if _reset_hwm():
+        before = _cpu_rss_kib()
+        run()
+        return {"peak_mib": (_read_hwm_kib() - before) / 1024, "method": "cpu_vmhwm_delta"}
+    _trim_heap()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
+    run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_mib": (after - before) / 1024, "method": "cpu_ru_maxrss_delta"}
+
+
+# ---------------------------------------------------------------- device name and table
+
+def device_name(device="cpu") -> str:
+    """'NVIDIA H100 80GB HBM3' or the CPU model (from /proc/cpuinfo) with the thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", batch: int = 1,
+               crops_per_image: int | None = None, timing: bool = True, train_batch: int | None = None,
+               memory: bool = False, warmup: int = 3, iters: int = 10, amp: str | None = None):
+    """One row per model: params (total/trainable/frozen, millions), GMACs per crop (and per image
+    when crops_per_image is given), latency ms/image, inference crops/s at `batch`, optionally
+    training samples/s at `train_batch` and peak memory, and the device name.
+
+    input_sizes: int, or {name: int | (H, W)}; default each model's `input_size`.
+    Models on the meta device get params and MACs only (timing columns are NaN).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, model in models.items():
+        size = input_sizes.get(name) if isinstance(input_sizes, dict) else input_sizes
+        size = _input_size_of(model, size)
+        p = count_params(model)
+        row = {"model": name, "input_size": size,
+               "params_M": p["total"] / 1e6, "trainable_M": p["trainable"] / 1e6, "frozen_M": p["frozen"] / 1e6,
+               "GMACs_per_crop": count_macs(model, size)}
+        if crops_per_image:
+            row["GMACs_per_image"] = row["GMACs_per_crop"] * crops_per_image
+        on_meta = _model_device(model).type == "meta"
+        nan = float("nan")
+        if timing:
+            row["latency_ms"] = nan if on_meta else latency(model, size, device, 1, warmup, iters, amp)
+            row[f"infer_crops_per_s@{batch}"] = (
+                nan if on_meta else throughput(model, size, device, batch, False, warmup, iters, amp))
+            if train_batch:
+                row[f"train_samples_per_s@{train_batch}"] = (
+                    nan if on_meta else throughput(model, size, device, train_batch, True, 1, 3, amp))
+        if memory:
+            m = {"peak_mib": nan, "method": ""} if on_meta else peak_memory(model, size, device, batch, amp=amp)
+            row["peak_mem_MiB"], row["mem_method"] = m["peak_mib"], m["method"]
+        row["device"] = "meta (not run)" if on_meta else device_name(device)
+        row["amp"] = amp or "off"
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,324 @@
+"""Decode once, crop by slicing.
+
+The reference code re-opens and re-decodes a JPEG for every crop it draws (DEIQT F9). IQA sets are
+small, so the kit decodes every image once into a uint8 (3, H, W) tensor at the working resolution
+(`ImageStore`) and `CropSampler` cuts crops by slicing those tensors, a batch at a time, converting to
+float and normalising once per batch (on the GPU when the store lives there).
+
+Working resolution, in order (`ImageStore.from_manifest`):
+1. `resize_mode="deiqt_parity"`: resize to `manifest.parity_size` (H, W) whatever the aspect (DEIQT F3);
+   `"keep_aspect"`: scale so the short side is `manifest.keep_aspect_short_side` when the manifest
+   sets one; `"native"` (or no size set): leave as decoded.
+2. `max_side`: scale down (aspect kept) so the long side is at most `max_side`.
+3. `min_side`: scale up (aspect kept) so the short side is at least `min_side`, so that a crop of that
+   size always fits. This wins over `max_side`; pass the crop size the model uses.
+Resizing is PIL bilinear (with PIL's antialiasing when shrinking), as torchvision's Resize on PIL does.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .manifest import DatasetError, Manifest
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("keep_aspect", "deiqt_parity", "native")
+
+
+def working_size(h: int, w: int, *, parity_size=None, short_side=None, max_side=None,
+                 min_side=None) -> tuple[int, int]:
+    """(H, W) an image of native size (h, w) is stored at; see the module docstring for the order."""
+    if parity_size is not None:
+        h, w = int(parity_size[0]), int(parity_size[1])
+    elif short_side is not None and min(h, w) != short_side:
+        s = short_side / min(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        h, w = max(1, round(h * s)), max(1, round(w * s))
+    if min_side is not None and min(h, w) < min_side:
+        s = min_side / min(h, w)
+        # ceil so that the short side reaches min_side exactly despite rounding of the long side
+        h, w = (min_side, max(min_side, math.ceil(w * s))) if h <= w else (max(min_side, math.ceil(h * s)), min_side)
+    return h, w
+
+
+def decode_image(path, size_fn=None) -> torch.Tensor:
+    """One image file -> uint8 (3, H, W); size_fn(h, w) -> (H, W) resizes. DatasetError names the file."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size_fn is not None:
+                h, w = size_fn(im.height, im.width)
+                if (h, w) != (im.height, im.width):
+                    im = im.resize((w, h), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"image file is missing: {path}") from None
+    except Exception as e:  # PIL raises several types for truncated / unknown files
+        raise DatasetError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageStore:
+    """Every image of a manifest decoded once: `images[i]` is uint8 (3, H_i, W_i); `labels` float64 (N,)."""
+
+    def __init__(self, images: list[torch.Tensor], labels: torch.Tensor, paths: Sequence[str] = ()):
+        self.images = images
+        self.labels = torch.as_tensor(labels, dtype=torch.float64)
+        self.paths = list(paths)
+        # sizes on the CPU: crop positions are drawn there and used as Python ints for slicing
+        self.sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long).view(-1, 2)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
+                      min_side: int | None = 224, device="cpu", progress: bool = True) -> "ImageStore":
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize_mode {resize_mode!r}; choose one of {RESIZE_MODES}")
+        parity = manifest.parity_size if resize_mode == "deiqt_parity" else None
+        short = manifest.keep_aspect_short_side if resize_mode == "keep_aspect" else None
+        return cls.from_paths(list(manifest.df.path), manifest.df.label.to_numpy(dtype=np.float64),
+                              parity_size=parity, short_side=short, max_side=max_side, min_side=min_side,
+                              device=device, progress=progress, desc=f"decoding {manifest.name}")
+
+    @classmethod
+    def from_paths(cls, paths: Sequence, labels=None, *, parity_size=None, short_side=None, max_side=None,
+                   min_side: int | None = 224, device="cpu", progress: bool = True,
+                   desc: str = "decoding") -> "ImageStore":
+        """Decode files in parallel threads (PIL releases the GIL while decoding)."""
+        def size_fn(h, w):
+            return working_size(h, w, parity_size=parity_size, short_side=short_side,
+                                max_side=max_side, min_side=min_side)
+
+        paths = [str(p) for p in paths]
+        workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
+        with ThreadPoolExecutor(workers) as pool:
+            images = list(tqdm(pool.map(lambda p: decode_image(p, size_fn), paths), total=len(paths),
+                               desc=desc, unit="img", disable=not progress))
+        labels = np.zeros(len(paths)) if labels is None else np.asarray(labels, dtype=np.float64)
+        store = cls(images, torch.from_numpy(labels.copy()), paths)
+        return store.to(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images[0].device if self.images else torch.device("cpu")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(im.numel() for im in self.images)
+
+    def to(self, device) -> "ImageStore":
+        """Move the pixels in place (and return self, so `store = store.to(d)` also works)."""
+        device = torch.device(device)
+        if self.images and self.images[0].device != device:
+            self.images = [im.to(device) for im in self.images]
+        return self
+
+    def __repr__(self) -> str:
+        return f"ImageStore({len(self)} images, {self.nbytes / 2**20:.1f} MiB uint8, {self.device})"
+
+
+def _hash_uniform(seed: int, index: np.ndarray, counter: np.ndarray) -> np.ndarray:
+    """Uniform [0, 1) floats that depend only on (seed, index, counter): chained splitmix64."""
+    def mix(z):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        h = mix(np.full(index.shape, seed % 2**64, dtype=np.uint64))
+        h = mix(h ^ index.astype(np.uint64))
+        h = mix(h ^ counter.astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _grid_shape(n: int, h: int, w: int) -> tuple[int, int]:
+    """(rows, cols) with rows * cols == n, as square as possible, more positions along the longer side."""
+    a = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
+    b = n // a
+    return (b, a) if h > w else (a, b)
+
+
+def _axis_positions(count: int, span: int) -> list[int]:
+    """count positions from 0 to span (both ends included); one position is centred."""
+    if count == 1:
+        return [span // 2]
+    return [round(span * k / (count - 1)) for k in range(count)]
+
+
+class CropSampler:
+    """Crops from an ImageStore as float32 tensors normalised by mean/std, on `device`.
+
+    `idx` is a 1-D LongTensor of store indices; random positions come from `generator` (CPU).
+    """
+
+    def __init__(self, store: ImageStore, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.store = store
+        self.device = torch.device(device)
+        mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # x_norm = (x_u8 / 255 - mean) / std, folded into one scale and one shift
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _idx(self, idx) -> list[int]:
+        idx = torch.as_tensor(idx, dtype=torch.long).view(-1).tolist()
+        if idx and (min(idx) < 0 or max(idx) >= len(self.store)):
+            raise IndexError(f"store index out of range 0..{len(self.store) - 1}")
+        return idx
+
+    def _hw(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.store.sizes[idx]
+        return s[:, 0], s[:, 1]
+
+    def _check_fits(self, idx: list[int], size: int) -> None:
+        h, w = self._hw(idx)
+        small = (torch.minimum(h, w) < size).nonzero().view(-1).tolist()
+        if small:
+            i = idx[small[0]]
+            raise ValueError(f"image {i} ({self.store.paths[i] if self.store.paths else ''}) is "
+                             f"{h[small[0]].item()}x{w[small[0]].item()}, smaller than the crop size {size}; "
+                             f"build the store with min_side >= {size}")
+
+    def normalise(self, x_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 or float (0..255) (N, 3, h, w) -> normalised float32 on self.device."""
+        x = x_u8.to(self.device, non_blocking=True).float()
+        return x.mul_(self._scale).add_(self._shift)
+
+    def _cut(self, idx: list[int], tops, lefts, hs, ws, flips=None) -> list[torch.Tensor]:
+        """Views of the store (copies only for the crops mirrored left-right)."""
+        ims = self.store.images
+        crops = [ims[i][:, t:t + h, l:l + w] for i, t, l, h, w in zip(idx, tops, lefts, hs, ws)]
+        if flips is not None:
+            # per crop, before stacking: cheaper than masked indexing of the stacked batch
+            crops = [c.flip(-1) if f else c for c, f in zip(crops, flips)]
+        return crops
+
+    @staticmethod
+    def _draw_flips(n: int, flip: bool, generator) -> list[bool] | None:
+        return (torch.rand(n, generator=generator) < 0.5).tolist() if flip else None
+
+    def _resize_group(self, crops: list[torch.Tensor], size: int) -> torch.Tensor:
+        """Resize uint8 crops of any sizes to (size, size): one interpolate call per distinct shape."""
+        out = torch.empty(len(crops), 3, size, size, device=self.device)
+        groups: dict[tuple, list[int]] = {}
+        for k, c in enumerate(crops):
+            groups.setdefault(tuple(c.shape[1:]), []).append(k)
+        for shape, ks in groups.items():
+            x = torch.stack([crops[k] for k in ks]).to(self.device, non_blocking=True).float()
+            if shape != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                  antialias=shape[0] > size or shape[1] > size)
+            out[ks] = x
+        return out.mul_(self._scale).add_(self._shift)
+
+    def _random_pos(self, h, w, ch, cw, generator):
+        """Uniform top/left so that a (ch, cw) crop fits: as ints."""
+        n = h.numel()
+        u = torch.rand(2, n, generator=generator, dtype=torch.float64)
+        tops = (u[0] * (h - ch + 1)).floor().long().clamp_(min=0)
+        lefts = (u[1] * (w - cw + 1)).floor().long().clamp_(min=0)
+        return tops.tolist(), lefts.tolist()
+
+    # ---- public methods ----------------------------------------------------------------------------
+    def random_crops(self, idx, size: int, flip: bool = False, generator: torch.Generator | None = None):
+        """One uniform random size x size crop per entry of idx (+ random horizontal flip): (N, 3, s, s)."""
+        idx = self._idx(idx)
+        self._check_fits(idx, size)
+        h, w = self._hw(idx)
+        tops, lefts = self._random_pos(h, w, size, size, generator)
+        flips = self._draw_flips(len(idx), flip, generator)
+        return self.normalise(torch.stack(self._cut(idx, tops, lefts, [size] * len(idx), [size] * len(idx), flips)))
+
+    def resized_crops(self, idx, ratio: float, size: int, flip: bool = False,
+                      generator: torch.Generator | None = None):
+        """A random square crop of side round(ratio * min(H, W)), resized to size: (N, 3, s, s)."""
+        idx = self._idx(idx)
+        h, w = self._hw(idx)
+        side = (torch.minimum(h, w).double() * ratio).round().long().clamp_(min=1)
+        side = torch.minimum(side, torch.minimum(h, w))
+        tops, lefts = self._random_pos(h, w, side, side, generator)
+        flips = self._draw_flips(len(idx), flip, generator)  # bilinear resizing commutes with mirroring
+        return self._resize_group(self._cut(idx, tops, lefts, side.tolist(), side.tolist(), flips), size)
+
+    def global_views(self, idx, size: int):
+        """The whole image resized to size x size (aspect not kept): (N, 3, s, s)."""
+        idx = self._idx(idx)
+        return self._resize_group([self.store.images[i] for i in idx], size)
+
+    def crops_with_boxes(self, idx, k: int, size: int, generator: torch.Generator | None = None,
+                         mode: str = "native"):
+        """k random crops per image and where they lie.
+
+        mode "native": size x size crops at the stored resolution; "multiscale": square crops with a
+        random side in [0.3, 1.0] x the short side, resized to size (LML-IQA D4).
+        Returns crops (N, k, 3, size, size) and boxes (N, k, 4) = (top, left, height, width) / (H, W, H, W).
+        """
+        idx = self._idx(idx)
+        rep = [i for i in idx for _ in range(k)]
+        h, w = self._hw(rep)
+        if mode == "native":
+            self._check_fits(idx, size)
+            side = torch.full_like(h, size)
+        elif mode == "multiscale":
+            short = torch.minimum(h, w).double()
+            frac = 0.3 + 0.7 * torch.rand(len(rep), generator=generator, dtype=torch.float64)
+            side = (short * frac).round().long().clamp_(min=1)
+        else:
+            raise ValueError(f"unknown crop mode {mode!r}; choose native or multiscale")
+        tops, lefts = self._random_pos(h, w, side, side, generator)
+        crops = self._cut(rep, tops, lefts, side.tolist(), side.tolist())
+        x = self.normalise(torch.stack(crops)) if mode == "native" else self._resize_group(crops, size)
+        boxes = torch.stack([torch.tensor(tops) / h, torch.tensor(lefts) / w, side / h, side / w], 1)
+        return x.view(len(idx), k, 3, size, size), boxes.float().view(len(idx), k, 4).to(self.device)
+
+    def test_crops(self, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
+        """n crops per image, rows i*n .. i*n+n-1 for image idx[i]: (N * n, 3, size, size).
+
+        seeded_random: positions hash (seed, store index, crop number), so an image gets the same crops
+        whatever batch it is in; grid: an evenly spaced rows x cols grid (rows * cols = n) that includes
+        the corners; random: unseeded draws from torch's global generator (DEIQT's behaviour).
+        """
+        idx = self._idx(idx)
+        self._check_fits(idx, size)
+        rep = [i for i in idx for _ in range(n)]
+        h, w = self._hw(rep)
+        if mode == "seeded_random":
+            ids = np.repeat(np.asarray(idx, dtype=np.int64), n)
+            c = np.tile(np.arange(n, dtype=np.int64), len(idx))
+            u_t = torch.from_numpy(_hash_uniform(seed, ids, 2 * c))
+            u_l = torch.from_numpy(_hash_uniform(seed, ids, 2 * c + 1))
+            tops = (u_t * (h - size + 1)).floor().long().tolist()
+            lefts = (u_l * (w - size + 1)).floor().long().tolist()
+        elif mode == "grid":
+            tops, lefts = [], []
+            for i in idx:
+                H, W = self.store.sizes[i].tolist()
+                rows, cols = _grid_shape(n, H, W)
+                for t in _axis_positions(rows, H - size):
+                    for l in _axis_positions(cols, W - size):
+                        tops.append(t)
+                        lefts.append(l)
+        elif mode == "random":
+            tops, lefts = self._random_pos(h, w, size, size, None)
+        else:
+            raise ValueError(f"unknown test crop mode {mode!r}; choose seeded_random, grid or random")
+        sizes = [size] * len(rep)
+        return self.normalise(torch.stack(self._cut(rep, tops, lefts, sizes, sizes)))

@@ -1,0 +1,214 @@
+"""What each notebook runs: lists of run configs, executed through run records, returned as frames.
+
+Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
+re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
+across machines with `shard="i/N"`.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import pandas as pd
+
+from .config import PROFILE_PLAN, RunConfig, make_config
+from .tables import METHOD_NAMES
+
+RESULT_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
+
+
+def plan(profile: str) -> dict:
+    """Datasets, split seeds and cross-dataset pairs a profile covers."""
+    return PROFILE_PLAN[profile]
+
+
+def configs(profile: str, model: str, datasets: Iterable[str], seeds: Iterable[int],
+            overrides: dict | None = None, **kw) -> list[RunConfig]:
+    out = []
+    for ds in datasets:
+        for seed in seeds:
+            cfg = make_config(profile, model, {"data.dataset": ds, **(overrides or {})}, **kw)
+            cfg.split_seed = seed
+            out.append(cfg)
+    return out
+
+
+class _Manifests:
+    """Each dataset parsed once per process."""
+
+    def __init__(self, data_root):
+        self.data_root, self.cache = data_root, {}
+
+    def __call__(self, name):
+        if name not in self.cache:
+            from .data.registry import load_manifest
+            self.cache[name] = load_manifest(name, self.data_root)
+        return self.cache[name]
+
+
+def run_all(cfgs: list[RunConfig], results_dir: str = "results", data_root: str | None = None,
+            shard: str | None = None, progress: bool = True, labels: list[str] | None = None,
+            device: str | None = None) -> pd.DataFrame:
+    """Run (or load) every config; one row per run: method, variant, dataset, test_dataset, seed, metrics."""
+    from .runs import run_or_load, shard as take_shard
+
+    labels = labels or [""] * len(cfgs)
+    pairs = list(zip(cfgs, labels))
+    if shard:
+        pairs = take_shard(pairs, shard)
+    manifests = _Manifests(data_root)
+    rows = []
+    for cfg, label in pairs:
+        cfg.data.data_root = data_root
+        if device:
+            cfg.train.device = device
+        test_m = manifests(cfg.test_dataset) if cfg.test_dataset else None
+        rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.data.dataset), test_manifest=test_m,
+                          progress=progress)
+        rows.append(record_row(rec, label))
+    return pd.DataFrame(rows)
+
+
+def record_row(rec: dict, variant: str = "") -> dict:
+    cfg = rec["config"]
+    row = {"method": METHOD_NAMES.get(cfg["model"]["name"], cfg["model"]["name"]), "variant": variant,
+           "dataset": cfg["data"]["dataset"], "test_dataset": cfg.get("test_dataset") or cfg["data"]["dataset"],
+           "split_seed": cfg["split_seed"], "train_fraction": cfg["data"]["train_fraction"],
+           "selection": rec.get("selection", cfg["train"]["selection"]), "key": rec["key"],
+           "time_s": rec.get("time_s")}
+    row.update({m: rec["final"].get(m) for m in RESULT_METRICS})
+    return row
+
+
+def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
+              overrides: dict | None = None, **kw) -> pd.DataFrame:
+    p = plan(profile)
+    cfgs = [c for m in models for c in configs(profile, m, datasets or p["datasets"], seeds or p["seeds"],
+                                                overrides)]
+    return run_all(cfgs, **kw)
+
+
+def variant_runs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None,
+                 **kw) -> pd.DataFrame:
+    """Ablation rows: {variant label: dotted overrides}; the label lands in the `variant` column."""
+    p = plan(profile)
+    cfgs, labels = [], []
+    for label, ov in variants.items():
+        for c in configs(profile, model, datasets or p["datasets"][:1], seeds or p["seeds"], ov):
+            cfgs.append(c)
+            labels.append(label)
+    return run_all(cfgs, labels=labels, **kw)
+
+
+def sweep_runs(profile: str, model: str, field: str | tuple[str, ...], values: list, **kw) -> pd.DataFrame:
+    """One-field (or tied-fields) sensitivity sweep; variant label = the value."""
+    fields = (field,) if isinstance(field, str) else field
+    variants = {}
+    for v in values:
+        vs = v if isinstance(v, (tuple, list)) and len(fields) > 1 else (v,)
+        variants[", ".join(map(str, vs))] = dict(zip(fields, vs))
+    return variant_runs(profile, model, variants, **kw)
+
+
+def cross_runs(profile: str, models, pairs, seeds=None, **kw) -> pd.DataFrame:
+    """Train on A (its training split), test on all of B."""
+    p = plan(profile)
+    cfgs = []
+    for m in models:
+        for a, b in pairs:
+            for c in configs(profile, m, [a], seeds or p["seeds"][:1]):
+                c.test_dataset = b
+                cfgs.append(c)
+    return run_all(cfgs, **kw)
+
+
+def fraction_runs(profile: str, models, fractions=(0.2, 0.4, 0.6, 0.8), datasets=None, seeds=None,
+                  **kw) -> pd.DataFrame:
+    """Data-efficient learning: train on a share of the training split, same test split."""
+    p = plan(profile)
+    cfgs, labels = [], []
+    for m in models:
+        for f in fractions:
+            for c in configs(profile, m, datasets or p["datasets"][:2], seeds or p["seeds"],
+                             {"data.train_fraction": f}):
+                cfgs.append(c)
+                labels.append(f"{int(round(f * 100))}%")
+    return run_all(cfgs, labels=labels, **kw)
+
+
+# --- sweeps and ablations named in the reference notes ------------------------------------------------
+# name -> (field or tied fields, values). The smoke profile runs the default and one alternative.
+SWEEPS = {
+    "csfiqa": {
+        "lambda": ("csfiqa.lam", [0.01, 0.05, 0.1, 0.5, 1.0]),
+        "tau": ("csfiqa.tau", [0.05, 0.07, 0.1, 0.2, 0.5]),
+        "alpha_beta": (("csfiqa.alpha", "csfiqa.beta"), [(1.0, 1.0), (1.0, 0.5), (0.5, 1.0), (1.0, 2.0)]),
+        "k": ("csfiqa.afs_k", [0.25, 0.5, 0.75, 1.0]),
+        "gamma": (("csfiqa.gamma1", "csfiqa.gamma2"), [(0.2, 0.7), (0.1, 0.8), (0.3, 0.6)]),
+    },
+    "lmliqa": {
+        "tau": ("lmliqa.tau", [0.05, 0.07, 0.1, 0.2]),
+        "k_crops": ("lmliqa.k_crops", [2, 4, 6, 8]),
+        "ema_momentum": ("lmliqa.ema_momentum", [0.9, 0.99, 0.996, 0.999]),
+        "lambda_con": ("lmliqa.lambda_con", [0.01, 0.05, 0.1, 0.5, 1.0]),
+    },
+}
+
+# variant label -> overrides (the first row is the full model)
+ABLATIONS = {
+    "csfiqa": {
+        "CSFIQA (full)": {},
+        "w/o SCL": {"csfiqa.scl": False},
+        "w/o NSM": {"csfiqa.nsm": "off"},
+        "w/o AFS (dense attention)": {"csfiqa.afs": False},
+        "w/o Information Concentrator": {"csfiqa.ic": "off"},
+        "one scale": {"csfiqa.scale_mode": "single"},
+    },
+    "lmliqa": {
+        "inter-image negatives only": {"lmliqa.intra_negatives": False},
+        "+ intra-image negatives (LML-IQA)": {},
+        "random positive": {"lmliqa.saliency": "random"},
+        "w/o mutual learning": {"lmliqa.mutual": "off"},
+    },
+}
+
+
+def sweep_values(profile: str, model: str, name: str) -> list:
+    fields, values = SWEEPS[model][name]
+    if profile != "smoke":
+        return values
+    default = tuple(getattr_dotted(make_config(profile, model), f) for f in
+                    ((fields,) if isinstance(fields, str) else fields))
+    default = default[0] if isinstance(fields, str) else default
+    others = [v for v in values if v != default]
+    return [default, others[0]]
+
+
+def getattr_dotted(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def named_sweep(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
+    fields, _ = SWEEPS[model][name]
+    return sweep_runs(profile, model, fields, sweep_values(profile, model, name), **kw)
+
+
+def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
+    """The same model evaluated before any training step (epochs = 0): the floor training must clear."""
+    df = variant_runs(profile, model, {"untrained": {"train.epochs": 0}}, datasets=datasets, seeds=seeds, **kw)
+    df["method"] = df["method"] + " (untrained)"
+    return df
+
+
+def dataset_summary(manifests: dict) -> pd.DataFrame:
+    rows = []
+    for name, m in manifests.items():
+        df = m.df
+        rows.append({"dataset": name, "images": len(m), "label": m.direction,
+                     "label range": f"{df.label.min():.3g}–{df.label.max():.3g}",
+                     "split by": m.split_unit,
+                     "references": df.ref.nunique() if m.split_unit == "ref" else None,
+                     "distortion types": df.distortion.nunique() if df.distortion.notna().any() else None,
+                     "root": str(m.root)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,259 @@
+"""CSFIQA's Information Concentrator (IC): one frozen LLaMA decoder layer between trainable maps.
+
+What the paper says (v2, via the reviews and a summary): the IC is a frozen Llama-7B component that
+"amplifies important details". Everything else here is a reconstruction (CSFIQA D16, D23) after
+"Frozen Transformers in Language Models Are Effective Visual Encoder Layers" (LM4VisualEncoding):
+
+    IC(X) = W2 · RMSNorm(LLaMA_l(W1 · X))        W1: d -> hidden, W2: hidden -> d, both bias-free
+
+- LLaMA_l is `transformers.LlamaDecoderLayer` (never remote code), layer l = 31 of LLaMA-7B by
+  default, parameters frozen (requires_grad=False) and kept in eval mode whatever `train()` says.
+- RoPE is removed: the layer gets identity position embeddings (cos = 1, sin = 0).
+- Attention is bidirectional: no mask is passed and the attention module's `is_causal` is set to
+  False, because transformers' sdpa path otherwise falls back to a causal kernel when the mask is None.
+- The checkpoint's final RMSNorm (`model.norm`) follows the layer (D16: LM4VisualEncoding keeps the
+  last layer's output normalised before its output map; whether CSFIQA does is [unknown]).
+- Variants (`mode`): "llama", "llama_residual" (X + IC(X)), "trainable_block" (a small trainable
+  pre-norm Transformer block at the visual width d, the ablation reviewers asked for), "off".
+
+`load_llama_layer` reads only that layer's tensors (+ `model.norm.weight`) from a sharded safetensors
+checkpoint, so a 7B model is never built or downloaded whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .pretrained import WeightsError
+
+IC_MODES = ("llama", "llama_residual", "trainable_block", "off")
+# LLaMA-7B (v1/v2) decoder layer dimensions, for building a shape-only layer (param/MAC report).
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
+                num_hidden_layers=32, rms_norm_eps=1e-6)
+TINY_LLAMA = dict(hidden_size=64, intermediate_size=172, num_attention_heads=4, num_key_value_heads=4,
+                  num_hidden_layers=1, rms_norm_eps=1e-6)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _llama_config(**kw):
+    from transformers import LlamaConfig
+    cfg = LlamaConfig(**kw)
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def _make_bidirectional(layer: nn.Module) -> nn.Module:
+    layer.self_attn.is_causal = False
+    return layer
+
+
+def build_llama_layer(dims: dict, layer_idx: int = 0, seed: int = 0, dtype=torch.float32, device=None):
+    """A LLaMA decoder layer + final RMSNorm with random weights from `seed` (smoke profile: TINY_LLAMA;
+    with device="meta" and LLAMA_7B: shapes only, for the cost report)."""
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+    cfg = _llama_config(**dims)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device or "cpu"):
+            layer = LlamaDecoderLayer(cfg, layer_idx)
+            norm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+    return _make_bidirectional(layer).to(dtype), norm.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# partial loader
+# ---------------------------------------------------------------------------------------------------
+_HOW_TO_GET = ("download a LLaMA-7B checkpoint in Hugging Face safetensors format on a machine with internet "
+               "(e.g. `huggingface-cli download <repo> --include 'config.json' '*.safetensors*'`) and set "
+               "csfiqa.ic_weights to that folder (or to the hub repo id when online).")
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or Path(source).exists()
+
+
+def _hub_file(repo: str, filename: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(repo, filename))
+    except Exception as e:  # offline, gated, missing file
+        raise WeightsError(f"could not get {filename} of {repo!r} from the Hugging Face hub "
+                           f"({type(e).__name__}); {_HOW_TO_GET}") from e
+
+
+def _weight_map(source: str) -> tuple[dict, dict, callable, str]:
+    """(config dict, {tensor name: shard file name}, fetch(shard) -> Path, description of the index)."""
+    if _looks_local(source):
+        root = Path(os.path.expanduser(source))
+        if not root.is_dir():
+            raise WeightsError(f"LLaMA checkpoint folder {root} does not exist; {_HOW_TO_GET}")
+        cfg_path, index = root / "config.json", root / "model.safetensors.index.json"
+        if not cfg_path.is_file():
+            raise WeightsError(f"{cfg_path} is missing; {_HOW_TO_GET}")
+
+        def fetch(name):
+            p = root / name
+            if not p.is_file():
+                raise WeightsError(f"shard {p} named by {index} is missing; {_HOW_TO_GET}")
+            return p
+    else:
+        cfg_path = _hub_file(source, "config.json")
+        fetch = lambda name: _hub_file(source, name)  # noqa: E731
+        try:
+            index = _hub_file(source, "model.safetensors.index.json")
+        except WeightsError:
+            index = None
+            single = fetch("model.safetensors")
+    config = json.loads(Path(cfg_path).read_text())
+    if index is not None and Path(index).is_file():
+        return config, json.loads(Path(index).read_text())["weight_map"], fetch, str(index)
+    single = (Path(os.path.expanduser(source)) / "model.safetensors") if _looks_local(source) else single
+    if not Path(single).is_file():
+        raise WeightsError(f"no model.safetensors.index.json or model.safetensors in {source}; {_HOW_TO_GET}")
+    from safetensors import safe_open
+    with safe_open(str(single), framework="pt") as f:
+        keys = list(f.keys())
+    return config, {k: "model.safetensors" for k in keys}, fetch, str(single)
+
+
+def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
+    """(LlamaDecoderLayer, final LlamaRMSNorm) of `source`, a local checkpoint folder (config.json +
+    model.safetensors.index.json + shards, or one model.safetensors) or a hub repo id; reads only the
+    tensors of layer `layer_idx` and `model.norm.weight`, from only the shards that hold them."""
+    from safetensors import safe_open
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
+
+    config, wmap, fetch, where = _weight_map(str(source))
+    if config.get("model_type", "llama") != "llama":
+        raise WeightsError(f"{where}: model_type {config.get('model_type')!r} is not llama")
+    n_layers = config.get("num_hidden_layers")
+    if n_layers is not None and not 0 <= layer_idx < n_layers:
+        raise WeightsError(f"{where}: layer {layer_idx} requested but the model has {n_layers} layers")
+    prefix = "model." if any(k.startswith("model.layers.") for k in wmap) else ""   # LlamaForCausalLM / LlamaModel
+    from transformers import LlamaConfig
+    cfg = LlamaConfig.from_dict(config)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        layer = LlamaDecoderLayer(cfg, layer_idx)
+        norm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+    wanted = {f"{prefix}layers.{layer_idx}.{k}": ("layer", k) for k in layer.state_dict()}
+    wanted[f"{prefix}norm.weight"] = ("norm", "weight")
+    missing = [k for k in wanted if k not in wmap]
+    if missing:
+        raise WeightsError(f"{where} does not list {missing[:4]} (layer {layer_idx} or the final norm)")
+    sds = {"layer": {}, "norm": {}}
+    for shard in sorted({wmap[k] for k in wanted}):
+        path = fetch(shard)
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            for k, (part, name) in wanted.items():
+                if wmap[k] != shard:
+                    continue
+                if k not in names:
+                    raise WeightsError(f"{path} does not hold {k} although {where} says it does")
+                sds[part][name] = f.get_tensor(k).to(dtype)
+    layer.load_state_dict(sds["layer"], strict=True, assign=True)
+    norm.load_state_dict(sds["norm"], strict=True, assign=True)
+    return _make_bidirectional(layer), norm
+
+
+# ---------------------------------------------------------------------------------------------------
+# the module
+# ---------------------------------------------------------------------------------------------------
+class TrainableBlock(nn.Module):
+    """Pre-norm Transformer block at width d (bidirectional): the IC ablation with trainable weights."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+        self.block = Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class InformationConcentrator(nn.Module):
+    """IC(X) on tokens (B, N, d) -> (B, N, d); see the module docstring. `layer`/`norm` come from
+    `load_llama_layer` or `build_llama_layer` for the llama modes."""
+
+    def __init__(self, dim: int, mode: str = "llama", layer: nn.Module | None = None,
+                 norm: nn.Module | None = None, num_heads: int = 4):
+        super().__init__()
+        if mode not in IC_MODES:
+            raise ValueError(f"unknown ic mode {mode!r}; choose {IC_MODES}")
+        self.mode = mode
+        if mode.startswith("llama"):
+            if layer is None:
+                raise ValueError("the llama IC modes need a LLaMA layer (load_llama_layer / build_llama_layer)")
+            hidden = layer.hidden_size
+            self.w1 = nn.Linear(dim, hidden, bias=False)
+            self.w2 = nn.Linear(hidden, dim, bias=False)
+            self.llama = layer
+            self.llama_norm = norm if norm is not None else nn.Identity()
+            for p in list(self.llama.parameters()) + list(self.llama_norm.parameters()):
+                p.requires_grad_(False)
+            self.llama.eval()
+            self.llama_norm.eval()
+        elif mode == "trainable_block":
+            self.block = TrainableBlock(dim, num_heads)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if hasattr(self, "llama"):          # the frozen layer never leaves eval mode (no dropout drift)
+            self.llama.eval()
+            self.llama_norm.eval()
+        return self
+
+    @property
+    def frozen_dtype(self):
+        return next(self.llama.parameters()).dtype if hasattr(self, "llama") else None
+
+    def _llama(self, h: torch.Tensor) -> torch.Tensor:
+        dt = self.frozen_dtype
+        h = h.to(dt)
+        b, n, _ = h.shape
+        head_dim = self.llama.self_attn.head_dim
+        # identity rotary embedding = RoPE removed
+        cos = torch.ones(b, n, head_dim, device=h.device, dtype=dt)
+        sin = torch.zeros(b, n, head_dim, device=h.device, dtype=dt)
+        out = self.llama(h, attention_mask=None, position_embeddings=(cos, sin), is_causal=False)
+        out = out[0] if isinstance(out, tuple) else out
+        return self.llama_norm(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "trainable_block":
+            return self.block(x)
+        h = self._llama(self.w1(x))
+        y = self.w2(h.to(self.w2.weight.dtype))
+        return x + y if self.mode == "llama_residual" else y
+
+
+def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = None, layer_idx: int = 31,
+                       tiny: bool = True, dtype: str = "auto", num_heads: int = 4, seed: int = 0,
+                       device=None) -> InformationConcentrator:
+    """The IC a config asks for. llama modes: `weights` (folder or hub id) -> the real layer; else a tiny
+    random layer when `tiny` (smoke); else a WeightsError saying how to get the weights.
+    dtype "auto": bfloat16 for real weights (the 202M frozen parameters, ~0.4 GB), float32 for the tiny layer."""
+    if mode not in IC_MODES:
+        raise ValueError(f"unknown ic mode {mode!r}; choose {IC_MODES}")
+    if not mode.startswith("llama"):
+        return InformationConcentrator(dim, mode, num_heads=num_heads)
+    if dtype == "auto":
+        dtype = "bfloat16" if weights else "float32"
+    dt = _DTYPES[dtype]
+    if weights:
+        layer, norm = load_llama_layer(weights, layer_idx, dtype=dt)
+    elif device is not None and str(device) == "meta":
+        layer, norm = build_llama_layer(LLAMA_7B, layer_idx, dtype=dt, device="meta")
+    elif tiny:
+        layer, norm = build_llama_layer(TINY_LLAMA, 0, seed=seed, dtype=dt)
+    else:
+        raise WeightsError(f"csfiqa.ic={mode!r} at full size needs the LLaMA-7B weights (csfiqa.ic_weights); "
+                           + _HOW_TO_GET)
+    return InformationConcentrator(dim, mode, layer, norm)

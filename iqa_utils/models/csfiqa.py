@@ -1,0 +1,432 @@
+"""CSFIQA (arXiv 2411.09007, v2): CrossViT encoder + scale contrastive learning (SCL) with noise
+sample matching (NSM) + scale-focused attention (SFA = AFS top-k attention + Information Concentrator)
++ a DEIQT attention-panel decoder.
+
+No official code exists. Known from the paper's captions and reviews: a pretrained CrossViT, SCL on
+layer-l features of two scales with label-distance positives/negatives (gamma 0.2 / 0.7, InfoNCE), NSM
+on same-image cross-scale discrepancies, AFS keeping the top-k attention scores, a frozen Llama-7B
+component as the IC, 233M params / 45G MACs. Everything else is a reconstruction, exposed as a
+`CSFIQAConfig` field (decision ids D1-D24 of ../shared/reference/csfiqa.md):
+
+- scale_mode (D4): "branch" - CrossViT's 12-px branch is the small scale, its 16-px branch the large
+  one; "crop" - a 0.2 and a 0.4 image-side crop, each resized to the input size and encoded by the whole
+  CrossViT (the scale's tokens are the 16-px branch of that crop); "crop_per_branch" - small crop into
+  the 12-px branch, large crop into the 16-px branch, one pass; "single" - large branch only.
+- SCL features (D5, D6): per-scale CLS (or mean) of the output of block l (before the final norm),
+  2-layer MLP projector, L2 norm.
+- SFA (D14, D15, D17): pre-norm multi-head self-attention with top-k masking over the joint tokens of
+  both scales (small tokens linearly mapped to the large width), then the IC on the large-scale tokens;
+  the decoder reads the IC output (memory = its patch tokens, query CLS = its CLS token).
+- decoder (D18): DEIQT's PanelDecoder at the large width, or a linear head on that CLS.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import IQAModel, regression_loss
+from .concentrator import build_concentrator
+from .deiqt import PanelDecoder
+from .pretrained import load_encoder_weights
+from .registry import register_model
+from .. import losses as L
+
+SCALE_MODES = ("branch", "crop", "crop_per_branch", "single")
+# tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
+# CLS cross-attention), narrow enough to train in seconds on a CPU.
+TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[48, 96], depth=[[1, 1, 0]] * 3, num_heads=[3, 3],
+                     mlp_ratio=[2, 2, 1])
+
+
+# ---------------------------------------------------------------------------------------------------
+# encoder
+# ---------------------------------------------------------------------------------------------------
+def branch_sizes(input_size: int) -> tuple[int, int]:
+    """Image side each branch sees (the crop is resized to it): the multiple of 12 nearest to the input
+    for the 12-px branch, the multiple of 16 nearest to input * 224/240 (timm's img_scale) for the 16-px
+    branch: 240 -> (240, 224) as in timm, 224 -> (228, 208) (D3), 96 -> (96, 96) (smoke)."""
+    return 12 * max(1, round(input_size / 12)), 16 * max(1, round(input_size * 224 / 240 / 16))
+
+
+def build_crossvit(size: str, encoder: str = "crossvit_small_240", input_size: int = 240):
+    from timm.models.crossvit import CrossVit
+    import timm
+    s0, s1 = branch_sizes(input_size)
+    scale = (1.0, (s1 + 0.5) / s0)            # +0.5: timm floors int(size * scale)
+    if size == "tiny":
+        enc = CrossVit(img_size=s0, img_scale=scale, num_classes=0, qkv_bias=True, **TINY_CROSSVIT)
+    elif size == "small":
+        enc = timm.create_model(encoder.split(".")[0], pretrained=False, num_classes=0, img_size=s0,
+                                img_scale=scale)
+    else:
+        raise KeyError(f"unknown CSFIQA size {size!r}; choose tiny or small")
+    assert [tuple(p.img_size) for p in enc.patch_embed] == [(s0, s0), (s1, s1)], enc.img_size_scaled
+    return enc
+
+
+def crossvit_key_map(encoder: nn.Module):
+    """timm hub CrossViT names -> CrossVit attributes (pos_embed.0 -> pos_embed_0), head dropped,
+    position embeddings bicubically resampled when the input size differs from 240 (D3)."""
+    own = encoder.state_dict()
+
+    def key_map(sd):
+        out = {}
+        for k, v in sd.items():
+            if k.startswith("head."):
+                continue
+            if "pos_embed" in k or "cls_token" in k:
+                k = k.replace(".", "_")
+            if k.startswith("pos_embed_") and k in own and own[k].shape != v.shape:
+                n_new, n_old = own[k].shape[1] - 1, v.shape[1] - 1
+                g_old, g_new = int(math.isqrt(n_old)), int(math.isqrt(n_new))
+                grid = v[:, 1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2).float()
+                grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
+                v = torch.cat([v[:, :1], grid.permute(0, 2, 3, 1).reshape(1, n_new, -1).to(v.dtype)], 1)
+            out[k] = v
+        return out
+    return key_map
+
+
+# ---------------------------------------------------------------------------------------------------
+# SFA: adaptive filtering selector (top-k attention)
+# ---------------------------------------------------------------------------------------------------
+def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: int | None,
+                   return_weights: bool = False):
+    """softmax(TopK(QK^T / sqrt(d))) V over (..., N, d): per query, scores outside the `keep` largest are
+    set to -inf before the softmax (keep=None or >= N: dense attention)."""
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    n = s.shape[-1]
+    if keep is not None and keep < n:
+        kth = s.topk(keep, dim=-1).values[..., -1:]            # the keep-th largest score per query
+        s = s.masked_fill(s < kth, float("-inf"))
+    a = s.softmax(-1)
+    out = a @ v
+    return (out, a) if return_weights else out
+
+
+class SelectiveAttention(nn.Module):
+    """AFS (D15): x + Proj(TopKAttention(LN(x))), keeping ceil(ratio * N) keys per query."""
+
+    def __init__(self, dim: int, num_heads: int, keep_ratio: float = 0.5):
+        super().__init__()
+        self.num_heads, self.keep_ratio = num_heads, keep_ratio
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def keep(self, n: int) -> int:
+        return max(1, min(n, math.ceil(self.keep_ratio * n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(self.norm(x)).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = topk_attention(qkv[0], qkv[1], qkv[2], self.keep(n))
+        return x + self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def _projector(d_in: int, d_out: int) -> nn.Module:
+    if d_out <= 0:                      # D6 "no projector"; a bias-free map only when widths differ
+        return nn.Identity()
+    return nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out))
+
+
+# ---------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------
+class CSFIQA(IQAModel):
+    def __init__(self, c, size: str = "tiny", regression: str = "smooth_l1", device=None):
+        super().__init__()
+        if c.scale_mode not in SCALE_MODES:
+            raise ValueError(f"unknown csfiqa.scale_mode {c.scale_mode!r}; choose {SCALE_MODES}")
+        if c.nsm == "regional" and c.scale_mode != "branch":
+            raise ValueError("csfiqa.nsm='regional' aligns the two token grids of one crop; use scale_mode='branch'")
+        self.c, self.size, self.regression = c, size, regression
+        self.input_size = c.input_size
+        self.label_range = None            # set by the caller for label_distance='dataset_range'
+        self.encoder = build_crossvit(size, c.encoder, c.input_size)
+        enc = self.encoder
+        d0, d1 = enc.embed_dim
+        heads = enc.blocks[0].blocks[1][0].attn.num_heads      # the large branch's heads
+        self.grids = [tuple(s // p for s, p in zip(pe.img_size, pe.patch_size)) for pe in enc.patch_embed]
+        # which encoder branch gives each scale's tokens
+        crop = c.scale_mode == "crop"
+        self.d_small = d1 if crop else d0
+        self.dim = d1
+        two = c.scale_mode != "single"
+        self.to_common = (nn.Linear(self.d_small, d1) if self.d_small != d1 else nn.Identity()) if two else None
+        ratio = c.afs_k if c.afs else 1.0
+        if c.afs_scope == "joint" or not two:
+            self.afs = SelectiveAttention(d1, heads, ratio)
+        elif c.afs_scope == "per_scale":
+            self.afs = nn.ModuleList([SelectiveAttention(d1, heads, ratio), SelectiveAttention(d1, heads, ratio)])
+        else:
+            raise ValueError(f"unknown csfiqa.afs_scope {c.afs_scope!r}; choose joint or per_scale")
+        if c.ic_tokens not in ("large", "all", "cls"):
+            raise ValueError(f"unknown csfiqa.ic_tokens {c.ic_tokens!r}; choose large, all or cls")
+        self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
+                                     dtype=c.ic_dtype, num_heads=heads, device=device)
+        if c.decoder == "panel":
+            self.decoder = PanelDecoder(d1, heads)
+        elif c.decoder == "linear":
+            self.decoder = nn.Linear(d1, 1)
+        else:
+            raise ValueError(f"unknown csfiqa.decoder {c.decoder!r}; choose panel or linear")
+        self.proj_large = _projector(d1, c.proj_dim)
+        self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
+                           (nn.Linear(self.d_small, d1, bias=False) if self.d_small != d1 else nn.Identity())) \
+            if two else None
+        self._init_new_modules()
+
+    def _init_new_modules(self):
+        """trunc-normal(0.02) on the modules CSFIQA adds (as DEIQT and timm do); the encoder keeps timm's
+        init (or the checkpoint), the frozen LLaMA layer its weights."""
+        mods = [self.to_common, self.afs, self.decoder, self.proj_large, self.proj_small]
+        if self.c.ic != "off" and self.c.ic.startswith("llama"):
+            mods += [self.ic.w1, self.ic.w2]
+        for mod in mods:
+            if mod is None:
+                continue
+            for m in mod.modules():
+                if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
+                    nn.init.trunc_normal_(m.weight, std=0.02)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+    # ---- encoder ----------------------------------------------------------------------------------
+    def _embed(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        enc, out = self.encoder, []
+        for i, (pe, x) in enumerate(zip(enc.patch_embed, xs)):
+            if x.shape[-2:] != pe.img_size:
+                x = F.interpolate(x, size=pe.img_size, mode="bicubic", align_corners=False)
+            t = pe(x)
+            cls = getattr(enc, f"cls_token_{i}").expand(t.shape[0], -1, -1)
+            out.append(enc.pos_drop(torch.cat([cls, t], 1) + getattr(enc, f"pos_embed_{i}")))
+        return out
+
+    def _crossvit(self, x0: torch.Tensor, x1: torch.Tensor | None = None):
+        """Per-block outputs [[branch0, branch1], ...] (pre-norm, with CLS) and the final normed tokens."""
+        xs = self._embed([x0, x0 if x1 is None else x1])
+        blocks = []
+        for blk in self.encoder.blocks:
+            xs = blk(xs)
+            blocks.append(xs)
+        final = [norm(t) for norm, t in zip(self.encoder.norm, xs)]
+        return blocks, final
+
+    def _views(self, x):
+        """(small view, large view) for the crop modes. A 5-D (B, 2, 3, S, S) batch holds both; a plain
+        (B, 3, S, S) batch (the engine's test crops) is taken as the large view and its centre half
+        (0.2 / 0.4 of the side) resized to S as the small one - a reconstruction for test time (D4)."""
+        if isinstance(x, (tuple, list)):
+            return x[0], x[1]
+        if x.dim() == 5:
+            return x[:, 0], x[:, 1]
+        s = x.shape[-1]
+        r = self.c.crop_ratio_small / self.c.crop_ratio_large
+        c = max(1, round(s * r))
+        o = (s - c) // 2
+        small = F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bicubic", align_corners=False)
+        return small, x
+
+    def encode(self, x) -> dict:
+        """Token features per scale: 'blocks_small'/'blocks_large' (per block, pre-norm, CLS first),
+        'small'/'large' (final, normed), 'grid_small'/'grid_large'."""
+        mode = self.c.scale_mode
+        if mode in ("branch", "single"):
+            blocks, final = self._crossvit(x)
+            bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
+                self.grids[0], self.grids[1]
+        elif mode == "crop_per_branch":
+            xs, xl = self._views(x)
+            blocks, final = self._crossvit(xs, xl)
+            bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
+                self.grids[0], self.grids[1]
+        else:   # crop: both crops through the whole encoder in one batch; a scale = the 16-px branch of its crop
+            xs, xl = self._views(x)
+            blocks, final = self._crossvit(torch.cat([xs, xl]))
+            b = xs.shape[0]
+            bs, bl = [t[1][:b] for t in blocks], [t[1][b:] for t in blocks]
+            fs, fl, gs, gl = final[1][:b], final[1][b:], self.grids[1], self.grids[1]
+        out = {"blocks_large": bl, "large": fl, "grid_large": gl}
+        if mode != "single":
+            out.update({"blocks_small": bs, "small": fs, "grid_small": gs})
+        return out
+
+    # ---- SFA + decoder ----------------------------------------------------------------------------
+    def sfa(self, small: torch.Tensor | None, large: torch.Tensor):
+        """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after)."""
+        c = self.c
+        if small is None:                                   # single scale
+            pre = large
+            large = self.ic(self.afs(large)) if c.ic_tokens != "cls" else self._ic_cls(self.afs(large))
+            return large[:, 0], large[:, 1:], pre, large
+        small = self.to_common(small)
+        ns = small.shape[1]
+        pre = torch.cat([small, large], 1)
+        if isinstance(self.afs, nn.ModuleList):
+            small, large = self.afs[0](small), self.afs[1](large)
+        else:
+            j = self.afs(pre)
+            small, large = j[:, :ns], j[:, ns:]
+        if c.ic_tokens == "large":
+            large = self.ic(large)
+            post = torch.cat([small, large], 1)
+            return large[:, 0], large[:, 1:], pre, post
+        if c.ic_tokens == "all":
+            post = self.ic(torch.cat([small, large], 1))
+        else:                                               # cls: only the two CLS tokens go through the IC
+            cls = self.ic(torch.stack([small[:, 0], large[:, 0]], 1))
+            post = torch.cat([cls[:, :1], small[:, 1:], cls[:, 1:], large[:, 1:]], 1)
+        cls = (post[:, 0] + post[:, ns]) / 2
+        memory = torch.cat([post[:, 1:ns], post[:, ns + 1:]], 1)
+        return cls, memory, pre, post
+
+    def _ic_cls(self, t):
+        return torch.cat([self.ic(t[:, :1]), t[:, 1:]], 1)
+
+    def head(self, cls, memory):
+        if isinstance(self.decoder, PanelDecoder):
+            return self.decoder(cls, memory)
+        return self.decoder(cls).squeeze(-1)
+
+    def _forward(self, x):
+        e = self.encode(x)
+        cls, memory, pre, post = self.sfa(e.get("small"), e["large"])
+        return self.head(cls, memory), cls, e, pre, post
+
+    def forward(self, x, return_features: bool = False):
+        score, cls, e, pre, post = self._forward(x)
+        if not return_features:
+            return score
+        feats = {"cls": cls, "large": e["large"][:, 1:], "pre_sfa": pre, "post_sfa": post,
+                 "grid_large": e["grid_large"]}
+        if "small" in e:
+            feats.update({"small": e["small"][:, 1:], "grid_small": e["grid_small"]})
+        return score, feats
+
+    # ---- training ---------------------------------------------------------------------------------
+    def train_batch(self, sampler, idx, y, generator):
+        if self.c.scale_mode in ("branch", "single"):
+            return super().train_batch(sampler, idx, y, generator)
+        s = self.input_size
+        xs = sampler.resized_crops(idx, self.c.crop_ratio_small, s, flip=True, generator=generator)
+        xl = sampler.resized_crops(idx, self.c.crop_ratio_large, s, flip=True, generator=generator)
+        return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device), "idx": idx}
+
+    def _scl_layer(self) -> int:
+        n = len(self.encoder.blocks)
+        if self.c.scl_layer == "last":
+            return n - 1
+        if self.c.scl_layer == "middle":
+            return n // 2
+        return int(self.c.scl_layer)
+
+    def _pool(self, t):
+        return t[:, 0] if self.c.scl_pool == "cls" else t[:, 1:].mean(1)
+
+    def scl_embeddings(self, e: dict):
+        """L2-normalised (B, P) embeddings of both scales (small is None in single mode)."""
+        li = self._scl_layer()
+        zl = F.normalize(self.proj_large(self._pool(e["blocks_large"][li])).float(), dim=-1)
+        zs = None
+        if "blocks_small" in e:
+            zs = F.normalize(self.proj_small(self._pool(e["blocks_small"][li])).float(), dim=-1)
+        return zs, zl
+
+    def nsm_noise(self, e: dict, zs, zl):
+        if self.c.nsm == "off" or zs is None:
+            return None
+        if self.c.nsm == "pooled":
+            return L.nsm_pooled(zs, zl)
+        if self.c.nsm == "regional":
+            li = self._scl_layer()
+            rs, rl = L.align_grids(e["blocks_small"][li][:, 1:], e["blocks_large"][li][:, 1:],
+                                   e["grid_small"], e["grid_large"])
+            rs = F.normalize(self.proj_small(rs).float(), dim=-1)
+            rl = F.normalize(self.proj_large(rl).float(), dim=-1)
+            return L.nsm_regional(rs, rl, self.c.nsm_quantile)[0]
+        raise ValueError(f"unknown csfiqa.nsm {self.c.nsm!r}; choose pooled, regional or off")
+
+    def loss(self, batch: dict):
+        c = self.c
+        score, cls, e, _, _ = self._forward(batch["x"])
+        y = batch["y"]
+        reg = regression_loss(score, y, self.regression)
+        logs = {"loss_reg": reg.detach()}
+        if not c.scl or c.lam == 0:
+            return reg, logs
+        zs, zl = self.scl_embeddings(e)
+        noise = self.nsm_noise(e, zs, zl)
+        scl, slogs = L.scl_loss(zs, zl, y, gamma1=c.gamma1, gamma2=c.gamma2, tau=c.tau, alpha=c.alpha,
+                                beta=c.beta, noise=noise, distance=c.label_distance,
+                                label_range=self.label_range, infonce=c.infonce)
+        logs.update(slogs)
+        logs["loss_scl"] = scl.detach()
+        total = reg + c.lam * scl
+        logs["loss"] = total.detach()
+        return total, logs
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"encoder.{n}" for n in ("cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1")}
+
+    # ---- Grad-CAM ---------------------------------------------------------------------------------
+    def cam_target_layers(self) -> list[nn.Module]:
+        """norm1 of the last Transformer block of the large (16-px) branch in the last multi-scale block:
+        its input is the large branch's final patch tokens (fusion only changes the CLS token)."""
+        return [self.encoder.blocks[-1].blocks[1][-1].norm1]
+
+    def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
+        h, w = self.grids[1]
+        if tokens.shape[1] == h * w + 1:
+            tokens = tokens[:, 1:]
+        return tokens.reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+
+@register_model("csfiqa")
+def csfiqa(cfg) -> CSFIQA:
+    model = CSFIQA(cfg.csfiqa, cfg.model.size, cfg.train.regression_loss)
+    if cfg.model.pretrained:
+        src = cfg.model.weights or f"timm/{cfg.csfiqa.encoder.split('.')[0]}.in1k"
+        load_encoder_weights(model.encoder, src, crossvit_key_map(model.encoder))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# cost report (no real weights allocated)
+# ---------------------------------------------------------------------------------------------------
+def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> dict:
+    """Parameters (total / trainable / frozen, and per part) of the full-size CSFIQA with the real
+    LLaMA-7B layer dimensions, built on the meta device, and MACs of one forward at `input_size`
+    (torch.utils.flop_counter, FLOPs / 2; top-k selection and softmax are not counted).
+    `train_only` counts the SCL projectors, which inference does not use."""
+    import copy
+    from ..config import make_config
+    cfg = copy.deepcopy(cfg) if cfg is not None else make_config("paper", "csfiqa")
+    if input_size is not None:
+        cfg.csfiqa.input_size = input_size
+    c = cfg.csfiqa
+    with torch.device("meta"):
+        model = CSFIQA(c, "small", device="meta")
+    counts = model.param_counts()
+    parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()}
+    out = {"params_total": counts["total"], "params_trainable": counts["trainable"],
+           "params_frozen": counts["frozen"], "params_by_part": parts,
+           "params_train_only": parts.get("proj_large", 0) + parts.get("proj_small", 0),
+           "input_size": c.input_size}
+    out["params_inference"] = out["params_total"] - out["params_train_only"]
+    if macs:
+        from torch.utils.flop_counter import FlopCounterMode
+        x = torch.empty(1, 3, c.input_size, c.input_size, device="meta")
+        if c.scale_mode in ("crop", "crop_per_branch"):
+            x = torch.empty(1, 2, 3, c.input_size, c.input_size, device="meta")
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model.eval()(x)
+        out["macs"] = fc.get_total_flops() / 2
+        by_mod = {k: sum(v.values()) / 2 for k, v in fc.get_flop_counts().items()}
+        out["macs_by_part"] = {n: by_mod.get(f"CSFIQA.{n}", 0.0) for n in parts if n != "encoder"}
+        # the encoder's submodules are called one by one (own forward), so it is the remainder
+        out["macs_by_part"]["encoder"] = out["macs"] - sum(out["macs_by_part"].values())
+    return out

@@ -1,0 +1,373 @@
+"""LML-IQA: contrastive local-manifold learning on top of DEIQT (arXiv 2406.19247), reconstructed.
+
+There is no public code and the method text is unknown; what the figure captions fix
+(../shared/reference/lmliqa.md §2.1) is implemented as is, everything else is a named decision of
+`LMLIQAConfig` (ids D1-D18):
+    * the student is DEIQT (same group, DEIQT is the baseline of every comparison) [inferred];
+    * a teacher finds the most salient region; its source is D2 (default: the EMA teacher's last-block
+      CLS->patch attention on the global view, head mean) [reconstruction];
+    * K random crops per image (D4); the salient one is the positive, the other crops of the same image
+      are intra-class negatives, crops of other images inter-class negatives; the anchor is D3 (default:
+      the student's embedding of the global view); loss form D5, projector D6, tau / weight D7;
+    * the student decoder predicts the score (eval branch D11, default student);
+    * teacher-student mutual learning through an EMA of the student (D8; optional prediction
+      consistency term), teacher initialised as a copy of the student (D10).
+
+Compute budget (D9). The engine lists every training image `crops_train` times per epoch and hands a
+batch of B listed samples to `train_batch`. Per step, M = max(2, round(con_share * B / K)) distinct
+images of the batch (the first ones in the shuffled order) get the contrastive views: K crops, the global
+view (student, and teacher for the saliency) and their labels. Every crop the student sees is regressed
+on its image's label.
+    * "match_deiqt": the M*K crops take the place of M*K of the B regression crops (the other listed
+      samples get one random crop each, the last (K-1)*M listed samples are not used in this step), so
+      the student still regresses B crops per step and, in expectation over the shuffled listing, each
+      image `crops_train` crops per epoch, as in DEIQT. Extra cost: M student + M teacher passes on the
+      global views.
+    * "extra": all B listed samples get their regression crop and the M*K crops come on top.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .base import IQAModel, deiqt_init_, regression_loss
+from .deiqt import DEIQT, HUB_ID, build_vit, PanelDecoder, tokens_to_grid  # noqa: F401 (re-exported)
+from .pretrained import load_encoder_weights, WeightsError
+from .registry import register_model
+from ..losses import local_manifold_loss, local_manifold_two_term
+
+SALIENCY = ("teacher_cls_attn", "teacher_decoder_attn", "spectral_residual", "random")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Saliency: maps on a grid of the global view, and the crop that covers the most of it
+# ---------------------------------------------------------------------------------------------------
+
+def salient_crop(saliency_map: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Index of the box with the highest mean saliency (eq. 1 of the reconstruction, lmliqa.md §3).
+
+    saliency_map (B, h, w) (or (h, w)) covers the whole image; boxes (B, K, 4) (or (K, 4)) are
+    (top, left, height, width) relative to the image, in [0, 1]. The mean is area-weighted: a grid cell
+    counts by the fraction of it that the box covers, so boxes need not align with the grid.
+    Returns (B,) long (or a 0-d tensor for unbatched input).
+    """
+    single = saliency_map.dim() == 2
+    if single:
+        saliency_map, boxes = saliency_map.unsqueeze(0), boxes.unsqueeze(0)
+    B, h, w = saliency_map.shape
+    boxes = boxes.to(saliency_map.device, saliency_map.dtype)
+
+    def cover(start, length, n):                            # (B, K, n): covered share of each cell
+        edges = torch.arange(n + 1, device=saliency_map.device, dtype=saliency_map.dtype) / n
+        lo = torch.maximum(start.unsqueeze(-1), edges[:-1])
+        hi = torch.minimum((start + length).unsqueeze(-1), edges[1:])
+        return (hi - lo).clamp(min=0) * n
+
+    ry = cover(boxes[..., 0], boxes[..., 2], h)             # (B, K, h)
+    cx = cover(boxes[..., 1], boxes[..., 3], w)             # (B, K, w)
+    mass = torch.einsum("bkh,bhw,bkw->bk", ry, saliency_map, cx)
+    area = ry.sum(-1) * cx.sum(-1)
+    idx = (mass / area.clamp(min=1e-12)).argmax(dim=1)
+    return idx[0] if single else idx
+
+
+def cls_attention(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Last-block CLS->patch attention of a timm ViT, mean over heads, on the patch grid: (B, gh, gw).
+
+    timm's fused attention does not return weights, so they are recomputed from the last block's qkv
+    on the input the block's attention received (captured by a pre-hook on one normal forward).
+    """
+    blk = vit.blocks[-1]
+    seen = {}
+    handle = blk.attn.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    try:
+        vit.forward_features(x)
+    finally:
+        handle.remove()
+    a = blk.attn
+    t = seen["x"]
+    B, N, _ = t.shape
+    qkv = a.qkv(t).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = a.q_norm(qkv[0]), a.k_norm(qkv[1])
+    attn = ((q[:, :, :1] * a.scale) @ k.transpose(-2, -1)).softmax(-1)    # (B, H, 1, N)
+    attn = attn[:, :, 0, vit.num_prefix_tokens:].mean(1)                  # (B, N patches)
+    gh, gw = vit.patch_embed.grid_size
+    return attn.reshape(B, gh, gw)
+
+
+def decoder_attention(model: DEIQT, x: torch.Tensor) -> torch.Tensor:
+    """Panel decoder cross-attention (queries -> patch tokens), mean over heads and queries: (B, gh, gw)."""
+    mha = model.decoder.layer.multihead_attn
+    seen = {}
+    handle = mha.register_forward_pre_hook(lambda m, args: seen.__setitem__("qkv", args[:3]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    q, k, v = seen["qkv"]
+    _, w = mha(q, k, v, need_weights=True, average_attn_weights=True)        # (B, Q, N)
+    gh, gw = model.encoder.patch_embed.grid_size
+    return w.mean(1).reshape(x.shape[0], gh, gw)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
+
+
+def spectral_residual(img: torch.Tensor, size: int = 64, avg: int = 3, sigma: float = 2.5) -> torch.Tensor:
+    """Spectral-residual saliency (Hou & Zhang, CVPR 2007), written from the paper's description.
+
+    img (B, C, H, W) or (B, H, W) -> (B, size, size) in [0, 1]. The grey image is shrunk to size x size;
+    the residual is the log amplitude spectrum minus its local (avg x avg) mean; back-transformed with
+    the original phase, squared, and smoothed with a Gaussian (sigma in pixels of the small image).
+    """
+    g = img.float().mean(1, keepdim=True) if img.dim() == 4 else img.float().unsqueeze(1)
+    g = F.interpolate(g, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    spec = torch.fft.fft2(g)
+    log_amp = torch.log(spec.abs().clamp(min=1e-8))
+    local = F.avg_pool2d(F.pad(log_amp, (avg // 2,) * 4, mode="replicate"), avg, stride=1)
+    s = torch.fft.ifft2(torch.polar(torch.exp(log_amp - local), spec.angle())).abs() ** 2
+    s = _gaussian_blur(s, sigma).squeeze(1)
+    lo = s.flatten(1).min(1)[0].view(-1, 1, 1)
+    hi = s.flatten(1).max(1)[0].view(-1, 1, 1)
+    return (s - lo) / (hi - lo).clamp(min=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------
+
+class ProjectionHead(nn.Module):
+    """D6 default: Linear(dim, dim) - GELU - Linear(dim, out) (kit choice; dims per lmliqa.md D6)."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, out)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LMLIQA(IQAModel):
+    """Student DEIQT + projection head, and an EMA teacher (a copy of the student, never trained)."""
+
+    def __init__(self, student: DEIQT, lcfg, regression: str = "smooth_l1"):
+        super().__init__()
+        if lcfg.saliency not in SALIENCY:
+            raise ValueError(f"unknown lmliqa.saliency {lcfg.saliency!r}; choose one of {SALIENCY}")
+        for name, value, ok in (("anchor", lcfg.anchor, ("global_view", "train_crop")),
+                                ("loss_form", lcfg.loss_form, ("single", "two_term")),
+                                ("mutual", lcfg.mutual, ("ema_only", "pred_consistency", "off")),
+                                ("budget", lcfg.budget, ("match_deiqt", "extra")),
+                                ("eval_branch", lcfg.eval_branch, ("student", "teacher", "mean")),
+                                ("proj_source", lcfg.proj_source, ("cls", "patch_mean", "decoder")),
+                                ("teacher_init", lcfg.teacher_init, ("student", "checkpoint"))):
+            if value not in ok:
+                raise ValueError(f"unknown lmliqa.{name} {value!r}; choose one of {ok}")
+        self.lcfg = copy.deepcopy(lcfg)
+        self.regression = regression
+        self.student = student
+        self.input_size = student.input_size
+        dim = student.encoder.embed_dim
+        self.proj = ProjectionHead(dim, lcfg.proj_dim) if lcfg.proj_dim > 0 else nn.Identity()
+        deiqt_init_(self.proj)
+        self.eval_branch = lcfg.eval_branch
+        # D10: the teacher starts as an exact copy of the (possibly pretrained) student
+        self.teacher = copy.deepcopy(student)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    # ---- teacher ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()          # the teacher only ever infers
+        return self
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """D8: teacher <- m * teacher + (1 - m) * student after every optimizer step.
+        mutual == "off" keeps the teacher frozen at its initialisation (no mutual learning at all)."""
+        if self.lcfg.mutual == "off":
+            return
+        m = float(self.lcfg.ema_momentum)
+        for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
+            pt.mul_(m).add_(ps.detach().to(pt.dtype), alpha=1.0 - m)
+        for bt, bs in zip(self.teacher.buffers(), self.student.buffers()):
+            bt.copy_(bs)
+
+    def load_teacher(self, path: str) -> None:
+        """D10 "checkpoint": the teacher starts from a trained DEIQT (two-stage); loaded strictly."""
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        sd = obj.get("model", obj) if isinstance(obj, dict) else obj
+        if any(k.startswith("student.") for k in sd):              # an LML-IQA checkpoint: take its student
+            sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
+        try:
+            self.teacher.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise WeightsError(f"{path} is not a DEIQT checkpoint of this size: {e}") from None
+
+    @torch.no_grad()
+    def saliency(self, glob: torch.Tensor) -> torch.Tensor:
+        """D2 saliency map of each global view, (M, h, w); "random" is handled in train_batch."""
+        kind = self.lcfg.saliency
+        if kind == "teacher_cls_attn":
+            return cls_attention(self.teacher.encoder, glob).float()
+        if kind == "teacher_decoder_attn":
+            return decoder_attention(self.teacher, glob).float()
+        if kind == "spectral_residual":
+            return spectral_residual(glob)
+        raise ValueError(f"saliency {kind!r} has no map")
+
+    # ---- inference -------------------------------------------------------------------------------
+    def _branch(self) -> str:
+        return "student" if self.training else self.eval_branch
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Scores (B,) from the D11 branch (always the student while training); feats from that
+        branch (the student's for "mean"), plus feats["proj"], the student's contrastive embedding."""
+        branch = self._branch()
+        net = self.teacher if branch == "teacher" else self.student
+        score, feats = net(x, return_features=True)
+        if branch == "mean":
+            score = 0.5 * (score + self.teacher(x))
+        if not return_features:
+            return score
+        if branch != "teacher":
+            feats["proj"] = self.embed(feats)
+        return score, feats
+
+    def embed(self, feats: dict) -> torch.Tensor:
+        src = self.lcfg.proj_source
+        h = feats["cls"] if src == "cls" else feats["patches"].mean(1) if src == "patch_mean" \
+            else feats["panel"].mean(1)
+        return F.normalize(self.proj(h).float(), dim=-1)
+
+    def cam_target_layers(self) -> list[nn.Module]:
+        """Last encoder block of the evaluated branch (the student for "student" and "mean")."""
+        net = self.teacher if self._branch() == "teacher" else self.student
+        return net.cam_target_layers()
+
+    def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens_to_grid(tokens, self.student.encoder)
+
+    # ---- training --------------------------------------------------------------------------------
+    def contrastive_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Positions in the batch of the M images that get the contrastive views (first distinct ones)."""
+        B, K = idx.numel(), self.lcfg.k_crops
+        M = max(2, round(self.lcfg.con_share * B / K))
+        if self.lcfg.budget == "match_deiqt":
+            M = min(M, max(2, B // K))
+        first = []
+        seen = set()
+        for pos, i in enumerate(idx.tolist()):
+            if i not in seen:
+                seen.add(i)
+                first.append(pos)
+            if len(first) == M:
+                break
+        return torch.tensor(first, dtype=torch.long)
+
+    def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
+        lc, size = self.lcfg, self.input_size
+        idx = torch.as_tensor(idx, dtype=torch.long).view(-1).cpu()
+        y = torch.as_tensor(y).view(-1)
+        pick = self.contrastive_images(idx)
+        M, K = pick.numel(), lc.k_crops
+        if lc.budget == "match_deiqt":
+            rest = torch.ones(idx.numel(), dtype=torch.bool)
+            rest[pick] = False
+            rest = rest.nonzero().view(-1)[:max(0, idx.numel() - M * K)]
+        else:
+            rest = torch.arange(idx.numel())
+        crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode)
+        dev = crops.device
+        batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev), "idx": idx,
+                 "glob": sampler.global_views(idx[pick], size)}
+        # the regression crops (random crop + flip, as DEIQT)
+        if rest.numel():
+            batch["x"] = sampler.random_crops(idx[rest], size, flip=True, generator=generator)
+        else:
+            batch["x"] = crops.new_zeros(0, 3, size, size)
+        batch["y"] = y[rest].to(dev)
+        if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
+            batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=True, generator=generator)
+        if lc.saliency == "random":
+            batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev)
+        return batch
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        lc = self.lcfg
+        crops, boxes, y_con = batch["crops"], batch["boxes"], batch["y_con"]
+        M, K = crops.shape[:2]
+        flat = crops.flatten(0, 1)
+        # one student pass over every view: regression crops, K crops, then the anchor or augmented views
+        views = [batch["x"], flat]
+        if lc.loss_form == "single":
+            views.append(batch["anchor_x"] if lc.anchor == "train_crop" else batch["glob"])
+        n_reg, n_crop = batch["x"].shape[0], M * K
+
+        # D2: salient crop per image (teacher pass under no_grad)
+        if lc.saliency == "random":
+            pos = batch["rand_pos"]
+        else:
+            pos = salient_crop(self.saliency(batch["glob"]), boxes)
+        if lc.loss_form == "two_term":   # augmented copy of the salient crop for the intra term
+            views.append(crops[torch.arange(M, device=crops.device), pos].flip(-1))
+
+        score, feats = self.student(torch.cat(views), return_features=True)
+        z = self.embed(feats)
+        s_reg, s_crop = score[:n_reg], score[n_reg:n_reg + n_crop]
+        z_crop = z[n_reg:n_reg + n_crop].view(M, K, -1)
+        z_extra = z[n_reg + n_crop:]
+
+        # regression on every crop the student sees (the global view is a squashed resize: not regressed)
+        pred = [s_reg, s_crop]
+        target = [batch["y"], y_con.repeat_interleave(K)]
+        if lc.loss_form == "single" and lc.anchor == "train_crop":
+            pred.append(score[n_reg + n_crop:])
+            target.append(y_con)
+        reg = regression_loss(torch.cat(pred), torch.cat(target).to(score.device), self.regression)
+
+        if lc.loss_form == "single":
+            con = local_manifold_loss(z_extra, z_crop, pos, lc.tau, lc.w_intra,
+                                      intra=lc.intra_negatives, inter=lc.inter_negatives)
+        else:
+            con = local_manifold_two_term(z_crop, pos, z_extra, lc.tau, lc.w_intra,
+                                          intra=lc.intra_negatives, inter=lc.inter_negatives)
+        total = reg + lc.lambda_con * con
+        logs = {"loss_reg": reg.detach(), "loss_con": con.detach()}
+
+        if lc.mutual == "pred_consistency":
+            # D8: student scores on the K crops vs the stop-grad teacher score on the salient crop (L1)
+            with torch.no_grad():
+                t = self.teacher(crops[torch.arange(M, device=crops.device), pos]).float()
+            mut = (s_crop.float().view(M, K) - t.view(M, 1)).abs().mean()
+            total = total + lc.lambda_mut * mut
+            logs["loss_mut"] = mut.detach()
+        return total, logs
+
+    def no_weight_decay(self) -> set[str]:
+        return {"student." + n for n in self.student.no_weight_decay()}
+
+
+@register_model("lmliqa")
+def lmliqa(cfg) -> LMLIQA:
+    student = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
+    if cfg.model.pretrained:
+        load_encoder_weights(student.encoder, cfg.model.weights or HUB_ID)
+    model = LMLIQA(student, cfg.lmliqa, cfg.train.regression_loss)
+    if cfg.lmliqa.teacher_init == "checkpoint":
+        if not cfg.lmliqa.teacher_checkpoint:
+            raise WeightsError("lmliqa.teacher_init='checkpoint' needs lmliqa.teacher_checkpoint, the path of "
+                               "a DEIQT checkpoint trained first (two-stage)")
+        model.load_teacher(cfg.lmliqa.teacher_checkpoint)
+    return model

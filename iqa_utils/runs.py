@@ -1,0 +1,181 @@
+"""Run records: one JSON file per (model config, dataset, split seed, protocol); what is done is skipped.
+
+    results/runs/<model>/<dataset>[-to-<test dataset>]/<cfg.key()>-s<split seed>.json   the record
+    results/splits/<dataset>/<digest>.json                                               the split drawn
+    results/work/<key>/checkpoint.pt                 while training (a rerun resumes; removed when done)
+    results/checkpoints/<key>/model.safetensors      the final (selected) weights + config.json
+
+`run_or_load(cfg, results_dir)` trains only when the record is missing, so notebooks, a Colab session
+that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pick up where they stopped.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .config import RunConfig
+
+TABLE_COLUMNS = ["model", "size", "dataset", "test_dataset", "split_seed", "train_fraction", "val_fraction",
+                 "selection", "selected_epoch", "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "profile",
+                 "pretrained", "epochs", "n_train", "n_test", "split_digest", "time_s", "train_crops_per_s",
+                 "eval_crops_per_s", "device", "key", "path"]
+
+
+def run_key(cfg: RunConfig) -> str:
+    return f"{cfg.key()}-s{cfg.split_seed}"
+
+
+def _dataset_dir(dataset: str, test_dataset: str | None) -> str:
+    # "-to-" rather than "->": '>' is not allowed in Windows file names
+    return f"{dataset}-to-{test_dataset}" if test_dataset and test_dataset != dataset else dataset
+
+
+def record_path(cfg: RunConfig, results_dir) -> Path:
+    return (Path(results_dir) / "runs" / cfg.model.name / _dataset_dir(cfg.data.dataset, cfg.test_dataset)
+            / f"{run_key(cfg)}.json")
+
+
+def git_commit(path=None) -> str | None:
+    """HEAD of the git checkout holding `path` (default: this package); None outside a checkout."""
+    cwd = Path(path or __file__).resolve()
+    cwd = cwd if cwd.is_dir() else cwd.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device=None) -> dict:
+    """What produced a record: package versions, commit, device."""
+    import torch
+    dev = str(device) if device is not None else "cpu"
+    if device is not None and torch.device(device).type == "cuda":
+        dev = f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    elif dev == "cpu":
+        dev = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from . import __version__
+    return {"versions": {"python": sys.version.split()[0], "torch": torch.__version__, "timm": _version("timm"),
+                         "transformers": _version("transformers"), "iqa_kit": __version__},
+            "git_commit": git_commit(), "device": dev}
+
+
+def _write_json(obj, path: Path) -> None:
+    from .engine import atomic_write_text
+    atomic_write_text(json.dumps(obj, indent=1, default=str), path)
+
+
+def load_record(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
+                progress: bool = True) -> dict:
+    """The record of cfg: read from disk when done, else trained (resuming any checkpoint) and written."""
+    from .data.splits import make_split
+    from .engine import CHECKPOINT, CONFIG, WEIGHTS, train_run
+
+    results_dir = Path(results_dir)
+    path = record_path(cfg, results_dir)
+    if path.exists():
+        return load_record(path)
+    if manifest is None:
+        from .data.registry import load_manifest
+        manifest = load_manifest(cfg.data.dataset, cfg.data.data_root)
+    if test_manifest is None and cfg.test_dataset and cfg.test_dataset != cfg.data.dataset:
+        from .data.registry import load_manifest
+        test_manifest = load_manifest(cfg.test_dataset, cfg.data.data_root)
+
+    split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
+                       cfg.data.val_fraction)
+    split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
+
+    key = run_key(cfg)
+    work = results_dir / "work" / key
+    record = train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
+    record["key"] = key
+    record["split"]["file"] = str(split_file.relative_to(results_dir))
+
+    final_dir = results_dir / "checkpoints" / key
+    final_dir.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG):
+        (work / name).replace(final_dir / name)
+    record["checkpoint"] = str(final_dir.relative_to(results_dir))
+    _write_json(record, path)
+    (work / CHECKPOINT).unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return record
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def record_row(rec: dict, path=None) -> dict:
+    """One flat row: the table columns, then every config field under its dotted name (for ablations)."""
+    c = rec["config"]
+    final = rec.get("final") or {}
+    row = {"model": c["model"]["name"], "size": c["model"]["size"], "dataset": rec.get("dataset"),
+           "test_dataset": rec.get("test_dataset"), "split_seed": c["split_seed"],
+           "train_fraction": c["data"]["train_fraction"], "val_fraction": c["data"]["val_fraction"],
+           "selection": rec.get("selection"), "selected_epoch": rec.get("selected_epoch"),
+           **{m: final.get(m) for m in ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")},
+           "profile": c["profile"], "pretrained": c["model"]["pretrained"], "epochs": c["train"]["epochs"],
+           "n_train": rec["split"].get("n_train"), "n_test": rec["split"].get("n_test"),
+           "split_digest": rec["split"].get("digest"), "time_s": rec.get("time_s"),
+           "train_crops_per_s": rec.get("train_crops_per_s"), "eval_crops_per_s": rec.get("eval_crops_per_s"),
+           "device": rec.get("device"), "key": rec.get("key"), "path": str(path) if path else None}
+    for k, v in _flatten(c).items():
+        row.setdefault(k, tuple(v) if isinstance(v, list) else v)
+    return row
+
+
+def load_records(results_dir="results", **filters):
+    """All run records under results_dir as a DataFrame, one row each (see record_row).
+
+    filters: column=value or column=[values]; dotted config names via **{"csfiqa.tau": 0.1}.
+    """
+    import pandas as pd
+
+    paths = sorted((Path(results_dir) / "runs").glob("*/*/*.json"))
+    df = pd.DataFrame([record_row(load_record(p), p) for p in paths])
+    if df.empty:
+        return pd.DataFrame(columns=TABLE_COLUMNS)
+    for col, want in filters.items():
+        if col not in df.columns:
+            raise KeyError(f"no column {col!r} in the run records; columns: {list(df.columns)[:30]} ...")
+        want = list(want) if isinstance(want, (list, tuple, set)) else [want]
+        df = df[df[col].isin(want)]
+    return df.reset_index(drop=True)
+
+
+def shard(items, spec: str | None):
+    """The i-th of N interleaved shares of items ("i/N", i from 0): machine i runs items i, i+N, ..."""
+    items = list(items)
+    if not spec:
+        return items
+    try:
+        i, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/N' (e.g. 0/4), not {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {spec!r}: need N >= 1 and 0 <= i < N")
+    return items[i::n]

@@ -1,0 +1,129 @@
+"""Paper tables: reported | reproduced (median over splits, mean ± std) | delta.
+
+Reported numbers come from `iqa_utils/reference/reported_numbers.csv` (a copy of the shared reference
+file), each with its provenance. A cell the papers' known text does not give is "unknown" — never a guess.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# kit model name -> method name used in the papers' tables
+METHOD_NAMES = {"deiqt": "DEIQT", "csfiqa": "CSFIQA", "lmliqa": "LML-IQA"}
+METRICS = ("SRCC", "PLCC")
+UNKNOWN = "unknown"
+
+
+def reported_numbers() -> pd.DataFrame:
+    """Every reported number we know: paper, version, table, method, dataset, metric, value, provenance."""
+    with resources.files("iqa_utils.reference").joinpath("reported_numbers.csv").open() as f:
+        df = pd.read_csv(f, dtype={"value": float}, keep_default_na=False, na_values=[""])
+    df["dataset"] = df["dataset"].fillna("")
+    return df
+
+
+def lookup_reported(method: str, dataset: str, metric: str, table: str = "main",
+                    paper: str | None = None, version: str | None = None) -> tuple[float | None, str]:
+    """(value, provenance) of one cell, or (None, 'unknown'). A method's own paper wins over other sources;
+    among several sources the provenance lists them all and the first is used."""
+    df = reported_numbers()
+    rows = df[(df.method == method) & (df.dataset == dataset) & (df.metric == metric) & (df.table == table)]
+    if paper is not None:
+        rows = rows[rows.paper == paper]
+    if version is not None:
+        rows = rows[rows.version == version]
+    if rows.empty:
+        return None, UNKNOWN
+    own = rows[rows.paper == method]
+    rows = pd.concat([own, rows.drop(own.index)])
+    first = rows.iloc[0]
+    prov = "; ".join(f"{r.paper} {r.version}: {r.provenance}" for r in rows.itertuples())
+    return float(first.value), prov
+
+
+def summarize(runs: pd.DataFrame, by: list[str], metrics=("srcc", "plcc")) -> pd.DataFrame:
+    """Median, mean and std over split seeds for each group of runs (one row per group and metric)."""
+    rows = []
+    for key, g in runs.groupby(by, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for m in metrics:
+            v = g[m].astype(float).to_numpy()
+            rows.append({**dict(zip(by, key)), "metric": m.upper(), "median": float(np.median(v)),
+                         "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                         "n_splits": int(len(v))})
+    return pd.DataFrame(rows)
+
+
+def comparison_table(runs: pd.DataFrame, table: str = "main", paper: str | None = None,
+                     version: str | None = None, by: tuple[str, ...] = ("method", "dataset"),
+                     metrics=("srcc", "plcc"), dataset_col: str = "dataset",
+                     reported_method_col: str = "method") -> pd.DataFrame:
+    """One row per (group, metric): reported value and provenance | reproduced median, mean ± std | delta.
+
+    runs: one row per finished run with at least the `by` columns and the metric columns (lower-case),
+    e.g. from `runs.load_records` with a `method` column added. `selection` is carried if present.
+    """
+    by = list(by)
+    extra = [c for c in ("selection",) if c in runs.columns and c not in by]
+    summary = summarize(runs, by + extra, metrics)
+    out = []
+    for r in summary.itertuples(index=False):
+        r = r._asdict()
+        value, prov = lookup_reported(r[reported_method_col], r[dataset_col], r["metric"], table, paper, version)
+        out.append({**r, "reported": value, "provenance": prov,
+                    "delta": None if value is None else r["median"] - value})
+    return pd.DataFrame(out)
+
+
+def baseline_rows(table: str, datasets: list[str], methods: list[str] | None = None,
+                  metrics=METRICS) -> pd.DataFrame:
+    """Reported-only rows (methods the kit does not retrain) for the same datasets, with provenance."""
+    df = reported_numbers()
+    df = df[(df.table == table) & df.dataset.isin(datasets) & df.metric.isin(metrics)]
+    if methods is not None:
+        df = df[df.method.isin(methods)]
+    return df[["method", "dataset", "metric", "value", "paper", "version", "provenance"]].reset_index(drop=True)
+
+
+def _fmt(x, digits=3):
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return UNKNOWN
+    return f"{x:.{digits}f}"
+
+
+def to_markdown(table: pd.DataFrame, caption: str = "") -> str:
+    """Render a comparison table: reported | reproduced median (mean ± std, n) | delta."""
+    keys = [c for c in table.columns if c not in
+            ("metric", "median", "mean", "std", "n_splits", "reported", "provenance", "delta")]
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({**{k: r[k] for k in keys}, "metric": r["metric"],
+                     "reported": _fmt(r["reported"]),
+                     "reproduced (median)": _fmt(r["median"]),
+                     "mean ± std (n)": f"{_fmt(r['mean'])} ± {_fmt(r['std'])} ({r['n_splits']})",
+                     "delta": UNKNOWN if r["delta"] is None or pd.isna(r["delta"]) else f"{r['delta']:+.3f}",
+                     "provenance of reported": r["provenance"]})
+    body = pd.DataFrame(rows).to_markdown(index=False) if rows else "_no runs yet_"
+    return (f"{caption}\n\n" if caption else "") + body + "\n"
+
+
+def write_table(table: pd.DataFrame, name: str, results_dir: str | os.PathLike = "results",
+                caption: str = "", markdown: str | None = None) -> dict[str, Path]:
+    """Write results/tables/<name>.csv and .md atomically; returns both paths."""
+    out = Path(results_dir) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
+    md = markdown if markdown is not None else (
+        to_markdown(table, caption) if "median" in table.columns else
+        (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n")
+    for kind, text in (("csv", table.to_csv(index=False)), ("md", md)):
+        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, paths[kind])
+    from .report import record_output
+    record_output(paths["md"], "table", caption)
+    return paths

@@ -1,0 +1,76 @@
+"""Cost counters: exact on hand-checkable modules, DEIQT's published size, timing helpers run."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from iqa_utils import costs
+from iqa_utils.models.deiqt import DEIQT
+
+DEIQT_PARAMS = 24_043_776          # deiqt_protocol.md §1.5
+DEIQT_GMACS = 4.67                 # encoder ≈4.60 + decoder ≈0.07 at 224
+
+
+def test_linear_macs_exact():
+    # Flatten (3*4*5 = 60 features) -> Linear(60, 7): 60 * 7 multiply-adds per sample; bias not counted
+    model = nn.Sequential(nn.Flatten(), nn.Linear(60, 7))
+    assert costs.count_macs(model, (4, 5)) * 1e9 == pytest.approx(420)
+    assert costs.count_macs(model, (4, 5), batch=3) * 1e9 == pytest.approx(420)   # per crop
+
+
+def test_conv_and_explicit_inputs_exact():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)      # 8 * 6*6 outputs * 3*3*3 each
+    assert costs.count_macs(conv, 6) * 1e9 == pytest.approx(8 * 36 * 27)
+    lin = nn.Linear(10, 4)
+    assert costs.count_macs(lin, inputs=torch.zeros(2, 10)) * 1e9 == pytest.approx(40)
+
+
+def test_frozen_params_counted_as_frozen():
+    model = nn.Sequential(nn.Linear(10, 5), nn.Linear(5, 2))      # 55 + 12
+    model[0].requires_grad_(False)
+    assert costs.count_params(model) == {"total": 67, "trainable": 12, "frozen": 55}
+
+
+@pytest.fixture(scope="module")
+def deiqt_small():
+    torch.manual_seed(0)
+    return DEIQT("small")
+
+
+def test_deiqt_full_size_params_and_macs(deiqt_small):
+    assert costs.count_params(deiqt_small) == {"total": DEIQT_PARAMS, "trainable": DEIQT_PARAMS, "frozen": 0}
+    gmacs, ops = costs.count_macs(deiqt_small, 224, by_op=True)
+    assert gmacs == pytest.approx(DEIQT_GMACS, abs=0.02)
+    # attention matmuls (~0.36 G) must be counted: CPU's fused SDPA kernel would hide them
+    assert ops["aten.bmm"] == pytest.approx(0.36, abs=0.01)
+    assert deiqt_small.training                      # counting left the mode as it was
+
+
+def test_meta_device_matches_real(deiqt_small):
+    with torch.device("meta"):
+        meta = DEIQT("small")
+    assert costs.count_params(meta)["total"] == DEIQT_PARAMS
+    assert costs.count_macs(meta, 224) == pytest.approx(costs.count_macs(deiqt_small, 224), rel=1e-6)
+
+
+def test_timing_memory_and_table():
+    torch.manual_seed(0)
+    tiny = DEIQT("tiny", img_size=96)
+    before = [p.detach().clone() for p in tiny.parameters()]
+    assert 0 < costs.latency(tiny, device="cpu", warmup=1, iters=2) < 1e4
+    assert costs.throughput(tiny, device="cpu", batch=4, warmup=1, iters=2) > 0
+    assert costs.throughput(tiny, device="cpu", batch=4, train=True, warmup=1, iters=1) > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))   # lr 0: weights kept
+    mem = costs.peak_memory(tiny, device="cpu", batch=2)
+    assert mem["peak_mib"] >= 0 and mem["method"].startswith("cpu_")
+
+    with torch.device("meta"):
+        meta = DEIQT("tiny", img_size=96)
+    df = costs.cost_table({"tiny": tiny, "tiny-meta": meta}, device="cpu", batch=2, crops_per_image=4,
+                          train_batch=2, memory=True, warmup=1, iters=2)
+    assert list(df["model"]) == ["tiny", "tiny-meta"]
+    assert df.loc[0, "GMACs_per_crop"] == pytest.approx(df.loc[1, "GMACs_per_crop"])
+    assert df.loc[0, "GMACs_per_image"] == pytest.approx(4 * df.loc[0, "GMACs_per_crop"])
+    assert df.loc[0, "latency_ms"] > 0 and math.isnan(df.loc[1, "latency_ms"])
+    assert df.loc[0, "device"] and df.loc[0, "device"] == costs.device_name("cpu")

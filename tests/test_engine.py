@@ -1,0 +1,264 @@
+"""Engine: schedule, optimizer groups, accumulation, evaluation, selection, checkpoint/resume, predict."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from iqa_utils.config import TrainConfig, make_config
+from iqa_utils.data.manifest import Manifest
+from iqa_utils.data.splits import make_split
+from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils import engine
+from iqa_utils.engine import (TrainingInterrupted, atomic_save, config_from_dict, evaluate, load_trained,
+                              lr_at, param_groups, predict_images, train_run)
+from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.models.registry import register_model
+
+
+def tiny_manifest(root, n=20, size=(40, 48), seed=0) -> Manifest:
+    """n PNGs: grey level g (the label, 0-100) + a strong colour tint that leaves the grey level as is
+    + smooth texture. Learnable in a few steps, while an untrained net's random colour mix is not."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        low = torch.from_numpy(rng.uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32))
+        texture = torch.nn.functional.interpolate(low, size=size, mode="bilinear")[0].numpy()
+        g = rng.uniform(0.3, 0.7)
+        a, b = rng.uniform(-0.25, 0.25, 2)
+        tint = np.array([a, b - a, -b])[:, None, None]          # sums to zero over RGB
+        arr = (np.clip(g + tint + 0.1 * texture, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        path = root / f"img{i:02d}.png"
+        Image.fromarray(arr).save(path)
+        rows.append({"path": str(path), "label": 100 * g, "direction": "MOS",
+                     "ref": None, "distortion": None, "level": None})
+    return Manifest("tiny", root, pd.DataFrame(rows), split_unit="image")
+
+
+def tiny_cfg(**over):
+    base = {"data.crop_size": 32, "data.crops_train": 4, "data.crops_test": 2, "train.global_batch": 8,
+            "train.epochs": 3, "train.warmup_epochs": 1, "train.decay_epochs": 2, "train.num_threads": 2}
+    return make_config("smoke", "deiqt", {**base, **over})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+def test_deiqt_step_schedule_hand_values():
+    tc, E = TrainConfig(), 145                  # DEIQT defaults, LIVEC's 145 steps per epoch
+    W, slope = 3 * E, (2e-4 - 2e-7) / (3 * E)
+    assert lr_at(0, E, tc) == pytest.approx(2e-7)
+    assert lr_at(1, E, tc) == pytest.approx(2e-7)             # one-step lag: f(0)
+    assert lr_at(2, E, tc) == pytest.approx(2e-7 + slope)
+    assert lr_at(E + 1, E, tc) == pytest.approx(2e-7 + E * slope)   # ~6.7e-5 early in epoch 2
+    assert lr_at(3 * E, E, tc) == pytest.approx(2e-7 + (W - 1) * slope)   # first step of epoch 4: still f(W-1)
+    assert lr_at(3 * E, E, tc) < 2e-4
+    assert lr_at(3 * E + 1, E, tc) == pytest.approx(2e-5)      # the drop, one step into epoch 4
+    assert lr_at(6 * E, E, tc) == pytest.approx(2e-5)
+    assert lr_at(6 * E + 1, E, tc) == pytest.approx(2e-6)      # epochs 7-9
+    assert lr_at(9 * E - 1, E, tc) == pytest.approx(2e-6)
+    # the base LR is never held for a step
+    assert max(lr_at(s, E, tc) for s in range(9 * E)) < 2e-4
+
+
+def test_cosine_schedule():
+    tc, E = TrainConfig(schedule="cosine"), 10
+    assert lr_at(0, E, tc) == pytest.approx(tc.warmup_lr)
+    assert lr_at(3 * E + 1, E, tc) == pytest.approx(tc.lr)
+    assert lr_at(9 * E, E, tc) == pytest.approx(tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(
+        math.pi * (9 * E - 1 - 3 * E) / (6 * E))))
+    lrs = [lr_at(s, E, tc) for s in range(3 * E + 1, 9 * E)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+# ---- optimizer groups ----------------------------------------------------------------------------
+def test_param_groups_follow_deiqt():
+    model = DEIQT("tiny", 32)
+    model.encoder.patch_embed.proj.weight.requires_grad_(False)
+    groups = param_groups(model, 0.05)
+    name = {id(p): n for n, p in model.named_parameters()}
+    decay = {name[id(p)] for p in groups[0]["params"]}
+    no_decay = {name[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.05 and groups[1]["weight_decay"] == 0.0
+    assert "decoder.queries" in decay                                   # 3-D query panel is decayed
+    assert {"encoder.pos_embed", "encoder.cls_token", "encoder.blocks.0.ls1.gamma",
+            "encoder.blocks.0.norm1.weight", "encoder.blocks.0.attn.qkv.bias"} <= no_decay
+    assert "encoder.blocks.0.attn.qkv.weight" in decay
+    assert "encoder.patch_embed.proj.weight" not in decay | no_decay    # frozen: left out
+    n_trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(decay) + len(no_decay) == n_trainable
+
+
+@register_model("_test_frozen_deiqt")
+def _frozen(cfg):
+    m = DEIQT(cfg.model.size, cfg.data.crop_size)
+    m.encoder.patch_embed.requires_grad_(False)
+    return m
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+class MeanPixel(torch.nn.Module):
+    input_size = 32
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3)) * self.w
+
+
+def test_evaluate_is_per_image_mean_of_crops(data):
+    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    sampler = CropSampler(store)
+    rows = [3, 0, 7, 11, 5, 2]
+    labels = store.labels[rows].numpy()
+    m, pred = evaluate(MeanPixel(), sampler, rows, labels, n_crops=3, size=32, batch_size=4)
+    crops = sampler.test_crops(torch.tensor(rows), 3, 32)
+    want = crops.mean(dim=(1, 2, 3)).view(len(rows), 3).mean(1).double().numpy()
+    np.testing.assert_allclose(pred, want, rtol=1e-6)
+    assert set(m) == {"srcc", "plcc", "krcc", "rmse"}
+
+
+# ---- training ------------------------------------------------------------------------------------
+def _weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_learns_and_beats_untrained(data, tmp_path):
+    cfg = tiny_cfg(**{"train.epochs": 5, "train.lr": 2e-3, "train.label_norm": "minmax", "data.crops_test": 4})
+    split = make_split(data, 0, ratio=0.6)
+    rec = train_run(cfg, data, split, tmp_path, progress=False)
+    model, _ = load_trained(tmp_path)
+    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    torch.manual_seed(0)
+    untrained = DEIQT("tiny", 32)                  # the trained model's own initial weights
+    m0, _ = evaluate(untrained, CropSampler(store), split.test, store.labels[split.test].numpy(), 4, 32)
+    assert rec["final"]["srcc"] > max(0.7, m0["srcc"] + 0.3), (rec["final"], m0)
+    assert rec["final"]["plcc_logistic"] is not None
+    assert rec["train_crops_per_s"] > 0 and rec["eval_crops_per_s"] > 0
+    assert rec["steps_per_epoch"] == len(split.train) * 4 // 8
+    assert len(rec["epochs"]) == 5 and all("test" in e for e in rec["epochs"])
+    # the saved weights are the trained model; predict from files reproduces the record's predictions
+    pred = predict_images(model, list(data.df.path), n_crops=4)
+    np.testing.assert_allclose(pred[split.test], rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
+
+
+def test_resume_is_bit_identical(data, tmp_path):
+    cfg = tiny_cfg(**{"train.selection": "max_test_plcc"})
+    split = make_split(data, 1)
+    full = train_run(cfg, data, split, tmp_path / "full", progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train_run(cfg, data, split, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    resumed = train_run(cfg, data, split, tmp_path / "cut", progress=False)
+    assert resumed["epochs"] == full["epochs"]
+    assert resumed["final"] == full["final"]
+    assert resumed["predictions"] == full["predictions"]
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # DEIQT's test-set selection: the highest test PLCC, ties to the later epoch, labelled in the record
+    plccs = [e["test"]["plcc"] for e in full["epochs"]]
+    best = max(i for i, v in enumerate(plccs) if v == max(plccs))
+    assert full["selection"] == "max_test_plcc" and full["selected_epoch"] == best + 1
+    assert full["final"]["srcc"] == full["epochs"][best]["test"]["srcc"]
+    # a checkpoint of another config is not silently reused
+    with pytest.raises(RuntimeError, match="another run"):
+        train_run(tiny_cfg(**{"train.lr": 5e-4}), data, split, tmp_path / "cut", progress=False)
+
+
+def test_val_selection_keeps_selected_weights(data, tmp_path):
+    cfg = tiny_cfg(**{"train.selection": "val", "data.val_fraction": 0.25, "train.epochs": 2})
+    split = make_split(data, 2, val_fraction=0.25)
+    rec = train_run(cfg, data, split, tmp_path, progress=False)
+    vals = [e["val"]["plcc"] for e in rec["epochs"]]
+    best = max(i for i, v in enumerate(vals) if v == max(vals))
+    assert rec["selected_epoch"] == best + 1
+    assert rec["final"]["plcc"] == pytest.approx(rec["epochs"][best]["test"]["plcc"])
+    model, _ = load_trained(tmp_path / "model.safetensors")
+    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32)
+    np.testing.assert_allclose(pred, rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="validation split"):
+        train_run(cfg, data, make_split(data, 2), tmp_path / "noval", progress=False)
+
+
+class FixedCropDEIQT(DEIQT):
+    """Crops that do not depend on the generator's draw order, to compare accumulation exactly."""
+
+    def train_batch(self, sampler, idx, y, generator):
+        return {"x": sampler.test_crops(idx, 1, self.input_size), "y": y}
+
+
+def test_accumulation_is_exact(data):
+    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+    idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(data))
+    grads = []
+    for micro in (8, 3):
+        torch.manual_seed(0)
+        model = FixedCropDEIQT("tiny", 32)
+        loss, _ = engine.forward_backward(model, sampler, idx, labels, torch.Generator(), micro, torch.device("cpu"))
+        grads.append(({n: p.grad.clone() for n, p in model.named_parameters()}, loss))
+    (g8, l8), (g3, l3) = grads
+    assert l3 == pytest.approx(l8, rel=1e-6)
+    for k in g8:
+        torch.testing.assert_close(g3[k], g8[k], rtol=1e-4, atol=1e-7)
+
+
+def test_frozen_params_get_no_update(data, tmp_path):
+    train_run(tiny_cfg(**{"train.epochs": 1, "model.name": "_test_frozen_deiqt", "train.micro_batch": 3}),
+              data, make_split(data, 0), tmp_path, progress=False)
+    a = _weights(tmp_path)
+    torch.manual_seed(0)                           # the engine seeds init with train.seed = 0
+    init = DEIQT("tiny", 32).state_dict()
+    for k in ("encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias"):
+        assert torch.equal(a[k], init[k])          # frozen: no update, no weight decay
+    assert not torch.equal(a["encoder.pos_embed"], init["encoder.pos_embed"])
+
+
+def test_too_few_images_for_a_batch(data, tmp_path):
+    with pytest.raises(ValueError, match="less than one batch"):
+        train_run(tiny_cfg(**{"train.global_batch": 4096}), data, make_split(data, 0), tmp_path, progress=False)
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "checkpoint.pt"
+    atomic_save({"a": torch.ones(2)}, target)
+
+    def dies_midway(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"a": torch.zeros(2)}, target, dies_midway)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))   # old file intact
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]                # no temp left
+
+
+def test_config_round_trip_and_amp_choice():
+    cfg = make_config("smoke", "deiqt", {"train.lr": 3e-4})
+    back = config_from_dict(cfg.to_dict())
+    assert back.key() == cfg.key() and back.train.betas == (0.9, 0.999)
+    with pytest.raises(KeyError):
+        config_from_dict({**cfg.to_dict(), "bogus": 1})
+    cpu = torch.device("cpu")
+    assert engine.amp_dtype("auto", cpu) is None
+    assert engine.amp_dtype("bf16", cpu) is torch.bfloat16 and engine.amp_dtype("off", cpu) is None
+
+
+def test_load_trained_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_trained(tmp_path)

@@ -1,0 +1,238 @@
+"""LML-IQA: the local-manifold losses on hand-computed cases, saliency, EMA teacher, every switch."""
+import math
+
+import pytest
+import torch
+
+from iqa_utils.config import make_config
+from iqa_utils.losses import local_manifold_loss, local_manifold_two_term
+from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.models.lmliqa import (LMLIQA, cls_attention, decoder_attention, salient_crop,
+                                     spectral_residual)
+from iqa_utils.models.registry import create_model
+
+TAU = 0.5
+
+
+def _unit(deg):
+    a = math.radians(deg)
+    return torch.tensor([math.cos(a), math.sin(a)])
+
+
+# 2 images x 2 crops, 2-D unit embeddings at known angles, so every dot product is a cosine
+ANCHOR = torch.stack([_unit(0), _unit(90)])                               # a_0, a_1
+CROPS = torch.stack([torch.stack([_unit(30), _unit(120)]),                # c_00, c_01
+                     torch.stack([_unit(200), _unit(60)])])               # c_10, c_11
+POS = torch.tensor([1, 0])                                                # salient: c_01, c_10
+
+
+def _e(a, c):
+    return math.exp(math.cos(math.radians(a - c)) / TAU)
+
+
+def test_local_manifold_loss_hand_computed():
+    # image 0: anchor 0 deg, positive c_01 (120), intra c_00 (30), inter c_10 (200), c_11 (60)
+    l0 = -math.log(_e(0, 120) / (_e(0, 120) + 0.5 * _e(0, 30) + _e(0, 200) + _e(0, 60)))
+    # image 1: anchor 90 deg, positive c_10 (200), intra c_11 (60), inter c_00 (30), c_01 (120)
+    l1 = -math.log(_e(90, 200) / (_e(90, 200) + 0.5 * _e(90, 60) + _e(90, 30) + _e(90, 120)))
+    got = local_manifold_loss(ANCHOR, CROPS, POS, TAU, w_intra=0.5)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+
+
+def test_intra_inter_switches_drop_exactly_their_terms():
+    no_intra0 = -math.log(_e(0, 120) / (_e(0, 120) + _e(0, 200) + _e(0, 60)))
+    no_intra1 = -math.log(_e(90, 200) / (_e(90, 200) + _e(90, 30) + _e(90, 120)))
+    got = local_manifold_loss(ANCHOR, CROPS, POS, TAU, intra=False)
+    assert got.item() == pytest.approx((no_intra0 + no_intra1) / 2, rel=1e-5)
+    no_inter0 = -math.log(_e(0, 120) / (_e(0, 120) + _e(0, 30)))
+    no_inter1 = -math.log(_e(90, 200) / (_e(90, 200) + _e(90, 60)))
+    got = local_manifold_loss(ANCHOR, CROPS, POS, TAU, inter=False)
+    assert got.item() == pytest.approx((no_inter0 + no_inter1) / 2, rel=1e-5)
+    # nothing but the positive left: log(1) = 0
+    assert local_manifold_loss(ANCHOR, CROPS, POS, TAU, intra=False, inter=False).item() == pytest.approx(0.0)
+    # a different positive changes the value (the positive column is really POS)
+    assert local_manifold_loss(ANCHOR, CROPS, 1 - POS, TAU).item() != pytest.approx(
+        local_manifold_loss(ANCHOR, CROPS, POS, TAU).item())
+
+
+def test_two_term_hand_computed():
+    aug = torch.stack([_unit(110), _unit(190)])                           # augmented salient crops
+    # pull: non-salient c_00 (30) -> its salient c_01 (120) vs image 1's crops (200, 60);
+    #       non-salient c_11 (60) -> its salient c_10 (200) vs image 0's crops (30, 120)
+    pull = (-math.log(_e(30, 120) / (_e(30, 120) + _e(30, 200) + _e(30, 60)))
+            - math.log(_e(60, 200) / (_e(60, 200) + _e(60, 30) + _e(60, 120)))) / 2
+    # intra: salient crop anchor vs its augmented copy, negatives the other crops of the same image
+    intra = (-math.log(_e(120, 110) / (_e(120, 110) + 2.0 * _e(120, 30)))
+             - math.log(_e(200, 190) / (_e(200, 190) + 2.0 * _e(200, 60)))) / 2
+    got = local_manifold_two_term(CROPS, POS, aug, TAU, w_intra=2.0)
+    assert got.item() == pytest.approx(pull + intra, rel=1e-5)
+    assert local_manifold_two_term(CROPS, POS, aug, TAU, w_intra=2.0, intra=False).item() == \
+        pytest.approx(pull, rel=1e-5)
+    assert local_manifold_two_term(CROPS, POS, aug, TAU, w_intra=2.0, inter=False).item() == \
+        pytest.approx(intra, rel=1e-5)
+
+
+def test_salient_crop_on_constructed_map():
+    sal = torch.zeros(6, 6)
+    sal[4:6, 0:2] = 1.0                                                    # bottom-left blob
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5],                            # top-left
+                          [0.5, 0.5, 0.5, 0.5],                            # bottom-right
+                          [0.6, 0.0, 0.4, 0.4],                            # bottom-left, small
+                          [0.3, 0.0, 0.7, 0.7]])                           # bottom-left, large (diluted)
+    assert salient_crop(sal, boxes).item() == 2
+    # batched, and boxes that do not align with the grid count cells by the share they cover
+    sal2 = torch.zeros(6, 6)
+    sal2[0, 5] = 1.0                                                       # top-right cell
+    b2 = torch.tensor([[0.0, 0.9, 0.1, 0.1], [0.5, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.0, 0.4, 0.6, 0.6]])
+    got = salient_crop(torch.stack([sal, sal2]), torch.stack([boxes, b2]))
+    assert got.tolist() == [2, 0]
+
+
+def test_spectral_residual_peaks_on_blob():
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    img = 0.3 * xx / 96 + 0.02 * torch.randn(96, 96, generator=g)
+    img = img + torch.exp(-((yy - 70) ** 2 + (xx - 25) ** 2) / (2 * 3.0 ** 2))
+    s = spectral_residual(img.expand(1, 3, 96, 96), size=64)
+    assert s.shape == (1, 64, 64) and s.min() >= 0 and s.max() == pytest.approx(1.0)
+    r, c = divmod(s[0].flatten().argmax().item(), 64)
+    assert abs(r - 70 * 64 / 96) <= 3 and abs(c - 25 * 64 / 96) <= 3
+
+
+def _tiny(**over):
+    cfg = make_config("smoke", "lmliqa", {f"lmliqa.{k}": v for k, v in over.items()})
+    torch.manual_seed(0)
+    return create_model(cfg)
+
+
+def test_cls_attention_matches_timm_weights():
+    m = DEIQT("tiny", 64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    got = cls_attention(m.encoder, x)
+    attn = m.encoder.blocks[-1].attn
+    attn.fused_attn = False                                                # timm's explicit path
+    seen = {}
+    h = attn.attn_drop.register_forward_hook(lambda mod, i, o: seen.__setitem__("w", o))
+    m.encoder.forward_features(x)
+    h.remove()
+    want = seen["w"][:, :, 0, 1:].mean(1).reshape(2, 4, 4)
+    assert torch.allclose(got, want, atol=1e-6)
+    d = decoder_attention(m, x)
+    assert d.shape == (2, 4, 4) and torch.allclose(d.sum((1, 2)), torch.ones(2), atol=1e-5)
+
+
+class FakeSampler:
+    """The CropSampler contract on random pixels (tests only need the shapes and the boxes)."""
+
+    def __init__(self):
+        self.g = torch.Generator().manual_seed(1)
+
+    def random_crops(self, idx, size, flip=False, generator=None):
+        return torch.randn(len(idx), 3, size, size, generator=self.g)
+
+    def global_views(self, idx, size):
+        return torch.randn(len(idx), 3, size, size, generator=self.g)
+
+    def crops_with_boxes(self, idx, k, size, generator=None, mode="native"):
+        boxes = torch.rand(len(idx), k, 4, generator=self.g) * 0.5
+        return torch.randn(len(idx), k, 3, size, size, generator=self.g), boxes
+
+
+def _step(m, opt=None):
+    idx = torch.tensor([0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 2, 3, 5, 6, 7, 4])
+    b = m.train_batch(FakeSampler(), idx, torch.linspace(10, 90, 16), torch.Generator().manual_seed(0))
+    loss, logs = m.loss(b)
+    loss.backward()
+    if opt is not None:
+        opt.step()
+    return b, loss, logs
+
+
+def test_teacher_gets_no_gradient_and_moves_only_by_ema():
+    m = _tiny(mutual="pred_consistency", ema_momentum=0.9)
+    m.train()
+    assert not m.teacher.training and all(not p.requires_grad for p in m.teacher.parameters())
+    # the teacher starts as an exact copy of the student (D10)
+    for pt, ps in zip(m.teacher.parameters(), m.student.parameters()):
+        assert torch.equal(pt, ps)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    t0 = [p.detach().clone() for p in m.teacher.parameters()]
+    _, _, logs = _step(m, opt)
+    assert "loss_mut" in logs
+    assert all(p.grad is None for p in m.teacher.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(t0, m.teacher.parameters()))      # optimizer left it alone
+    s1 = [p.detach().clone() for p in m.student.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(t0, s1))                       # the student moved
+    m.after_step()
+    for pt, a, s in zip(m.teacher.parameters(), t0, s1):                            # EMA, numerically
+        assert torch.allclose(pt, 0.9 * a + 0.1 * s, atol=1e-7)
+    assert not m.teacher.training
+
+
+def test_mutual_off_keeps_teacher_at_init():
+    m = _tiny(mutual="off")
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    t0 = [p.detach().clone() for p in m.teacher.parameters()]
+    _step(m, opt)
+    m.after_step()
+    assert all(torch.equal(a, b) for a, b in zip(t0, m.teacher.parameters()))
+
+
+def test_budget_and_views():
+    m = _tiny(k_crops=4, con_share=0.5)
+    b, _, _ = _step(m)
+    # 16 listed samples, M = round(0.5 * 16 / 4) = 2 images x 4 crops replace 8 regression crops
+    assert b["crops"].shape[:2] == (2, 4) and b["x"].shape[0] == 8 and b["glob"].shape[0] == 2
+    assert b["y"].shape[0] == 8 and b["y_con"].shape[0] == 2
+    m = _tiny(k_crops=4, con_share=0.5, budget="extra")
+    b, _, _ = _step(m)
+    assert b["crops"].shape[:2] == (2, 4) and b["x"].shape[0] == 16
+
+
+@pytest.mark.parametrize("over", [
+    {}, {"saliency": "teacher_decoder_attn"}, {"saliency": "spectral_residual"}, {"saliency": "random"},
+    {"anchor": "train_crop"}, {"loss_form": "two_term"}, {"intra_negatives": False},
+    {"inter_negatives": False}, {"mutual": "pred_consistency"}, {"mutual": "off"},
+    {"proj_dim": 0, "proj_source": "patch_mean"}, {"proj_source": "decoder"}, {"crop_mode": "multiscale"},
+    {"budget": "extra", "k_crops": 2}, {"eval_branch": "teacher"}, {"eval_branch": "mean"},
+])
+def test_every_switch_trains_and_infers(over):
+    m = _tiny(**over)
+    m.train()
+    _, loss, logs = _step(m)
+    assert torch.isfinite(loss) and set(logs) >= {"loss_reg", "loss_con"}
+    assert m.student.encoder.patch_embed.proj.weight.grad is not None
+    if over.get("proj_dim", 1):
+        assert m.proj.fc1.weight.grad is not None and m.proj.fc1.weight.grad.abs().sum() > 0
+    m.eval()
+    x = torch.randn(3, 3, m.input_size, m.input_size, requires_grad=True)
+    score, feats = m(x, return_features=True)
+    assert score.shape == (3,) and feats["cls"].shape[0] == 3
+    if over.get("eval_branch", "student") == "student":
+        assert torch.allclose(score, m.student(x))
+
+
+def test_eval_branch_mean_and_gradcam_hooks():
+    m = _tiny(eval_branch="mean").eval()
+    with torch.no_grad():
+        for p in m.teacher.parameters():
+            p.add_(0.05)                                                    # make the branches differ
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(m(x), 0.5 * (m.student(x) + m.teacher(x)), atol=1e-6)
+    seen = {}
+    layer = m.cam_target_layers()[0]
+    assert layer is m.student.encoder.blocks[-1]
+    h = layer.register_forward_hook(lambda mod, i, o: seen.__setitem__("t", o))
+    m(x)
+    h.remove()
+    grid = m.cam_reshape(seen["t"])
+    assert grid.shape == (2, 48, 6, 6)
+    assert torch.equal(grid[1, :, 0, 1], seen["t"][1, 2])                  # token 1 + 1 (after the CLS)
+    d = DEIQT("tiny", 96)
+    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 6, 6)
+
+
+def test_unknown_switch_is_an_error():
+    with pytest.raises(ValueError, match="saliency"):
+        _tiny(saliency="gradcam")

@@ -1,0 +1,264 @@
+"""ImageStore / CropSampler: decode once, crops are exact slices, seeded test crops, clear errors.
+
+Test images encode each pixel's position (R = row, G = column) and carry random noise in B, so a crop
+tells where it was cut from and whether it is an exact slice of the decoded image.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from iqa_utils.data.manifest import DatasetError, Manifest
+from iqa_utils.data.store import IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore, working_size
+
+SIZES = [(120, 200), (200, 150), (100, 100), (160, 130)]  # (H, W), all < 256 so R/G hold positions
+
+
+def _coded_image(h, w, seed):
+    rng = np.random.default_rng(seed)
+    rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.stack([rr, cc, rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
+
+
+def _manifest(root: Path, sizes=SIZES, **kw) -> Manifest:
+    rows = []
+    for k, (h, w) in enumerate(sizes):
+        p = root / f"img{k}.png"
+        PIL.Image.fromarray(_coded_image(h, w, k)).save(p)
+        rows.append({"path": str(p), "label": 10.0 * k + 0.5, "direction": "MOS", "ref": None,
+                     "distortion": None, "level": None})
+    return Manifest("coded", root, pd.DataFrame(rows), **kw)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    return _manifest(tmp_path_factory.mktemp("coded"))
+
+
+@pytest.fixture(scope="module")
+def store(manifest):
+    return ImageStore.from_manifest(manifest, resize_mode="native", min_side=None, progress=False)
+
+
+def _to_u8(x):
+    """Undo the normalisation: float (..., 3, h, w) -> integer pixel values."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x * std + mean) * 255).round().to(torch.int64)
+
+
+def _where(crop_u8):
+    """(top, left) a crop of a coded image was cut from (unflipped)."""
+    return int(crop_u8[0, 0, 0]), int(crop_u8[1, 0, 0])
+
+
+def test_decodes_each_file_once(manifest, monkeypatch):
+    opened = []
+    real_open = PIL.Image.open
+
+    def counting_open(fp, *a, **k):
+        opened.append(str(fp))
+        return real_open(fp, *a, **k)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    st = ImageStore.from_manifest(manifest, resize_mode="native", min_side=64, progress=False)
+    sampler = CropSampler(st)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        sampler.random_crops(torch.arange(len(st)), 64, flip=True, generator=g)
+        sampler.test_crops(torch.arange(len(st)), 4, 64)
+    assert sorted(opened) == sorted(manifest.df.path)
+
+
+def test_store_basics(store, manifest):
+    assert len(store) == len(manifest)
+    assert store.labels.dtype == torch.float64
+    assert torch.equal(store.labels, torch.tensor(manifest.df.label.to_numpy()))
+    assert all(im.dtype == torch.uint8 for im in store.images)
+    assert [tuple(im.shape) for im in store.images] == [(3, h, w) for h, w in SIZES]
+    assert store.nbytes == sum(3 * h * w for h, w in SIZES)
+    assert store.to("cpu") is store
+    # pixels are the file's pixels
+    assert np.array_equal(store[1].permute(1, 2, 0).numpy(), _coded_image(*SIZES[1], 1))
+
+
+def test_resize_modes(tmp_path):
+    m = _manifest(tmp_path, sizes=[(120, 200), (200, 150)], parity_size=(64, 48), keep_aspect_short_side=100)
+
+    def shapes(**kw):
+        st = ImageStore.from_manifest(m, progress=False, **kw)
+        return [tuple(im.shape[1:]) for im in st.images]
+
+    assert shapes(resize_mode="native", min_side=None) == [(120, 200), (200, 150)]
+    assert shapes(resize_mode="deiqt_parity", min_side=32) == [(64, 48), (64, 48)]
+    assert shapes(resize_mode="keep_aspect", min_side=None) == [(100, 167), (133, 100)]
+    assert shapes(resize_mode="keep_aspect", max_side=150, min_side=None) == [(90, 150), (133, 100)]
+    # min_side upscales so a crop always fits, and wins over the parity size
+    assert shapes(resize_mode="deiqt_parity", min_side=96) == [(128, 96), (128, 96)]
+    assert shapes(resize_mode="keep_aspect", min_side=128) == [(128, 214), (171, 128)]
+    with pytest.raises(ValueError, match="resize_mode"):
+        ImageStore.from_manifest(m, resize_mode="squash", progress=False)
+
+
+def test_working_size_short_side_exact():
+    for h, w in [(37, 1000), (1000, 37), (223, 224), (97, 129)]:
+        H, W = working_size(h, w, min_side=224)
+        assert min(H, W) == 224 and (H >= h and W >= w)
+    assert working_size(511, 383, min_side=224) == (511, 383)
+
+
+def test_random_crops_are_exact_slices(store):
+    sampler = CropSampler(store)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.tensor([0, 1, 2, 3, 3, 0, 1, 2] * 8)
+    x = sampler.random_crops(idx, 64, flip=False, generator=g)
+    assert x.shape == (len(idx), 3, 64, 64) and x.dtype == torch.float32
+    tops = set()
+    for k, i in enumerate(idx.tolist()):
+        u = _to_u8(x[k])
+        t, l = _where(u)
+        assert torch.equal(u, store[i][:, t:t + 64, l:l + 64].long())
+        tops.add(t)
+    assert len(tops) > 10  # positions really vary
+    # same generator state -> same crops
+    a = sampler.random_crops(idx, 64, False, torch.Generator().manual_seed(5))
+    b = sampler.random_crops(idx, 64, False, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_flips(store):
+    sampler = CropSampler(store)
+    idx = torch.zeros(200, dtype=torch.long)
+    x = sampler.random_crops(idx, 32, flip=True, generator=torch.Generator().manual_seed(0))
+    n_flipped = 0
+    for k in range(len(idx)):
+        u = _to_u8(x[k])
+        cols = u[1, 0]
+        if cols[0] > cols[-1]:  # mirrored: columns run backwards
+            n_flipped += 1
+            t, l = int(u[0, 0, 0]), int(cols[-1])
+            assert torch.equal(u, store[0][:, t:t + 32, l:l + 32].flip(-1).long())
+        else:
+            t, l = _where(u)
+            assert torch.equal(u, store[0][:, t:t + 32, l:l + 32].long())
+    assert 60 < n_flipped < 140
+
+
+def test_crop_larger_than_image_raises(store):
+    with pytest.raises(ValueError, match="min_side"):
+        CropSampler(store).random_crops(torch.tensor([2]), 101, False, torch.Generator())
+
+
+def test_seeded_test_crops_independent_of_batch(store):
+    sampler = CropSampler(store)
+    n = 5
+    full = sampler.test_crops(torch.tensor([0, 1, 2, 3]), n, 48, seed=3)
+    assert full.shape == (4 * n, 3, 48, 48)
+    alone = sampler.test_crops(torch.tensor([2]), n, 48, seed=3)
+    reordered = sampler.test_crops(torch.tensor([3, 2, 2]), n, 48, seed=3)
+    assert torch.equal(full[2 * n:3 * n], alone)
+    assert torch.equal(reordered[n:2 * n], alone) and torch.equal(reordered[2 * n:], alone)
+    assert torch.equal(sampler.test_crops(torch.tensor([0, 1, 2, 3]), n, 48, seed=3), full)
+    assert not torch.equal(sampler.test_crops(torch.tensor([2]), n, 48, seed=4), alone)
+    # the n crops of one image differ from each other and are exact slices
+    pos = {_where(_to_u8(c)) for c in alone}
+    assert len(pos) == n
+    for c in alone:
+        u = _to_u8(c)
+        t, l = _where(u)
+        assert torch.equal(u, store[2][:, t:t + 48, l:l + 48].long())
+
+
+@pytest.mark.parametrize("n", [4, 10, 9])
+def test_grid_covers_corners(store, n):
+    sampler = CropSampler(store)
+    x = sampler.test_crops(torch.tensor([0, 1]), n, 48, mode="grid")
+    for j, i in enumerate([0, 1]):
+        H, W = SIZES[i]
+        pos = {_where(_to_u8(c)) for c in x[j * n:(j + 1) * n]}
+        assert len(pos) == n
+        assert {(0, 0), (0, W - 48), (H - 48, 0), (H - 48, W - 48)} <= pos
+
+
+def test_random_test_crops_mode(store):
+    x = CropSampler(store).test_crops(torch.tensor([0, 1]), 3, 48, mode="random")
+    assert x.shape == (6, 3, 48, 48)
+    with pytest.raises(ValueError):
+        CropSampler(store).test_crops(torch.tensor([0]), 3, 48, mode="centre")
+
+
+def test_resized_crops(store):
+    sampler = CropSampler(store)
+    g = torch.Generator().manual_seed(0)
+    # side = 0.5 * 100 = 50 = size: an exact slice
+    x = sampler.resized_crops(torch.tensor([2, 2, 2]), 0.5, 50, flip=False, generator=g)
+    for c in x:
+        u = _to_u8(c)
+        t, l = _where(u)
+        assert torch.equal(u, store[2][:, t:t + 50, l:l + 50].long())
+    # side = 0.4 * 120 = 48 of image 0, resized to 24: rows span ~48 pixels
+    x = sampler.resized_crops(torch.tensor([0, 1]), 0.4, 24, flip=True, generator=g)
+    assert x.shape == (2, 3, 24, 24)
+    for c, short in zip(x, [120, 150]):
+        rows = _to_u8(c)[0, :, 0].float()
+        assert abs((rows[-1] - rows[0]).item() - 0.4 * short * 23 / 24) < 3
+
+
+def test_global_views(store):
+    x = CropSampler(store).global_views(torch.tensor([0, 1, 3, 0]), 32)
+    assert x.shape == (4, 3, 32, 32)
+    ref = F.interpolate(store[1][None].float(), size=(32, 32), mode="bilinear", antialias=True,
+                        align_corners=False)
+    assert torch.allclose(_to_u8(x[1]).float(), ref[0].round(), atol=1)
+    assert torch.equal(x[0], x[3])
+
+
+def test_crops_with_boxes_native(store):
+    sampler = CropSampler(store)
+    idx = torch.tensor([0, 1, 3])
+    crops, boxes = sampler.crops_with_boxes(idx, 4, 40, torch.Generator().manual_seed(2), mode="native")
+    assert crops.shape == (3, 4, 3, 40, 40) and boxes.shape == (3, 4, 4)
+    for a, i in enumerate(idx.tolist()):
+        H, W = SIZES[i]
+        for b in range(4):
+            t, l, h, w = boxes[a, b].tolist()
+            t, l = round(t * H), round(l * W)
+            assert round(h * H) == 40 and round(w * W) == 40
+            assert torch.equal(_to_u8(crops[a, b]), store[i][:, t:t + 40, l:l + 40].long())
+
+
+def test_crops_with_boxes_multiscale(store):
+    sampler = CropSampler(store)
+    crops, boxes = sampler.crops_with_boxes(torch.tensor([0, 1]), 6, 32, torch.Generator().manual_seed(0),
+                                            mode="multiscale")
+    assert crops.shape == (2, 6, 3, 32, 32)
+    assert (boxes >= 0).all() and (boxes[..., 0] + boxes[..., 2] <= 1 + 1e-6).all()
+    for a, i in enumerate([0, 1]):
+        H, W = SIZES[i]
+        for b in range(6):
+            t, l, h, w = boxes[a, b].tolist()
+            t, l, s = round(t * H), round(l * W), round(h * H)
+            assert 0.3 * min(H, W) - 1 <= s <= min(H, W)
+            ref = F.interpolate(store[i][None, :, t:t + s, l:l + s].float(), size=(32, 32), mode="bilinear",
+                                antialias=s > 32, align_corners=False)[0]
+            assert (_to_u8(crops[a, b]).float() - ref).abs().max() <= 1
+
+
+def test_unreadable_and_missing_files_raise(tmp_path):
+    m = _manifest(tmp_path, sizes=[(64, 64), (64, 64)])
+    bad = Path(m.df.path[1])
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(DatasetError, match="img1.png"):
+        ImageStore.from_manifest(m, resize_mode="native", progress=False)
+    bad.unlink()
+    with pytest.raises(DatasetError, match="missing.*img1.png"):
+        ImageStore.from_manifest(m, resize_mode="native", progress=False)
+    # a truncated PNG is not silently padded
+    good = Path(m.df.path[0])
+    good.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="img0.png"):
+        ImageStore.from_manifest(m.subset([0]), resize_mode="native", progress=False)
