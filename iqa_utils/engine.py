@@ -248,7 +248,7 @@ def _state_dict_cpu(model) -> dict:
 
 
 # ---- training -------------------------------------------------------------------------------------
-def _better(metrics, best, selection: str) -> bool:
+def _better(metrics, best) -> bool:
     """max PLCC; ties go to the later epoch (DEIQT keeps the later one)."""
     if metrics is None:
         return False
@@ -319,11 +319,14 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     val_labels = _labels(store, split.val) if split.val else None
     norm = LabelNorm(tc.label_norm, manifest.label_range)
 
+    if hasattr(model, "label_range") and manifest.label_range:
+        model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
+
     G = global_batch_for(cfg, manifest.name)
     micro = min(tc.micro_batch or G, G)
     train_rows = torch.as_tensor(split.train, dtype=torch.long)
     E = steps_per_epoch(len(train_rows), dc.crops_train, G)
-    if E == 0:
+    if E == 0 and tc.epochs > 0:
         raise ValueError(f"{len(train_rows)} training images x {dc.crops_train} crops make less than one "
                          f"batch of {G}; lower train.global_batch")
     all_labels = norm(store.labels.float())
@@ -342,7 +345,7 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     ident = {"key": cfg.key(), "split": split.digest(),
              "test": test_manifest.name if test_manifest is not None else None}
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "best_epoch": None, "best_preds": None,
-             "val_preds": None, "train_s": 0.0, "eval_s": 0.0, "train_crops": 0, "eval_crops": 0}
+             "train_s": 0.0, "eval_s": 0.0, "train_crops": 0, "eval_crops": 0}
     best_weights = None
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists():
@@ -361,18 +364,38 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     if tc.compile:
         model.compile()                       # in place: the model's own methods call the compiled forward
 
-    def run_eval(rows, labels, smp, epoch):
-        seed = tc.seed if dc.test_crops != "random" else tc.seed * 1000 + epoch
-        t0 = time.perf_counter()
-        m, pred = evaluate(model, smp, rows, labels, dc.crops_test, size, dc.test_crops, seed, eval_bs,
+    def run_eval(rows, labels, smp):
+        t0 = time.perf_counter()                # seeded_random/grid crops: the same every epoch
+        m, pred = evaluate(model, smp, rows, labels, dc.crops_test, size, dc.test_crops, tc.seed, eval_bs,
                            eval_dtype, tc.channels_last, norm.inverse)
         state["eval_s"] += time.perf_counter() - t0
         state["eval_crops"] += len(rows) * dc.crops_test
         return m, pred
 
+    def eval_and_select(rec, best_weights):
+        """Evaluate into rec; model selection keeps the chosen epoch's test predictions (and weights)."""
+        if test_rows:
+            rec["test"], test_pred = run_eval(test_rows, test_labels, test_sampler)
+        if split.val:
+            rec["val"], _ = run_eval(split.val, val_labels, sampler)
+        judged = {"last": None, "val": rec.get("val"), "max_test_plcc": rec.get("test")}[tc.selection]
+        if tc.selection == "last" or _better(judged, state["best"]):
+            state["best"] = judged["plcc"] if judged else None
+            state["best_epoch"] = rec["epoch"]
+            state["best_preds"] = test_pred.tolist() if test_rows else None
+            if tc.selection != "last":
+                best_weights = _state_dict_cpu(model)
+        if progress and "test" in rec:
+            epochs.set_postfix(srcc=f"{rec['test']['srcc']:.3f}", plcc=f"{rec['test']['plcc']:.3f}")
+        return best_weights
+
     model.train()
     epochs = tqdm(range(state["epoch"], tc.epochs), desc=f"{cfg.model.name} {manifest.name}", unit="epoch",
                   initial=state["epoch"], total=tc.epochs, disable=not progress)
+    if tc.epochs == 0 and not state["history"]:      # the untrained model, evaluated once ("epoch 0")
+        rec = {"epoch": 0, "step": 0}
+        best_weights = eval_and_select(rec, best_weights)
+        state["history"].append(rec)
     for epoch in epochs:
         t0 = time.perf_counter()
         order = train_rows.repeat_interleave(dc.crops_train)
@@ -403,20 +426,7 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
                **{k: v / E for k, v in logs_sum.items()}}
         last = epoch + 1 == tc.epochs
         if (epoch + 1) % tc.eval_every == 0 or last:
-            if test_rows:
-                rec["test"], test_pred = run_eval(test_rows, test_labels, test_sampler, epoch)
-            if split.val:
-                rec["val"], _ = run_eval(split.val, val_labels, sampler, epoch)
-            # model selection: remember the chosen epoch's test predictions (and weights)
-            judged = {"last": None, "val": rec.get("val"), "max_test_plcc": rec.get("test")}[tc.selection]
-            if tc.selection == "last" or _better(judged, state["best"], tc.selection):
-                state["best"] = judged["plcc"] if judged else None
-                state["best_epoch"] = epoch + 1
-                state["best_preds"] = test_pred.tolist() if test_rows else None
-                if tc.selection != "last":
-                    best_weights = _state_dict_cpu(model)
-            if progress and "test" in rec:
-                epochs.set_postfix(srcc=f"{rec['test']['srcc']:.3f}", plcc=f"{rec['test']['plcc']:.3f}")
+            best_weights = eval_and_select(rec, best_weights)
         state["history"].append(rec)
         state["epoch"] = epoch + 1
 

@@ -161,12 +161,16 @@ def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, si
         device = next(model.parameters()).device
         size = getattr(model, "input_size", None)
         maps = []
-        with _preserve_mode(model), GradCAM(model, layers, reshape_transform=reshape) as cam:
-            for i in range(0, n, batch):
-                x = images[i:i + batch].to(device).float()
-                if size is not None and tuple(x.shape[-2:]) != (size, size):
-                    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-                maps.append(cam(x, targets=[ScoreTarget(sign)] * len(x)))
+        with _preserve_mode(model):
+            cam = GradCAM(model, layers, reshape_transform=reshape)
+            try:        # not `with cam:` -- the library's __exit__ swallows IndexError
+                for i in range(0, n, batch):
+                    x = images[i:i + batch].to(device).float()
+                    if size is not None and tuple(x.shape[-2:]) != (size, size):
+                        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+                    maps.append(cam(x, targets=[ScoreTarget(sign)] * len(x)))
+            finally:
+                cam.activations_and_grads.release()
         out[name] = resize_maps(np.concatenate(maps), (h, w))
     return out
 
@@ -212,7 +216,8 @@ def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapp
 
 # ================================================================ feature / attention maps
 
-def token_maps(tokens, method: str = "norm", prefix_tokens: int = 0, grid: tuple[int, int] | None = None) -> np.ndarray:
+def token_maps(tokens, method: str = "norm", prefix_tokens: int = 0,
+               grid: tuple[int, int] | None = None) -> np.ndarray:
     """(N, h, w) scalar maps from a token grid, for visualising features.
 
     tokens: (N, L, D) tokens (prefix tokens first, dropped) or (N, D, h, w) feature maps.
@@ -291,7 +296,8 @@ def plot_feature_maps(features: Mapping[str, object], path, images=None, method:
     return plot_map_rows(rows, path, images=images, overlay=overlay, **kw)
 
 
-def plot_attention_maps(rows: Sequence[tuple[str, np.ndarray]], path, images=None, overlay: bool = True, **kw) -> Path:
+def plot_attention_maps(rows: Sequence[tuple[str, np.ndarray]], path, images=None, overlay: bool = True,
+                        **kw) -> Path:
     """Per-layer attention (or Grad-CAM) maps, e.g. before / after SFA: a list of
     (row name, (N, h, w) array) -> grid, over the images when given (CSFIQA Fig. 5)."""
     return plot_map_rows(rows, path, images=images, overlay=overlay and images is not None,
@@ -317,7 +323,8 @@ def plot_scale_mos(df: pd.DataFrame, path, small_label: str = "small scale (20%)
     sns.histplot(diff, kde=True, ax=b, color="tab:purple")
     b.axvline(0, color="k", lw=0.8)
     b.set_xlabel("MOS(large) - MOS(small), per image")
-    b.set_title(f"mean {diff.mean():.2f}, sd {diff.std():.2f}, |diff| > {big_diff:g}: {(diff.abs() > big_diff).mean():.0%}")
+    share = (diff.abs() > big_diff).mean()
+    b.set_title(f"mean {diff.mean():.2f}, sd {diff.std():.2f}, |diff| > {big_diff:g}: {share:.0%}")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -336,11 +343,13 @@ def mos_bins(mos, bins=4) -> pd.Series:
 
 
 def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, random_state: int = 0,
-                  title: str | None = None) -> tuple[Path, pd.DataFrame]:
+                  title: str | None = None, n_threads: int | None = 1) -> tuple[Path, pd.DataFrame]:
     """2-D t-SNE of quality features coloured by MOS range. features: (N, D) array or
     {model name: (N, D)} (one panel each, same MOS). Deterministic for a given random_state
-    (PCA init). Returns (path, DataFrame model, x, y, mos, mos_range)."""
+    (PCA init, n_threads=1; None lets sklearn use every core). Perplexity defaults to
+    min(30, (N - 1) / 3). Returns (path, DataFrame model, x, y, mos, mos_range)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     sets = features if isinstance(features, Mapping) else {"features": features}
     mos = np.asarray(mos, dtype=float)
@@ -351,7 +360,10 @@ def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, 
         if len(x) != len(mos):
             raise ValueError(f"{name}: {len(x)} feature rows but {len(mos)} MOS values")
         perp = perplexity or max(2.0, min(30.0, (len(x) - 1) / 3))
-        xy = TSNE(2, perplexity=perp, init="pca", random_state=random_state).fit_transform(x)
+        # one OpenMP thread: float sums in a fixed order (same map whatever the core count), and for
+        # pools of ~1e3 points faster than threads that contend with other work
+        with threadpool_limits(n_threads):
+            xy = TSNE(2, perplexity=perp, init="pca", random_state=random_state).fit_transform(x)
         frames.append(pd.DataFrame({"model": name, "x": xy[:, 0], "y": xy[:, 1], "mos": mos, "mos_range": ranges}))
     df = pd.concat(frames, ignore_index=True)
     fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4.4), squeeze=False)
@@ -428,8 +440,8 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
     images: indexable by pool index -> (H, W, 3) array or image path."""
     defenders = list(dict.fromkeys(table["defender"]))
     levels = sorted(table["level"].unique())
-    fig, axes = plt.subplots(len(levels), 2 * len(defenders), figsize=(2.4 * 2 * len(defenders), 2.5 * len(levels)),
-                             squeeze=False)
+    n_cols = 2 * len(defenders)
+    fig, axes = plt.subplots(len(levels), n_cols, figsize=(2.4 * n_cols, 2.5 * len(levels)), squeeze=False)
     for ax in axes.flat:
         _blank(ax)
     for j, defender in enumerate(defenders):
@@ -441,8 +453,8 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
                 ax.set_xlabel(f"{row['attacker']} {_fmt(row[f'attacker_{side}'])} "
                               f"({row['defender']} {_fmt(row[f'defender_{side}'])})", fontsize=8)
                 if r == 0:
-                    ax.set_title(f"{row['defender']} defends: {row['attacker']} {'best' if side == 'high' else 'worst'}",
-                                 fontsize=9)
+                    pick = "best" if side == "high" else "worst"
+                    ax.set_title(f"{row['defender']} defends: {row['attacker']} {pick}", fontsize=9)
         for r, level in enumerate(levels):
             if j == 0:
                 axes[r, 0].set_ylabel(f"level {level}", fontsize=9)
@@ -508,8 +520,8 @@ def plot_examples_per_distortion(df: pd.DataFrame, path, images=None, root=None,
                 item = images[i]
             ax.imshow(_load_image(item, max_side))
             level = df.at[i, "level"] if "level" in df and pd.notna(df.at[i, "level"]) else None
-            ax.set_xlabel(f"{label} {_fmt(float(df.at[i, label]))}" + (f", level {level}" if level is not None else ""),
-                          fontsize=8)
+            text = f"{label} {_fmt(float(df.at[i, label]))}" + (f", level {level}" if level is not None else "")
+            ax.set_xlabel(text, fontsize=8)
         axes[r, 0].set_ylabel(str(name), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -181,10 +181,11 @@ def test_features_and_cam():
     x = torch.randn(2, 3, 96, 96)
     score, f = m(x, return_features=True)
     h.remove()
-    assert f["small"].shape == (2, 64, 48) and f["large"].shape == (2, 36, 96)
-    assert f["pre_sfa"].shape == f["post_sfa"].shape == (2, 65 + 37, 96)
+    d0, d1 = m.encoder.embed_dim
+    assert f["small"].shape == (2, 64, d0) and f["large"].shape == (2, 36, d1)   # 8x8 and 6x6 grids at 96 px
+    assert f["pre_sfa"].shape == f["post_sfa"].shape == (2, 65 + 37, d1)
     cam = m.cam_reshape(acts[0])
-    assert cam.shape == (2, 96, 6, 6)
+    assert cam.shape == (2, d1, 6, 6)
     g, = torch.autograd.grad(score.sum(), acts[0])
     assert g[:, 1:].abs().sum() > 0                     # the score depends on the hooked patch tokens
 
@@ -196,12 +197,12 @@ def test_crossvit_hub_weights_load_strictly(tmp_path):
     src = build_crossvit("tiny", input_size=120)           # a "checkpoint" at another input size
     sd = {k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v.clone()
           for k, v in src.state_dict().items()}               # hub naming
-    sd["head.0.weight"] = torch.zeros(10, 48)
+    sd["head.0.weight"] = torch.zeros(10, src.embed_dim[0])
     save_file(sd, str(tmp_path / "model.safetensors"))
     enc = build_crossvit("tiny", input_size=96)
     load_encoder_weights(enc, str(tmp_path), crossvit_key_map(enc))
     assert torch.equal(enc.blocks[2].blocks[1][0].mlp.fc1.weight, src.blocks[2].blocks[1][0].mlp.fc1.weight)
-    assert enc.pos_embed_0.shape == (1, 65, 48)             # 10x10 grid resampled to 8x8
+    assert enc.pos_embed_0.shape == (1, 65, enc.embed_dim[0])   # 10x10 grid resampled to 8x8
     del sd["norm.1.weight"]
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightsError, match="missing"):

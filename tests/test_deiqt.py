@@ -12,7 +12,8 @@ from iqa_utils.models.registry import create_model
 
 
 def test_full_size_parameter_count():
-    model = DEIQT("small", 224)
+    with torch.device("meta"):                       # shapes only: no memory, no init cost
+        model = DEIQT("small", 224)
     assert sum(p.numel() for p in model.parameters()) == 24_043_776
     assert sum(p.numel() for p in model.encoder.parameters()) == 21_674_496
     layer = model.decoder.layer

@@ -100,7 +100,7 @@ def test_spectral_residual_peaks_on_blob():
 
 
 def _tiny(**over):
-    cfg = make_config("smoke", "lmliqa", {f"lmliqa.{k}": v for k, v in over.items()})
+    cfg = make_config("smoke", "lmliqa", {"data.crop_size": 64, **{f"lmliqa.{k}": v for k, v in over.items()}})
     torch.manual_seed(0)
     return create_model(cfg)
 
@@ -217,7 +217,7 @@ def test_eval_branch_mean_and_gradcam_hooks():
     with torch.no_grad():
         for p in m.teacher.parameters():
             p.add_(0.05)                                                    # make the branches differ
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(m(x), 0.5 * (m.student(x) + m.teacher(x)), atol=1e-6)
     seen = {}
@@ -227,10 +227,10 @@ def test_eval_branch_mean_and_gradcam_hooks():
     m(x)
     h.remove()
     grid = m.cam_reshape(seen["t"])
-    assert grid.shape == (2, 48, 6, 6)
+    assert grid.shape == (2, 48, 4, 4)
     assert torch.equal(grid[1, :, 0, 1], seen["t"][1, 2])                  # token 1 + 1 (after the CLS)
-    d = DEIQT("tiny", 96)
-    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 6, 6)
+    d = DEIQT("tiny", 64)
+    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 4, 4)
 
 
 def test_unknown_switch_is_an_error():

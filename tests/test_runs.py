@@ -5,10 +5,14 @@ import json
 
 import pytest
 
-from iqa_utils import engine, runs
+from iqa_utils import engine
 from iqa_utils.data.splits import Split
 from iqa_utils.runs import git_commit, load_records, record_path, run_key, run_or_load, shard
 from test_engine import tiny_cfg, tiny_manifest
+
+
+# tiny test splits (4 images) cannot carry a logistic fit; the engine says so in a warning
+pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
 
 
 def cfg_for(**over):
@@ -101,3 +105,15 @@ def test_shard_and_git(tmp_path):
     assert git_commit(tmp_path) is None
     c = git_commit()
     assert c is None or len(c) == 40
+
+
+def test_cross_dataset_run(manifest, tmp_path):
+    target = tiny_manifest(tmp_path / "other", n=12, seed=5)
+    target.name = "tiny2"
+    cfg = cfg_for(**{"train.epochs": 1})
+    cfg.test_dataset = "tiny2"
+    rec = run_or_load(cfg, tmp_path / "res", manifest=manifest, test_manifest=target, progress=False)
+    assert rec["test_dataset"] == "tiny2" and rec["split"]["n_test"] == 12
+    assert rec["predictions"]["rows"] == list(range(12))
+    assert record_path(cfg, tmp_path / "res").parent.name == "tiny-to-tiny2"
+    assert load_records(tmp_path / "res", test_dataset="tiny2").shape[0] == 1

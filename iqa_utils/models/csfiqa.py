@@ -37,7 +37,7 @@ from .. import losses as L
 SCALE_MODES = ("branch", "crop", "crop_per_branch", "single")
 # tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
 # CLS cross-attention), narrow enough to train in seconds on a CPU.
-TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[48, 96], depth=[[1, 1, 0]] * 3, num_heads=[3, 3],
+TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
                      mlp_ratio=[2, 2, 1])
 
 
@@ -408,6 +408,7 @@ def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> d
     if input_size is not None:
         cfg.csfiqa.input_size = input_size
     c = cfg.csfiqa
+    c.ic_weights = None                    # shapes only: LLaMA-7B dimensions, nothing read or downloaded
     with torch.device("meta"):
         model = CSFIQA(c, "small", device="meta")
     counts = model.param_counts()
