@@ -212,3 +212,77 @@ def dataset_summary(manifests: dict) -> pd.DataFrame:
                      "distortion types": df.distortion.nunique() if df.distortion.notna().any() else None,
                      "root": str(m.root)})
     return pd.DataFrame(rows)
+
+
+# --- cost (notebook 05) --------------------------------------------------------------------------------
+MODELS = ("deiqt", "csfiqa", "lmliqa")
+
+
+def full_size_model(model: str):
+    """The paper-size model on the meta device: shapes only, nothing allocated, read or downloaded."""
+    import torch
+    from .models import create_model
+
+    cfg = make_config("paper", model)
+    cfg.model.pretrained = False
+    if model == "csfiqa":
+        from .models.csfiqa import CSFIQA
+        with torch.device("meta"):
+            return CSFIQA(cfg.csfiqa, "small", cfg.train.regression_loss, device="meta")
+    with torch.device("meta"):
+        return create_model(cfg)
+
+
+def cost_analysis(profile: str, device: str = "auto", batch: int = 8, train_batch: int = 8,
+                  crops_per_image: int = 10) -> pd.DataFrame:
+    """Params and MACs at full size (each paper's input size), then latency, throughput and peak
+    memory of the profile's model size on `device` (named in the table)."""
+    from .costs import cost_table
+    from .engine import resolve_device
+    from .models import create_model
+
+    dev = resolve_device(device)
+    full = {m: full_size_model(m) for m in MODELS}
+    sizes = {m: getattr(full[m], "input_size", 224) for m in MODELS}
+    t_full = cost_table({METHOD_NAMES[m]: full[m] for m in MODELS}, {METHOD_NAMES[m]: sizes[m] for m in MODELS},
+                        timing=False, crops_per_image=crops_per_image)
+    t_full.insert(1, "size", "full (paper)")
+    if profile == "smoke":
+        models = {m: create_model(make_config(profile, m)).to(dev) for m in MODELS}
+        t_run = cost_table({METHOD_NAMES[m]: models[m] for m in MODELS}, device=str(dev), batch=batch,
+                           train_batch=train_batch, memory=True, crops_per_image=crops_per_image)
+        t_run.insert(1, "size", "tiny (smoke)")
+        return pd.concat([t_full, t_run], ignore_index=True)
+    # full size on a real device needs real tensors: random init (timing does not depend on the weights),
+    # the LLaMA layer at its 7B dimensions only when its weights are given
+    t_full.drop(columns=["device"], inplace=True)
+    models = {}
+    for m in MODELS:
+        cfg = make_config(profile, m)
+        cfg.model.pretrained = False
+        try:
+            models[METHOD_NAMES[m]] = create_model(cfg).to(dev)
+        except Exception as e:   # e.g. CSFIQA without the LLaMA-7B weights: params/MACs above still hold
+            print(f"{METHOD_NAMES[m]}: not timed ({e})")
+    t_run = cost_table(models, device=str(dev), batch=batch, train_batch=train_batch, memory=True,
+                       crops_per_image=crops_per_image)
+    keep = [c for c in t_run.columns if c not in t_full.columns or c == "model"]
+    return t_full.merge(t_run[keep], on="model", how="left")
+
+
+def cost_vs_reported(cost: pd.DataFrame) -> pd.DataFrame:
+    """Reported cost figures next to the kit's full-size counts (LoDa / TReS are reported-only)."""
+    from .tables import reported_numbers
+
+    rep = reported_numbers()
+    rep = rep[rep.table == "cost"]
+    full = cost[cost["size"] == "full (paper)"].set_index("model")
+    rows = []
+    for r in rep.itertuples():
+        method = r.method.split(" (")[0]
+        col = "params_M" if r.metric == "params_M" else "GMACs_per_crop"
+        ours = float(full.loc[method, col]) if method in full.index else None
+        rows.append({"method": r.method, "metric": r.metric, "reported": r.value,
+                     "source": f"{r.paper} {r.version}: {r.provenance}",
+                     "kit (full size)": ours, "delta": None if ours is None else ours - r.value})
+    return pd.DataFrame(rows)

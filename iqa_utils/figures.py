@@ -1,0 +1,221 @@
+"""The papers' figures from trained runs: notebook 06 calls one function per figure.
+
+Models are the seed-0 runs of the profile's first dataset (LIVEC in the paper profile, as both papers'
+Fig. 4 use it), taken from their run records — trained first if the record is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import viz
+from .config import PROFILE_PLAN, make_config
+from .report import record_output
+
+MODELS = ("deiqt", "csfiqa", "lmliqa")
+NAMES = {"deiqt": "DEIQT", "csfiqa": "CSFIQA", "lmliqa": "LML-IQA"}
+
+
+@dataclass
+class Visuals:
+    profile: str
+    dataset: str
+    manifest: object
+    split: object
+    models: dict
+    records: dict
+    sampler: object
+    device: torch.device
+    data_root: str | None = None
+    n_images: int = 6
+    rows: list = field(default_factory=list)      # the test images shown in Grad-CAM figures
+
+    def summary(self) -> pd.DataFrame:
+        return pd.DataFrame([{"model": NAMES[m], "dataset": self.dataset, "test SRCC": r["final"]["srcc"],
+                              "checkpoint": r.get("checkpoint")} for m, r in self.records.items()])
+
+    def views(self, rows, size: int) -> torch.Tensor:
+        return self.sampler.global_views(torch.as_tensor(rows, dtype=torch.long), size)
+
+
+def visual_context(profile: str, results_dir: str = "results", data_root: str | None = None,
+                   device: str = "auto", dataset: str | None = None, seed: int = 0, n_images: int = 6) -> Visuals:
+    from .data.registry import load_manifest
+    from .data.splits import Split
+    from .data.store import CropSampler
+    from .engine import build_store, load_trained, resolve_device
+    from .runs import run_or_load
+
+    plan = PROFILE_PLAN[profile]
+    dataset = dataset or ("LIVEC" if "LIVEC" in plan["datasets"] else plan["datasets"][0])
+    manifest = load_manifest(dataset, data_root)
+    dev = resolve_device(device)
+    models, records = {}, {}
+    for m in MODELS:
+        cfg = make_config(profile, m, {"data.dataset": dataset, "train.device": str(dev)})
+        cfg.split_seed, cfg.data.data_root = seed, data_root
+        rec = run_or_load(cfg, results_dir, manifest=manifest)
+        model, _ = load_trained(Path(results_dir) / rec["checkpoint"], device=str(dev))
+        models[m], records[m] = model.eval(), rec
+    split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
+    cfg = make_config(profile, "deiqt", {"data.dataset": dataset})
+    size = max(getattr(m, "input_size", 224) for m in models.values())
+    store = build_store(manifest, cfg, dev, size, progress=False)
+    test = np.asarray(split.test)
+    labels = manifest.df.label.to_numpy()[test]
+    # images spread over the label range, low to high
+    order = test[np.argsort(labels)]
+    rows = order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()
+    return Visuals(profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
+                   data_root, n_images, rows)
+
+
+def _out(results_dir, name) -> Path:
+    p = Path(results_dir) / "figures" / f"{name}.png"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _denorm(model, pred: np.ndarray) -> np.ndarray:
+    """Scores in label units (a run trained on min-max labels predicts in [0, 1])."""
+    from .engine import LabelNorm
+    meta = getattr(model, "kit_meta", {})
+    return LabelNorm(meta["config"]["train"]["label_norm"], meta.get("label_range")).inverse(pred) if meta else pred
+
+
+@torch.no_grad()
+def _predict(model, x) -> np.ndarray:
+    return _denorm(model, model(x).float().cpu().numpy())
+
+
+def gradcam(V: Visuals, results_dir) -> Path:
+    """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM, GT and predictions under them."""
+    size = max(m.input_size for m in V.models.values())
+    x = V.views(V.rows, size)
+    names = {NAMES[k]: m for k, m in V.models.items()}
+    cams = viz.gradcam_maps(names, x)
+    scores = {"GT": V.manifest.df.label.to_numpy()[V.rows]}
+    for name, m in names.items():
+        xi = torch.nn.functional.interpolate(x, size=(m.input_size,) * 2, mode="bilinear", align_corners=False)
+        scores[name] = _predict(m, xi)
+    path = viz.plot_gradcam_grid(viz.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
+    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images)")
+    return path
+
+
+@torch.no_grad()
+def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
+    """CSFIQA Fig. 4 rows 4-5 (large- and small-scale feature maps) and Fig. 5 (before / after SFA)."""
+    m = V.models["csfiqa"]
+    x = V.views(V.rows, m.input_size)
+    _, f = m(x, return_features=True)
+    images = viz.to_uint8(x)
+    feats = {"large scale": f["large"]}
+    if "small" in f:
+        feats["small scale"] = f["small"]
+    p1 = viz.plot_feature_maps(feats, _out(results_dir, "06_csfiqa_scale_features"), images=images)
+    record_output(p1, "figure", "CSFIQA large- and small-scale token maps (norm)")
+    gh, gw = f["grid_large"]
+    n_large = gh * gw
+    pre_l, post_l = f["pre_sfa"][:, -n_large:], f["post_sfa"][:, -n_large:]
+    rows = [("large tokens before SFA", viz.token_maps(pre_l, grid=(gh, gw))),
+            ("large tokens after SFA", viz.token_maps(post_l, grid=(gh, gw)))]
+    cams = viz.gradcam_maps({"CSFIQA Grad-CAM": m}, x)
+    rows.append(("Grad-CAM (score)", cams["CSFIQA Grad-CAM"]))
+    p2 = viz.plot_attention_maps(rows, _out(results_dir, "06_csfiqa_sfa_maps"), images=images)
+    record_output(p2, "figure", "CSFIQA maps before and after SFA (AFS + Information Concentrator)")
+    return [p1, p2]
+
+
+def scale_labels(V: Visuals) -> pd.DataFrame:
+    """One row per image: mos_small, mos_large (and mos_image) — LIVEFB's patch labels in the paper
+    profile (sizes from the boxes), pseudo-MOS of 20% / 40% crops for the synthetic set."""
+    if V.dataset.startswith("synthetic"):
+        from .data import synthetic
+        crops = synthetic.scale_labels(V.manifest, ratios=(0.2, 0.4), n_per_image=1)
+        wide = crops.pivot_table(index="row", columns="ratio", values="mos_crop")
+        return pd.DataFrame({"mos_small": wide[0.2], "mos_large": wide[0.4],
+                             "mos_image": V.manifest.df.label.to_numpy()[wide.index]})
+    from .data.registry import load_manifest
+    fb = V.manifest if V.dataset == "LIVEFB" else load_manifest("LIVEFB", V.data_root)
+    patches = fb.extras.get("patches")
+    if patches is None or patches.empty:
+        raise FileNotFoundError("LIVEFB's patch labels (labels_image_3patch.csv or labels_patch.csv) were not "
+                                f"found under {fb.root}; they come with the FLIVE release")
+    p = patches.assign(scale=patches["rel_side"].map(lambda r: 0.2 if abs(r - 0.2) < abs(r - 0.4) else 0.4))
+    p = p[(p.rel_side - p.scale).abs() < 0.07]
+    wide = p.pivot_table(index="image", columns="scale", values="mos", aggfunc="first")
+    return pd.DataFrame({"mos_small": wide.get(0.2), "mos_large": wide.get(0.4)})
+
+
+def scale_mos(V: Visuals, results_dir) -> Path:
+    """CSFIQA Fig. 2: MOS distributions at a large (40%) and a small (20%) scale."""
+    df = scale_labels(V)
+    path = viz.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
+    record_output(path, "figure", "MOS at two scales (20% / 40% of the image)")
+    return path
+
+
+@torch.no_grad()
+def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> np.ndarray:
+    """Per-image quality feature (the CLS fed to the decoder), mean over seeded test crops."""
+    out = []
+    for i in range(0, len(rows), batch):
+        idx = torch.as_tensor(rows[i:i + batch], dtype=torch.long)
+        x = sampler.test_crops(idx, n_crops, size)
+        _, f = model(x, return_features=True)
+        out.append(f["cls"].float().reshape(len(idx), n_crops, -1).mean(1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
+    """LML-IQA Fig. 5: t-SNE of the quality features of the training set, coloured by MOS range
+    (LML-IQA next to DEIQT for contrast)."""
+    rows = list(getattr(V.split, split))
+    cfg = make_config(V.profile, "deiqt")
+    feats = {NAMES[k]: features(V.models[k], V.sampler, rows, cfg.data.crops_test, V.models[k].input_size)
+             for k in ("deiqt", "lmliqa")}
+    path, _ = viz.tsne_features(feats, V.manifest.df.label.to_numpy()[rows], _out(results_dir, "06_tsne"))
+    record_output(path, "figure", f"t-SNE of quality features ({V.dataset} {split} set), coloured by MOS")
+    return path
+
+
+def gmad(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
+    """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
+    Exploration Database in the paper profile; the whole synthetic set in smoke)."""
+    from .data.store import CropSampler, ImageStore
+    from .engine import predict_rows
+
+    if pool_dir:
+        exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+        paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
+        if not paths:
+            raise FileNotFoundError(f"no images under the gMAD pool folder {pool_dir}")
+        size = max(m.input_size for m in V.models.values())
+        store = ImageStore.from_paths(paths, min_side=size, device=V.device, progress=True)
+        sampler = CropSampler(store, device=V.device)
+    else:
+        paths, sampler = V.manifest.df.path.tolist(), V.sampler
+    rows = list(range(len(paths)))
+    cfg = make_config(V.profile, "deiqt")
+    scores = {k: _denorm(V.models[k], np.asarray(predict_rows(V.models[k], sampler, rows, cfg.data.crops_test,
+                                                               V.models[k].input_size)))
+              for k in ("deiqt", "lmliqa")}
+    table = viz.gmad(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
+    path = viz.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
+    record_output(path, "figure", "gMAD competition, DEIQT vs LML-IQA")
+    return path
+
+
+def training_curves(results_dir) -> Path:
+    from .runs import load_record
+    recs = [load_record(p) for p in sorted((Path(results_dir) / "runs").glob("*/*/*.json"))]
+    recs = [r for r in recs if r["config"]["split_seed"] == 0 and len(r.get("epochs", [])) > 1
+            and r["config"]["data"]["train_fraction"] == 1.0 and not r["config"].get("test_dataset")][:6]
+    path = viz.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
+    record_output(path, "figure", "Per-epoch test SRCC / PLCC of the main runs (seed 0)")
+    return path
