@@ -276,6 +276,7 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
         total += loss.item() * w
         for k, v in logs.items():
             logs_sum[k] = logs_sum.get(k, 0.0) + float(v) * w
+        del batch, loss, logs   # free this chunk's crops before the next are cut (no allocator churn)
     return total, logs_sum
 
 

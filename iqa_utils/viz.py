@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -42,10 +43,15 @@ CAM_CMAP = "jet"
 # ================================================================ small helpers
 
 def _save(fig, path) -> Path:
+    """Write atomically (a temp file, then rename) and log the file for results/README.md."""
+    from .report import record_output
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
+    os.replace(tmp, path)
+    record_output(path, "figure", path.stem.replace("_", " "))
     return path
 
 
@@ -559,5 +565,39 @@ def plot_training_curves(records: Sequence[Mapping], path, metrics: Sequence[str
             ax.legend(fontsize=7)
         ax.set_title(metric.upper())
         ax.set_ylabel(metric.upper())
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ================================================================ sweeps as plots (notebooks 02, 03)
+
+def plot_data_efficiency(runs: pd.DataFrame, path, metric: str = "srcc") -> Path:
+    """Median test metric over split seeds against the share of the training split, per method
+    (one panel per dataset). runs: one row per run with method, dataset, train_fraction, metric."""
+    df = runs.groupby(["method", "dataset", "train_fraction"], as_index=False)[metric].median()
+    datasets = list(dict.fromkeys(df["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sns.lineplot(df[df["dataset"] == ds], x="train_fraction", y=metric, hue="method", marker="o", ax=ax)
+        ax.set_title(ds)
+        ax.set_xlabel("share of the training split")
+        ax.set_ylabel(f"test {metric.upper()} (median)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_ablation(runs: pd.DataFrame, path, metric: str = "srcc") -> Path:
+    """Median test metric per ablation variant, one panel per method (rows in the order given)."""
+    methods = list(dict.fromkeys(runs["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 0.5 + 0.45 * runs["variant"].nunique()),
+                             squeeze=False)
+    for ax, m in zip(axes[0], methods):
+        part = runs[runs["method"] == m]
+        med = part.groupby("variant", sort=False)[metric].median()
+        ax.barh(range(len(med)), med.to_numpy(), color=sns.color_palette()[0])
+        ax.set_yticks(range(len(med)), med.index)
+        ax.invert_yaxis()
+        ax.set_title(m)
+        ax.set_xlabel(f"test {metric.upper()} (median)")
     fig.tight_layout()
     return _save(fig, path)

@@ -128,7 +128,7 @@ class SelectiveAttention(nn.Module):
 
 
 def _projector(d_in: int, d_out: int) -> nn.Module:
-    if d_out <= 0:                      # D6 "no projector"; a bias-free map only when widths differ
+    if d_out <= 0:                      # D6 "no projector" (the small scale then gets a width map, see __init__)
         return nn.Identity()
     return nn.Sequential(nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out))
 
