@@ -30,7 +30,7 @@ def test_decoder_adds_cls_to_queries_and_reads_patches_only():
     x = torch.randn(3, 3, 32, 32)
     score, feats = model(x, return_features=True)
     cls, patches = model.features(x)
-    assert patches.shape == (3, 4, 48) and feats["cls"].shape == (3, 48)   # CLS not in the memory
+    assert patches.shape == (3, 16, 48) and feats["cls"].shape == (3, 48)   # 8-px patches; CLS not in the memory
     d = model.decoder
     panel = d.layer(d.queries + cls[:, None], patches)
     torch.testing.assert_close(score, d.score(panel).mean(1).squeeze(-1))

@@ -16,7 +16,7 @@ from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils import engine
-from iqa_utils.engine import (TrainingInterrupted, atomic_save, config_from_dict, evaluate, load_trained,
+from iqa_utils.engine import (LabelNorm, TrainingInterrupted, atomic_save, config_from_dict, evaluate, load_trained,
                               lr_at, param_groups, predict_images, train_run)
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
@@ -193,7 +193,9 @@ def test_val_selection_keeps_selected_weights(data, tmp_path):
     assert rec["final"]["plcc"] == pytest.approx(rec["epochs"][best]["test"]["plcc"])
     model, _ = load_trained(tmp_path / "model.safetensors")
     store = ImageStore.from_manifest(data, min_side=32, progress=False)
-    _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32)
+    norm = LabelNorm(cfg.train.label_norm, data.label_range)      # records hold scores in label units
+    _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32,
+                       denorm=norm.inverse)
     np.testing.assert_allclose(pred, rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="validation split"):
         train_run(cfg, data, make_split(data, 2), tmp_path / "noval", progress=False)

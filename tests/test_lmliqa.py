@@ -115,10 +115,10 @@ def test_cls_attention_matches_timm_weights():
     h = attn.attn_drop.register_forward_hook(lambda mod, i, o: seen.__setitem__("w", o))
     m.encoder.forward_features(x)
     h.remove()
-    want = seen["w"][:, :, 0, 1:].mean(1).reshape(2, 4, 4)
+    want = seen["w"][:, :, 0, 1:].mean(1).reshape(2, 8, 8)             # 64 px / 8-px patches
     assert torch.allclose(got, want, atol=1e-6)
     d = decoder_attention(m, x)
-    assert d.shape == (2, 4, 4) and torch.allclose(d.sum((1, 2)), torch.ones(2), atol=1e-5)
+    assert d.shape == (2, 8, 8) and torch.allclose(d.sum((1, 2)), torch.ones(2), atol=1e-5)
 
 
 class FakeSampler:
@@ -227,10 +227,10 @@ def test_eval_branch_mean_and_gradcam_hooks():
     m(x)
     h.remove()
     grid = m.cam_reshape(seen["t"])
-    assert grid.shape == (2, 48, 4, 4)
+    assert grid.shape == (2, 48, 8, 8)
     assert torch.equal(grid[1, :, 0, 1], seen["t"][1, 2])                  # token 1 + 1 (after the CLS)
     d = DEIQT("tiny", 64)
-    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 4, 4)
+    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 8, 8)
 
 
 def test_unknown_switch_is_an_error():

@@ -13,7 +13,9 @@ def _name(req: str) -> str:
 def test_environment_matches_pyproject():
     py = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = {_name(r): r.replace(" ", "") for r in py["dependencies"] + py["optional-dependencies"]["test"]}
-    lines = [l.strip()[2:].strip() for l in (ROOT / "environment.yml").read_text().splitlines()
+    text = (ROOT / "environment.yml").read_text()
+    pip_block = text.split("- pip:", 1)[1]          # the pip section mirrors pyproject
+    lines = [l.strip()[2:].strip() for l in pip_block.splitlines()
              if l.strip().startswith("- ") and not l.strip().startswith("- -e")]
     pip_reqs = {_name(r): r.replace(" ", "") for r in lines
                 if r not in ("pip",) and not r.startswith(("python=", "pip:"))}

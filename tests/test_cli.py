@@ -1,0 +1,57 @@
+"""iqa-kit train / predict / decisions / data from the command line, on the embedded synthetic set."""
+import json
+from pathlib import Path
+
+import pytest
+
+from iqa_utils.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    results = root / "results"
+    args = ["train", "--model", "deiqt", "--dataset", "synthetic", "--data-root", str(root / "data"),
+            "--results-dir", str(results), "--seeds", "0", "--device", "cpu",
+            "--set", "train.epochs=1", "data.crops_train=1", "data.crops_test=2", "train.warmup_epochs=0"]
+    assert main(args) == 0
+    return root, results, args
+
+
+def test_train_writes_a_record_and_a_rerun_skips_it(trained, capsys):
+    root, results, args = trained
+    records = list((results / "runs" / "deiqt" / "synthetic").glob("*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert rec["config"]["train"]["epochs"] == 1 and rec["config"]["data"]["crops_test"] == 2
+    mtime = records[0].stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0                         # loaded from the record, not retrained
+    assert records[0].stat().st_mtime_ns == mtime
+    assert "DEIQT" in capsys.readouterr().out
+
+
+def test_predict_scores_images_with_the_checkpoint(trained, capsys):
+    root, results, _ = trained
+    ckpt = next((results / "checkpoints").iterdir())
+    images = sorted((root / "data" / "synthetic" / "images").glob("*.png"))[:3]
+    capsys.readouterr()
+    assert main(["predict", *map(str, images), "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    scores = [float(l.split("\t")[0]) for l in lines]
+    assert all(-50 < s < 150 for s in scores)      # label units (0-100), not the min-max scale
+    assert [l.split("\t")[1] for l in lines] == list(map(str, images))
+
+
+def test_unknown_override_and_missing_checkpoint_are_clear_errors(tmp_path):
+    with pytest.raises(KeyError, match="train.epoch"):
+        main(["train", "--results-dir", str(tmp_path), "--set", "train.epoch=1"])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path)])
+
+
+def test_decisions_lists_the_open_paper_details(capsys):
+    assert main(["decisions", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "csfiqa.afs_k" in out and "lmliqa.saliency" in out and "reviews" in out
