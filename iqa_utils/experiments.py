@@ -172,6 +172,11 @@ ABLATIONS = {
 }
 
 
+def sweep_label(model: str, name: str) -> str:
+    fields = SWEEPS[model][name][0]
+    return fields if isinstance(fields, str) else " / ".join(fields)
+
+
 def sweep_values(profile: str, model: str, name: str) -> list:
     fields, values = SWEEPS[model][name]
     if profile != "smoke":

@@ -107,12 +107,12 @@ def gradcam(V: Visuals, results_dir) -> Path:
     return path
 
 
-@torch.no_grad()
 def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
     """CSFIQA Fig. 4 rows 4-5 (large- and small-scale feature maps) and Fig. 5 (before / after SFA)."""
     m = V.models["csfiqa"]
     x = V.views(V.rows, m.input_size)
-    _, f = m(x, return_features=True)
+    with torch.no_grad():
+        _, f = m(x, return_features=True)
     images = viz.to_uint8(x)
     feats = {"large scale": f["large"]}
     if "small" in f:

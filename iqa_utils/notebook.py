@@ -20,6 +20,11 @@ class Session:
     shard: str | None
     plan: dict = field(default_factory=dict)
 
+    def figure(self, path, caption: str) -> Path:
+        """Log a figure a viz function wrote, with its caption, for results/README.md."""
+        report.record_output(path, "figure", caption)
+        return Path(path)
+
     @property
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.experiments functions."""

@@ -76,14 +76,20 @@ def write_index(results_dir: str | os.PathLike, profile: str, timings: dict | No
         lines += [f"## {title}", ""]
         if rows:
             lines += ["| file | notebook | profile | caption |", "|---|---|---|---|"]
-            lines += [f"| [{e['path']}]({e['path']}) | {e['notebook']} | {e['profile']} | {e['caption']} |"
-                      for e in rows]
+            lines += [f"| [{e['path']}]({e['path']}) | {e['notebook']} | {e['profile']} | "
+                      f"{e['caption'].replace('|', '/')} |" for e in rows]
         else:
             lines.append("_none yet_")
         lines.append("")
-    if timings:
-        lines += ["## Notebook run times", "", "| notebook | seconds |", "|---|---|"]
-        lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()] + [""]
+    # run times of the latest execution of each notebook (a partial re-run keeps the others)
+    tfile = results / "timings.json"
+    all_t = json.loads(tfile.read_text()) if tfile.exists() else {}
+    all_t.update({k: round(v, 1) for k, v in (timings or {}).items()})
+    if all_t:
+        tfile.write_text(json.dumps(dict(sorted(all_t.items())), indent=1))
+        lines += ["## Notebook run times (latest execution, seconds)", "", "| notebook | seconds |", "|---|---|"]
+        lines += [f"| {k} | {v:.0f} |" for k, v in sorted(all_t.items())]
+        lines += [f"| total | {sum(all_t.values()):.0f} |", ""]
     dec = decisions_table(make_config(profile))
     lines += ["## Undecided paper details (value used in this profile)", "",
               "Each is a config field; change one line (`--set field=value` or the notebook's overrides) "
