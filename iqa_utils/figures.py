@@ -211,11 +211,9 @@ def gmad(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4
     return path
 
 
-def training_curves(results_dir) -> Path:
-    from .runs import load_record
-    recs = [load_record(p) for p in sorted((Path(results_dir) / "runs").glob("*/*/*.json"))]
-    recs = [r for r in recs if r["config"]["split_seed"] == 0 and len(r.get("epochs", [])) > 1
-            and r["config"]["data"]["train_fraction"] == 1.0 and not r["config"].get("test_dataset")][:6]
+def training_curves(V: Visuals, results_dir) -> Path:
+    """Per-epoch test SRCC / PLCC of the three main runs shown here (seed 0)."""
+    recs = [{**r, "name": NAMES[m]} for m, r in V.records.items() if len(r.get("epochs", [])) > 1]
     path = viz.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
-    record_output(path, "figure", "Per-epoch test SRCC / PLCC of the main runs (seed 0)")
+    record_output(path, "figure", f"Per-epoch test SRCC / PLCC of the main runs ({V.dataset}, seed 0)")
     return path

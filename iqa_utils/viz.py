@@ -548,7 +548,9 @@ def curves_frame(records: Sequence[Mapping]) -> pd.DataFrame:
     for i, rec in enumerate(records):
         run = _run_name(rec, i)
         for ep in rec.get("epochs", []):
-            for metric, value in ep.items():
+            # engine records nest the evaluation: {"epoch", "lr", ..., "test": {"srcc", ...}, "val": {...}}
+            flat = {**{k: v for k, v in ep.items() if not isinstance(v, Mapping)}, **ep.get("test", {})}
+            for metric, value in flat.items():
                 if metric != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     rows.append({"run": run, "epoch": ep["epoch"], "metric": metric, "value": value})
     return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
