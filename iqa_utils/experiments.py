@@ -69,13 +69,13 @@ def run_all(cfgs: list[RunConfig], results_dir: str = "results", data_root: str 
 
 
 def record_row(rec: dict, variant: str = "") -> dict:
-    cfg = rec["config"]
-    row = {"method": METHOD_NAMES.get(cfg["model"]["name"], cfg["model"]["name"]), "variant": variant,
-           "dataset": cfg["data"]["dataset"], "test_dataset": cfg.get("test_dataset") or cfg["data"]["dataset"],
-           "split_seed": cfg["split_seed"], "train_fraction": cfg["data"]["train_fraction"],
-           "selection": rec.get("selection", cfg["train"]["selection"]), "key": rec["key"],
-           "time_s": rec.get("time_s")}
-    row.update({m: rec["final"].get(m) for m in RESULT_METRICS})
+    """The columns tables need from a run record, with the paper's method name and the variant label."""
+    from .runs import record_row as full_row
+
+    r = full_row(rec)
+    row = {"method": METHOD_NAMES.get(r["model"], r["model"]), "variant": variant}
+    row.update({k: r[k] for k in ("dataset", "test_dataset", "split_seed", "train_fraction", "selection", "key",
+                                  "time_s", *RESULT_METRICS)})
     return row
 
 

@@ -1,6 +1,6 @@
 """Where every output came from, and the index results/README.md that lists them.
 
-A notebook calls `context(notebook, profile, results_dir)` once; `save_figure` and `tables.write_table`
+A notebook calls `context(notebook, profile, results_dir)` once; the viz functions and `tables.write_table`
 then log each file they write to results/outputs.jsonl with the notebook and profile that made it.
 """
 from __future__ import annotations
@@ -29,18 +29,6 @@ def record_output(path: str | os.PathLike, kind: str, caption: str = "") -> None
              "notebook": _CTX["notebook"], "profile": _CTX["profile"], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     with open(results / "outputs.jsonl", "a") as f:
         f.write(json.dumps(entry) + "\n")
-
-
-def save_figure(fig, name: str, caption: str = "", results_dir: str | os.PathLike | None = None) -> Path:
-    """Save a matplotlib figure as results/figures/<name>.png (atomically) and log it."""
-    out = Path(results_dir or _CTX["results_dir"]) / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.png"
-    tmp = out / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    record_output(path, "figure", caption)
-    return path
 
 
 def environment() -> dict:
