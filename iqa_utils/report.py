@@ -32,15 +32,14 @@ def record_output(path: str | os.PathLike, kind: str, caption: str = "") -> None
 
 
 def environment() -> dict:
+    """Versions and device for the index (the same names the run records use)."""
     import torch
-    env = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__}
-    for mod in ("timm", "transformers", "papermill", "pandas", "numpy"):
-        try:
-            env[mod] = __import__(mod).__version__
-        except Exception:
-            env[mod] = "not installed"
-    env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        (platform.processor() or platform.machine()) + f", {os.cpu_count()} CPU cores"
+    from .costs import device_name
+    from .runs import _version
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("torch", "timm", "transformers", "papermill", "pandas", "numpy"):
+        env[pkg] = _version(pkg) or "not installed"
+    env["device"] = device_name("cuda" if torch.cuda.is_available() else "cpu")
     return env
 
 

@@ -11,7 +11,6 @@ that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pi
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -61,11 +60,9 @@ def _version(pkg: str) -> str | None:
 def environment(device=None) -> dict:
     """What produced a record: package versions, commit, device."""
     import torch
-    dev = str(device) if device is not None else "cpu"
-    if device is not None and torch.device(device).type == "cuda":
-        dev = f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
-    elif dev == "cpu":
-        dev = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    from .costs import device_name
+    dev = torch.device(device if device is not None else "cpu")
+    dev = f"{dev.type}: {device_name(dev)}"
     from . import __version__
     return {"versions": {"python": sys.version.split()[0], "torch": torch.__version__, "timm": _version("timm"),
                          "transformers": _version("transformers"), "iqa_kit": __version__},
