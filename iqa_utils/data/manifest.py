@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..system import KitError
+
 COLUMNS = ["path", "label", "direction", "ref", "distortion", "level"]
 
 # Image counts of the official releases (deiqt_protocol.md §5); a parser that finds another count raises.
@@ -15,7 +17,7 @@ EXPECTED_COUNTS = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(KitError, ValueError):
     """A dataset on disk is not what its release should look like; the message names the file."""
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..system import KitError
 
-class WeightsError(RuntimeError):
-    pass
+
+class WeightsError(KitError, RuntimeError):
+    """A weights file or folder is missing or does not match the model; the message says how to get it."""
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
