@@ -1,12 +1,26 @@
-"""`iqa-kit` command line: reproduce (papermill over the notebooks), train, predict, decisions, data."""
+"""`iqa-kit` command line: reproduce (papermill over the notebooks), train, predict, decisions, data.
+
+A problem with the user's input (a file, a folder, a field) is printed as one line,
+`iqa-kit: <file or field>: <problem>`, with exit status 2; `--debug` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
-import json
+import os
 import sys
 import time
 from pathlib import Path
+
+import papermill as pm
+
+from .config import PROFILES, ConfigError, decisions_table, make_config
+from .data.registry import load_manifest
+from .experiments import run_all
+from .models import list_models
+from .predict import load_trained, predict_images
+from .report import write_index
+from .system import KitError, check_writable, os_error
 
 NOTEBOOKS = ["00_data_prep", "01_train_csfiqa", "02_train_lmliqa", "03_ablations", "04_cross_dataset",
              "05_cost_analysis", "06_visualizations"]
@@ -25,38 +39,45 @@ def _select(names: list[str] | None) -> list[str]:
     for n in names:
         hits = [nb for nb in NOTEBOOKS if nb == n or nb.startswith(n)]
         if not hits:
-            raise SystemExit(f"iqa-kit: no notebook matches {n!r}; notebooks: {', '.join(NOTEBOOKS)}")
+            raise KitError(f"--notebooks: no notebook matches {n!r}; notebooks: {', '.join(NOTEBOOKS)}")
         out += [h for h in hits if h not in out]
     return out
 
 
-def reproduce(args) -> int:
-    import papermill as pm
-    from .report import write_index
-
-    results = Path(args.results_dir).resolve()
-    out_dir = results / "notebooks"
+def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> float:
+    """Execute one notebook into out_dir/<name>.ipynb. papermill rewrites its output as cells run, so it
+    writes a file of this process's own and renames it at the end (two runs never write one file)."""
+    t0 = time.time()
+    print(f"[iqa-kit] {name} ({args.profile}) ...", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = out_dir / f"{name}.ipynb", out_dir / f".{name}.{os.getpid()}.ipynb"
+    try:
+        pm.execute_notebook(str(src / f"{name}.ipynb"), str(tmp), parameters=params, cwd=str(src),
+                            kernel_name=args.kernel, progress_bar=False, log_output=args.verbose)
+    finally:
+        if tmp.exists():
+            os.replace(tmp, final)              # also on failure: the executed copy shows the traceback
+    print(f"[iqa-kit] {name} done in {time.time() - t0:.0f} s", flush=True)
+    return time.time() - t0
+
+
+def reproduce(args) -> int:
+    results = check_writable(Path(args.results_dir).resolve())
+    out_dir = results / "notebooks"
     params = {"profile": args.profile, "results_dir": str(results), "device": args.device}
     if args.data_root:
-        params["data_root"] = str(Path(args.data_root).resolve())
+        params["data_root"] = str(_data_root(args.data_root, must_exist=args.profile != "smoke"))
     if args.shard:
         params["shard"] = args.shard
     timings = {}
-    src = notebooks_dir()
     for name in _select(args.notebooks):
-        t0 = time.time()
-        print(f"[iqa-kit] {name} ({args.profile}) ...", flush=True)
         try:
-            pm.execute_notebook(str(src / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"), parameters=params,
-                                cwd=str(src), kernel_name=args.kernel, progress_bar=False,
-                                log_output=args.verbose)
+            timings[name] = _run_notebook(name, notebooks_dir(), out_dir, params, args)
         except pm.PapermillExecutionError as e:
-            print(f"[iqa-kit] FAILED: notebook {name}, cell {e.exec_count} ({e.ename}: {e.evalue}).\n"
-                  f"The executed notebook with the traceback is {out_dir / (name + '.ipynb')}", file=sys.stderr)
+            print(f"iqa-kit: notebook {name}, cell {e.exec_count}: {e.ename}: {e.evalue.splitlines()[0]} "
+                  f"(the executed notebook with the traceback: {out_dir / (name + '.ipynb')})", file=sys.stderr)
+            write_index(results, args.profile, timings)
             return 1
-        timings[name] = time.time() - t0
-        print(f"[iqa-kit] {name} done in {timings[name]:.0f} s", flush=True)
     write_index(results, args.profile, timings)
     print(f"[iqa-kit] all done in {sum(timings.values()):.0f} s; index: {results / 'README.md'}")
     return 0
@@ -66,34 +87,39 @@ def _parse_sets(pairs: list[str]) -> dict:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise SystemExit(f"iqa-kit: --set wants FIELD=VALUE, got {p!r}")
+            raise ConfigError(f"--set: wants FIELD=VALUE, got {p!r}")
         k, v = p.split("=", 1)
         try:
-            out[k] = ast.literal_eval(v)
+            out[k.strip()] = ast.literal_eval(v)
         except (ValueError, SyntaxError):
-            out[k] = v
+            out[k.strip()] = v
     return out
 
 
-def train(args) -> int:
-    from .config import make_config
-    from .experiments import run_all
+def _data_root(path: str, must_exist: bool) -> Path:
+    """The data root, absolute; real datasets must be there already (the synthetic set is built there)."""
+    p = Path(path).expanduser().resolve()
+    if must_exist and not p.is_dir():
+        raise KitError(f"--data-root: folder not found: {p}")
+    return p
 
-    cfgs = []
-    for seed in args.seeds:
-        cfg = make_config(args.profile, args.model, {"data.dataset": args.dataset, **_parse_sets(args.set)})
-        cfg.split_seed, cfg.test_dataset = seed, args.test_dataset
-        if args.device:
-            cfg.train.device = args.device
-        cfgs.append(cfg)
-    df = run_all(cfgs, args.results_dir, args.data_root, shard=args.shard)
+
+def train(args) -> int:
+    overrides = {"data.dataset": args.dataset, "test_dataset": args.test_dataset, **_parse_sets(args.set)}
+    cfgs = [make_config(args.profile, args.model, {**overrides, "split_seed": seed}) for seed in args.seeds]
+    synthetic = all(str(d).lower().startswith("synthetic") for d in (args.dataset, args.test_dataset) if d)
+    data_root = str(_data_root(args.data_root, not synthetic)) if args.data_root else None
+    check_writable(args.results_dir)
+    df = run_all(cfgs, args.results_dir, data_root, shard=args.shard, device=args.device)
     print(df.to_string(index=False))
     return 0
 
 
 def predict(args) -> int:
-    from .engine import load_trained, predict_images
-
+    missing = [p for p in args.images if not Path(p).is_file()]
+    if missing:
+        raise KitError(f"{missing[0]}: image file not found" + (f" (and {len(missing) - 1} more)"
+                                                                if len(missing) > 1 else ""))
     model, cfg = load_trained(args.checkpoint)
     scores = predict_images(model, args.images, cfg, n_crops=args.crops, device=args.device or "auto")
     for path, s in zip(args.images, scores):
@@ -102,28 +128,21 @@ def predict(args) -> int:
 
 
 def decisions(args) -> int:
-    from .config import decisions_table
-
     df = decisions_table()
     print(df.to_markdown(index=False) if args.markdown else df.to_string(index=False))
     return 0
 
 
 def data(args) -> int:
-    from .data.registry import load_manifest
-
     for name in args.datasets:
         m = load_manifest(name, args.data_root)
         print(f"{name}: {len(m)} images, {m.direction}, split by {m.split_unit}, root {m.root}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iqa-kit", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _reproduce_parser(sub) -> None:
     r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
-    r.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
+    r.add_argument("--profile", default="smoke", choices=list(PROFILES))
     r.add_argument("--data-root", help="folder with the datasets' release folders (quick/paper)")
     r.add_argument("--results-dir", default="results")
     r.add_argument("--notebooks", nargs="*", help="subset, by number or name (e.g. 00 03)")
@@ -133,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
     r.set_defaults(fn=reproduce)
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train (or load the record of) one configuration")
-    t.add_argument("--model", default="deiqt", choices=["deiqt", "csfiqa", "lmliqa"])
+    t.add_argument("--model", default="deiqt", choices=list_models())
     t.add_argument("--dataset", default="synthetic")
     t.add_argument("--test-dataset", help="cross-dataset: test on all of this dataset")
-    t.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"])
+    t.add_argument("--profile", default="smoke", choices=list(PROFILES))
     t.add_argument("--seeds", type=int, nargs="+", default=[0])
     t.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="config overrides, e.g. csfiqa.tau=0.2")
     t.add_argument("--data-root")
@@ -146,17 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--shard")
     t.set_defaults(fn=train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iqa-kit", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _reproduce_parser(sub)
+    _train_parser(sub)
     q = sub.add_parser("predict", help="score images with a trained checkpoint")
     q.add_argument("images", nargs="+")
     q.add_argument("--checkpoint", required=True, help="a run's checkpoint folder or model.safetensors")
     q.add_argument("--crops", type=int, default=None, help="test crops per image (default: the run's)")
     q.add_argument("--device")
     q.set_defaults(fn=predict)
-
     d = sub.add_parser("decisions", help="list every undecided paper detail and its default")
     d.add_argument("--markdown", action="store_true")
     d.set_defaults(fn=decisions)
-
     s = sub.add_parser("data", help="parse and check datasets")
     s.add_argument("datasets", nargs="+")
     s.add_argument("--data-root")
@@ -166,7 +192,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    if args.debug:
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except KitError as e:
+        print("iqa-kit: " + str(e).replace("\n", " "), file=sys.stderr)
+    except OSError as e:                       # the OS's own errors, named by their file
+        print(f"iqa-kit: {os_error(e.filename or '?', e, 'use')}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("iqa-kit: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 2
 
 
 if __name__ == "__main__":

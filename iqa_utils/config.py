@@ -1,100 +1,134 @@
 """Run configuration: one dataclass tree, three profiles, and every undecided paper detail as a field.
 
-A field whose value the papers do not fix carries metadata:
-    decision    the id used in ../shared/reference (e.g. "CSFIQA D15")
+A field whose value the papers do not fix is built with `decision(...)` and carries:
+    decision    the id used in docs/csfiqa.md, docs/lmliqa.md and docs/protocol.md (e.g. "CSFIQA D15")
     source      where the default comes from ("paper", "reviews", "DEIQT code", "kit default", ...)
     choices     the alternatives a reader can switch to
-`decisions_table()` walks the tree and lists them, so a reader with the PDF can change one line.
+`decisions_table()` lists them, so a reader with the PDF can change one line and re-run.
 
-Override any field by its dotted name: `override(cfg, {"csfiqa.tau": 0.2})`.
+Every field is checked when a config is made (`make_config`, `override`, `config_from_dict`), not
+during training: its type (from the annotation), its range (`range="(0, inf)"`), and, for text fields
+with choices, that the value is one of them. A bad value raises `ConfigError` naming the field and what
+it accepts. Configs are never changed in place: `override(cfg, {"csfiqa.tau": 0.2})` returns a copy.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+import pandas as pd
 
-def decision(default, *, id: str, source: str, choices=(), doc: str = ""):
+from .system import KitError
+
+
+class ConfigError(KitError, ValueError):
+    """A setting with the wrong type, range or choice; the message names the field."""
+
+
+class UnknownFieldError(ConfigError, KeyError):
+    def __str__(self) -> str:          # KeyError would quote the message
+        return str(self.args[0])
+
+
+def decision(default, *, id: str, source: str, choices=(), doc: str = "", range: str | None = None):
     """A config field whose value the papers leave open (or that the kit chose)."""
-    meta = {"decision": id, "source": source, "choices": list(choices), "doc": doc}
+    meta = {"decision": id, "source": source, "choices": list(choices), "doc": doc, "range": range}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def setting(default, *, choices=(), range: str | None = None, pattern: tuple[str, str] | None = None,
+            doc: str = ""):
+    """A plain field with its allowed values: choices, an interval (range, e.g. "[0, 1)") or a
+    pattern (regular expression, description) for text."""
+    return field(default=default, metadata={"choices": list(choices), "range": range, "pattern": pattern,
+                                            "doc": doc})
 
 
 @dataclass
 class DataConfig:
     dataset: str = "synthetic"
     data_root: str | None = None          # folder holding the datasets' release folders (paper profile)
-    split_ratio: float = 0.8              # train share of the split units (DEIQT: 80/20)
-    train_fraction: float = 1.0           # data-efficient runs keep this share of the training units
+    split_ratio: float = setting(0.8, range="(0, 1]", doc="train share of the split units (DEIQT: 80/20)")
+    train_fraction: float = setting(1.0, range="(0, 1]", doc="data-efficient runs keep this share")
     val_fraction: float = decision(
-        0.0, id="kit F1", source="kit default",
-        choices=[0.0, 0.1], doc="share of the training units carved out as validation for model selection")
+        0.0, id="kit F1", source="kit default", choices=[0.0, 0.1], range="[0, 1)",
+        doc="share of the training units carved out as validation for model selection")
     resize_mode: str = decision(
         "keep_aspect", id="DEIQT F3", source="kit default",
-        choices=["keep_aspect", "deiqt_parity"],
+        choices=["keep_aspect", "deiqt_parity", "native"],
         doc="deiqt_parity squashes KonIQ/SPAQ to H512xW384 as DEIQT's loaders do")
-    crop_size: int = 224
-    crops_train: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25])
-    crops_test: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25])
+    crop_size: int = setting(224, range="[8, 4096]")
+    crops_train: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25],
+                                range="[1, 1000]")
+    crops_test: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25],
+                               range="[1, 1000]")
     test_crops: str = decision(
         "seeded_random", id="DEIQT F5", source="kit default",
         choices=["seeded_random", "grid", "random"],
         doc="DEIQT draws unseeded random test crops; the kit seeds them per image")
-    flip: bool = True                     # random horizontal flip at train time (DEIQT)
-    max_side: int | None = None           # working resolution cap for the image store (None = native)
+    flip: bool = setting(True, doc="random horizontal flips of the training crops (DEIQT)")
+    max_side: int | None = setting(None, range="[8, 100000]", doc="working resolution cap (None = native)")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 9
-    warmup_epochs: int = 3
-    decay_epochs: int = 3
-    decay_rate: float = 0.1
-    lr: float = 2e-4
-    warmup_lr: float = 2e-7
-    min_lr: float = 2e-7                   # used by the cosine schedule only (DEIQT's step schedule ignores it)
-    weight_decay: float = 0.05
+    epochs: int = setting(9, range="[0, 10000]", doc="0 evaluates the untrained model")
+    warmup_epochs: int = setting(3, range="[0, 10000]")
+    decay_epochs: int = setting(3, range="[1, 10000]")
+    decay_rate: float = setting(0.1, range="(0, 1]")
+    lr: float = setting(2e-4, range="(0, 10]")
+    warmup_lr: float = setting(2e-7, range="[0, 10]")
+    min_lr: float = setting(2e-7, range="[0, 10]", doc="cosine schedule only (DEIQT's step schedule ignores it)")
+    weight_decay: float = setting(0.05, range="[0, 10]")
     betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = setting(1e-8, range="(0, 1)")
     schedule: str = decision(
         "deiqt_step", id="CSFIQA D20", source="DEIQT code", choices=["deiqt_step", "cosine"])
-    global_batch: int | None = None        # None: the dataset's DEIQT global batch (deiqt_protocol §4)
-    micro_batch: int | None = None         # gradient accumulation when smaller than global_batch
-    clip_grad: float = 5.0
+    global_batch: int | None = setting(None, range="[1, 1000000]",
+                                       doc="None: the dataset's DEIQT global batch (docs/protocol.md)")
+    micro_batch: int | None = setting(None, range="[1, 1000000]",
+                                      doc="gradient accumulation when smaller than global_batch")
+    clip_grad: float = setting(5.0, range="[0, inf)", doc="0 = no clipping")
     regression_loss: str = decision(
         "smooth_l1", id="CSFIQA D19 / LML D13", source="DEIQT code", choices=["smooth_l1", "l1", "mse"])
     label_norm: str = decision(
         "raw", id="CSFIQA D12 / LML D12", source="DEIQT code (raw labels)",
         choices=["raw", "minmax"],
         doc="contrastive terms always see min-max labels; this switch is for the regression target")
-    amp: str = "auto"                      # auto (bf16 if supported, fp16 with scaling on CUDA, off on CPU) | bf16 | fp16 | off
-    eval_amp: str | None = None            # None: as `amp`; "off" evaluates in fp32 (deterministic scores, F5)
+    amp: str = setting("auto", choices=["auto", "bf16", "fp16", "off"],
+                       doc="auto: bf16 if supported, fp16 with scaling on CUDA, off on CPU")
+    eval_amp: str | None = setting(None, choices=["auto", "bf16", "fp16", "off"],
+                                   doc="None: as `amp`; off evaluates in fp32 (deterministic scores, F5)")
     compile: bool = False
     channels_last: bool = False
-    fused_optimizer: bool = True           # AdamW(fused=True) on CUDA
+    fused_optimizer: bool = setting(True, doc="AdamW(fused=True) on CUDA")
     selection: str = decision(
         "last", id="CSFIQA D22 / LML D15", source="kit default (honest protocol)",
         choices=["last", "val", "max_test_plcc"],
         doc="max_test_plcc is DEIQT's test-set epoch selection; tables label it")
-    eval_every: int = 1                    # evaluate every N epochs (per-epoch curves in the run record)
-    device: str = "auto"
-    num_threads: int | None = None
-    seed: int = 0                          # training seed (init, crops); the split seed lives in RunConfig
+    eval_every: int = setting(1, range="[1, 10000]", doc="evaluate every N epochs (and after the last)")
+    device: str = setting("auto", pattern=(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps"))
+    num_threads: int | None = setting(None, range="[1, 1024]")
+    seed: int = setting(0, range="[0, 4294967295]", doc="training seed (init, crops); split seed: RunConfig")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "deiqt"                    # registry name: deiqt | csfiqa | lmliqa
-    size: str = "tiny"                     # tiny (smoke) | small (paper)
+    name: str = setting("deiqt", doc="a registered model: deiqt | csfiqa | lmliqa")
+    size: str = setting("tiny", choices=["tiny", "small"], doc="tiny (smoke) | small (paper)")
     pretrained: bool = False
-    weights: str | None = None             # local file or folder for the encoder weights (offline)
-    checkpoint: str | None = None          # a kit checkpoint to start from
+    weights: str | None = setting(None, doc="local file or folder (or hub id) for the encoder weights")
+    checkpoint: str | None = setting(None, doc="a kit run's model.safetensors (or its folder) to start from")
 
 
 @dataclass
@@ -103,38 +137,47 @@ class CSFIQAConfig:
     encoder: str = decision(
         "crossvit_small_240", id="CSFIQA D2", source="inferred from 233M params (reviews)",
         choices=["crossvit_small_240", "crossvit_15_240", "crossvit_18_240", "crossvit_9_240"])
-    input_size: int = decision(240, id="CSFIQA D3", source="CrossViT native size", choices=[240, 224])
+    input_size: int = decision(240, id="CSFIQA D3", source="CrossViT native size", choices=[240, 224],
+                               range="[24, 1024]")
     scale_mode: str = decision(
         "branch", id="CSFIQA D4", source="inferred", choices=["branch", "crop", "crop_per_branch", "single"],
         doc="branch: CrossViT's 12px/16px branches are the two scales; crop: 20%/40% crops (Fig. 2); "
             "single: one scale only (large branch), the one-vs-two-scales ablation")
-    crop_ratio_small: float = decision(0.2, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.2])
-    crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.4])
+    crop_ratio_small: float = decision(0.2, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.2],
+                                       range="(0, 1]")
+    crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.4],
+                                       range="(0, 1]")
     scl: bool = True
     scl_layer: str = decision("last", id="CSFIQA D5", source="kit default", choices=["last", "middle"])
     scl_pool: str = decision("cls", id="CSFIQA D6", source="kit default", choices=["cls", "mean"])
-    proj_dim: int = decision(128, id="CSFIQA D6", source="kit default", choices=[128, 0])
+    proj_dim: int = decision(128, id="CSFIQA D6", source="kit default", choices=[128, 0], range="[0, 65536]")
     label_distance: str = decision(
         "batch_minmax", id="CSFIQA D7", source="kit default", choices=["batch_minmax", "dataset_range", "rank"])
-    gamma1: float = decision(0.2, id="CSFIQA D8", source="reviews", choices=[0.1, 0.2, 0.3])
-    gamma2: float = decision(0.7, id="CSFIQA D8", source="reviews", choices=[0.5, 0.7, 0.8])
+    gamma1: float = decision(0.2, id="CSFIQA D8", source="reviews", choices=[0.1, 0.2, 0.3], range="[0, 1]")
+    gamma2: float = decision(0.7, id="CSFIQA D8", source="reviews", choices=[0.5, 0.7, 0.8], range="[0, 1]")
     infonce: str = decision(
         "multi_positive", id="CSFIQA D9", source="kit default", choices=["multi_positive", "supcon"])
-    tau: float = decision(0.1, id="CSFIQA D10", source="kit default", choices=[0.05, 0.07, 0.1, 0.2, 0.5])
-    alpha: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0])
-    beta: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0])
-    lam: float = decision(0.1, id="CSFIQA D12", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0])
+    tau: float = decision(0.1, id="CSFIQA D10", source="kit default", choices=[0.05, 0.07, 0.1, 0.2, 0.5],
+                          range="(0, 100]")
+    alpha: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0],
+                            range="[0, 1000]")
+    beta: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0],
+                           range="[0, 1000]")
+    lam: float = decision(0.1, id="CSFIQA D12", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
+                          range="[0, 1000]")
     nsm: str = decision("pooled", id="CSFIQA D13", source="kit default", choices=["pooled", "regional", "off"])
     nsm_quantile: float = decision(0.25, id="CSFIQA D13", source="kit default", choices=[0.1, 0.25, 0.5],
+                                   range="(0, 1]",
                                    doc="regional NSM: share of least-similar regions taken as hard negatives")
     afs: bool = True
     afs_scope: str = decision("joint", id="CSFIQA D14", source="kit default", choices=["joint", "per_scale"])
     afs_k: float = decision(0.5, id="CSFIQA D15", source="kit default", choices=[0.25, 0.5, 0.75, 1.0],
-                            doc="share of keys kept per query (1.0 = dense attention)")
+                            range="(0, 1]", doc="share of keys kept per query (1.0 = dense attention)")
     ic: str = decision(
         "llama", id="CSFIQA D16", source="inferred (LM4VisualEncoding)",
         choices=["llama", "llama_residual", "trainable_block", "off"])
-    ic_layer: int = decision(31, id="CSFIQA D16", source="LM4VisualEncoding", choices=[31, 15, 0])
+    ic_layer: int = decision(31, id="CSFIQA D16", source="LM4VisualEncoding", choices=[31, 15, 0],
+                             range="[0, 1000]")
     ic_tokens: str = decision("large", id="CSFIQA D17", source="inferred from 45G MACs",
                               choices=["large", "all", "cls"])
     ic_weights: str | None = decision(
@@ -156,26 +199,28 @@ class LMLIQAConfig:
         choices=["teacher_cls_attn", "teacher_decoder_attn", "spectral_residual", "random"])
     anchor: str = decision("global_view", id="LML D3", source="kit default",
                            choices=["global_view", "train_crop"])
-    k_crops: int = decision(4, id="LML D4", source="kit default", choices=[2, 4, 6, 8])
+    k_crops: int = decision(4, id="LML D4", source="kit default", choices=[2, 4, 6, 8], range="[2, 64]")
     crop_mode: str = decision("native", id="LML D4", source="kit default", choices=["native", "multiscale"])
     loss_form: str = decision("single", id="LML D5", source="kit default", choices=["single", "two_term"])
     intra_negatives: bool = True
     inter_negatives: bool = True
-    w_intra: float = decision(1.0, id="LML D5", source="kit default", choices=[0.5, 1.0, 2.0])
-    proj_dim: int = decision(128, id="LML D6", source="kit default", choices=[128, 0],
+    w_intra: float = decision(1.0, id="LML D5", source="kit default", choices=[0.5, 1.0, 2.0], range="[0, 1000]")
+    proj_dim: int = decision(128, id="LML D6", source="kit default", choices=[128, 0], range="[0, 65536]",
                              doc="0 = no projector (the pooled feature itself, L2-normalised)")
     proj_source: str = decision("cls", id="LML D6", source="kit default",
                                 choices=["cls", "patch_mean", "decoder"],
                                 doc="what the projector reads: CLS token, mean patch token, mean panel output")
-    tau: float = decision(0.1, id="LML D7", source="kit default", choices=[0.05, 0.07, 0.1, 0.2])
-    lambda_con: float = decision(0.1, id="LML D7", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0])
+    tau: float = decision(0.1, id="LML D7", source="kit default", choices=[0.05, 0.07, 0.1, 0.2], range="(0, 100]")
+    lambda_con: float = decision(0.1, id="LML D7", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
+                                 range="[0, 1000]")
     mutual: str = decision("ema_only", id="LML D8", source="caption ('enabled via EMA')",
                            choices=["ema_only", "pred_consistency", "off"])
-    lambda_mut: float = decision(0.1, id="LML D8", source="kit default", choices=[0.05, 0.1, 0.5])
-    ema_momentum: float = decision(0.99, id="LML D8", source="kit default", choices=[0.9, 0.99, 0.996, 0.999])
+    lambda_mut: float = decision(0.1, id="LML D8", source="kit default", choices=[0.05, 0.1, 0.5], range="[0, 1000]")
+    ema_momentum: float = decision(0.99, id="LML D8", source="kit default", choices=[0.9, 0.99, 0.996, 0.999],
+                                   range="[0, 1]")
     budget: str = decision("match_deiqt", id="LML D9", source="kit default", choices=["match_deiqt", "extra"],
                            doc="match_deiqt: the K crops replace K of the step's regression crops; extra: on top")
-    con_share: float = decision(0.5, id="LML D9", source="kit default", choices=[0.25, 0.5, 1.0],
+    con_share: float = decision(0.5, id="LML D9", source="kit default", choices=[0.25, 0.5, 1.0], range="(0, 1]",
                                 doc="share of a step's batch spent on K-crop groups: M = max(2, round(share "
                                     "* batch / K)) images per step get the K crops and the global view")
     teacher_init: str = decision("student", id="LML D10", source="kit default", choices=["student", "checkpoint"])
@@ -188,24 +233,21 @@ class LMLIQAConfig:
 
 @dataclass
 class RunConfig:
-    profile: str = "smoke"
+    profile: str = setting("smoke", choices=["smoke", "quick", "paper"])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     csfiqa: CSFIQAConfig = field(default_factory=CSFIQAConfig)
     lmliqa: LMLIQAConfig = field(default_factory=LMLIQAConfig)
-    split_seed: int = 0
+    split_seed: int = setting(0, range="[0, 4294967295]")
     test_dataset: str | None = None        # cross-dataset: evaluate on all of this dataset
-    results_dir: str = "results"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def key(self) -> str:
-        """Hash of what decides the numbers (not where results go)."""
+        """Hash of what decides the numbers (not where the data or the results live)."""
         d = self.to_dict()
-        for k in ("results_dir",):
-            d.pop(k, None)
         d["data"].pop("data_root", None)
         d["train"].pop("device", None)
         d["train"].pop("num_threads", None)
@@ -218,6 +260,10 @@ class RunConfig:
 
 
 # Profiles: one switch, the same code path. Values are dotted overrides on RunConfig.
+# `quick` and `paper` build the same full-size, pretrained models with DEIQT's recipe; they differ only
+# in what they run (PROFILE_PLAN: datasets, split seeds, cross-dataset pairs).
+FULL_SIZE = {"model.size": "small", "model.pretrained": True,
+             "data.crops_train": 10, "data.crops_test": 10, "train.epochs": 9}
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "model.size": "tiny", "model.pretrained": False,
@@ -229,17 +275,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # (test SRCC 0.22 vs 0.43 at 0.01 on the synthetic set); the paper profile keeps 0.1
         "lmliqa.lambda_con": 0.01,
     },
-    "quick": {
-        "model.size": "small", "model.pretrained": True,
-        "data.crops_train": 10, "data.crops_test": 10, "train.epochs": 9,
-    },
-    "paper": {
-        "model.size": "small", "model.pretrained": True,
-        "data.crops_train": 10, "data.crops_test": 10, "train.epochs": 9,
-    },
+    "quick": FULL_SIZE,
+    "paper": FULL_SIZE,
 }
 
-# What each profile sweeps over (notebooks read these).
+# What each profile runs (notebooks read these).
 PROFILE_PLAN: dict[str, dict[str, Any]] = {
     "smoke": {"datasets": ["synthetic"], "seeds": [0], "cross_pairs": [("synthetic_a", "synthetic_b")]},
     "quick": {"datasets": ["LIVEC", "KonIQ-10k"], "seeds": [0, 1, 2],
@@ -252,48 +292,201 @@ PROFILE_PLAN: dict[str, dict[str, Any]] = {
 }
 
 
+def plan(profile: str) -> dict:
+    """Datasets, split seeds and cross-dataset pairs a profile covers."""
+    check_profile(profile)
+    return PROFILE_PLAN[profile]
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    return profile
+
+
+# ---- walking, checking and overriding the tree ---------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def _walk(obj, prefix=""):
+    hints = _hints(type(obj))
     for f in fields(obj):
         v = getattr(obj, f.name)
         name = f"{prefix}{f.name}"
         if is_dataclass(v):
             yield from _walk(v, name + ".")
         else:
-            yield name, f, v
+            yield name, f, hints[f.name], v
 
 
-def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
-    """A copy of cfg with dotted fields replaced; an unknown name is an error, not a silent no-op."""
-    cfg = copy.deepcopy(cfg)
-    known = {name for name, _, _ in _walk(cfg)}
-    for dotted, value in values.items():
-        if dotted not in known:
-            raise KeyError(f"unknown config field {dotted!r}; known fields: {sorted(known)}")
-        *path, last = dotted.split(".")
-        target = cfg
-        for p in path:
-            target = getattr(target, p)
-        setattr(target, last, value)
+def _interval(spec: str) -> tuple[str, float, float, str]:
+    lo_b, lo, hi, hi_b = re.fullmatch(r"([\[(])\s*(\S+),\s*(\S+)\s*([\])])", spec).groups()
+    return lo_b, float(lo), float(hi), hi_b
+
+
+def _in_interval(x: float, spec: str) -> bool:
+    lo_b, lo, hi, hi_b = _interval(spec)
+    return (x > lo or (lo_b == "[" and x == lo)) and (x < hi or (hi_b == "]" and x == hi))
+
+
+def _number(name: str, value, integer: bool):
+    """value as int/float, or a ConfigError: bools, text, NaN, inf and non-integral ints are refused."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: {value!r} is not {kind}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}: {value!r} is not a finite number")
+    if integer:
+        if float(value) != int(value):
+            raise ConfigError(f"{name}: {value!r} is not a whole number")
+        return int(value)
+    return float(value)
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    """(type, None allowed) of an annotation like `int | None`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    return (args[0] if args else hint), optional
+
+
+def _accepts(base, meta) -> str:
+    choices, spec = meta.get("choices") or [], meta.get("range")
+    if meta.get("pattern"):
+        return meta["pattern"][1]
+    if base is str and choices and all("<" not in str(c) for c in choices):
+        return "one of " + ", ".join(map(str, choices))
+    kind = {bool: "True or False", int: "a whole number", float: "a number", str: "text",
+            tuple: "a pair of numbers in [0, 1)"}.get(base, str(base))
+    return f"{kind} in {spec}" if spec else kind
+
+
+def check_field(name: str, hint, meta, value):
+    """The checked (and normalised: int->float, list->tuple) value of one field, or a ConfigError."""
+    base, optional = _base_type(hint)
+    try:
+        if value is None:
+            if optional:
+                return None
+            raise ConfigError(f"{name}: a value is required")
+        if base is bool and not isinstance(value, bool):
+            raise ConfigError(f"{name}: {value!r} is not True or False")
+        if base in (int, float):
+            value = _number(name, value, base is int)
+        elif base is str and not isinstance(value, str):
+            raise ConfigError(f"{name}: {value!r} is not text")
+        elif base is tuple:
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ConfigError(f"{name}: {value!r} is not a pair")
+            value = tuple(_number(name, v, False) for v in value)
+            if not all(0 <= v < 1 for v in value):
+                raise ConfigError(f"{name}: {value!r} is out of range")
+        return _check_allowed(name, meta, value)
+    except ConfigError as e:
+        raise ConfigError(f"{e}; it accepts {_accepts(base, meta)}" + (" or None" if optional else "")) from None
+
+
+def _check_allowed(name: str, meta, value):
+    choices = meta.get("choices") or []
+    closed = isinstance(value, str) and choices and all(isinstance(c, str) and "<" not in c for c in choices)
+    if closed and value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not allowed")
+    spec = meta.get("range")
+    if spec and not isinstance(value, (str, tuple)) and not _in_interval(value, spec):
+        raise ConfigError(f"{name}: {value!r} is out of range")
+    pattern = meta.get("pattern")
+    if pattern and not re.fullmatch(pattern[0], value):
+        raise ConfigError(f"{name}: {value!r} is not allowed")
+    return value
+
+
+def check_consistency(cfg: RunConfig) -> RunConfig:
+    """Rules that tie fields together; each error names the fields involved."""
+    d, t, c, m = cfg.data, cfg.train, cfg.csfiqa, cfg.model
+    if d.split_ratio == 1.0 and not cfg.test_dataset:
+        raise ConfigError("data.split_ratio: 1.0 leaves no test images; use it only with test_dataset "
+                          "(cross-dataset runs)")
+    if t.selection == "val" and d.val_fraction == 0:
+        raise ConfigError("train.selection: 'val' needs a validation split; set data.val_fraction > 0")
+    if c.nsm == "regional" and c.scale_mode != "branch":
+        raise ConfigError("csfiqa.nsm: 'regional' aligns the two token grids of one crop; it needs "
+                          "csfiqa.scale_mode='branch'")
+    if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
+        raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
+                          "checkpoint trained first (two-stage)")
+    if not m.name:
+        raise ConfigError("model.name: a model name is required (deiqt, csfiqa or lmliqa)")
     return cfg
 
 
-def make_config(profile: str = "smoke", model: str = "deiqt", overrides: dict | None = None, **kw) -> RunConfig:
-    """RunConfig for a profile and model, then overrides (dotted names) and keyword fields of RunConfig."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
-    cfg = RunConfig(profile=profile, **kw)
-    cfg.model.name = model
-    cfg = override(cfg, PROFILES[profile])
-    return override(cfg, overrides or {})
+def _replace(obj, values: dict[str, Any], prefix: str = ""):
+    """A copy of the dataclass `obj` with dotted fields replaced (dataclasses.replace, level by level)."""
+    here, nested = {}, {}
+    for dotted, value in values.items():
+        head, _, rest = dotted.partition(".")
+        (nested.setdefault(head, {}).__setitem__(rest, value) if rest else here.__setitem__(head, value))
+    for head, sub in nested.items():
+        here[head] = _replace(getattr(obj, head), sub, f"{prefix}{head}.")
+    return dataclasses.replace(obj, **here)
 
 
-def decisions_table(cfg: RunConfig | None = None):
+def check(cfg: RunConfig) -> RunConfig:
+    """Check every field of cfg (type, range, choices) and the cross-field rules; return it normalised."""
+    fixed = {}
+    for name, f, hint, value in _walk(cfg):
+        checked = check_field(name, hint, f.metadata, value)
+        if type(checked) is not type(value) or checked != value:
+            fixed[name] = checked
+    return check_consistency(_replace(cfg, fixed) if fixed else cfg)
+
+
+def field_names(cfg: RunConfig | None = None) -> list[str]:
+    return [name for name, _, _, _ in _walk(cfg or RunConfig())]
+
+
+def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A checked copy of cfg with dotted fields replaced; an unknown name is an error, not a no-op."""
+    known = set(field_names(cfg))
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise UnknownFieldError(f"{unknown[0]}: unknown config field; see `iqa-kit decisions` or "
+                                f"iqa_utils/config.py for the {len(known)} fields")
+    return check(_replace(cfg, dict(values)))
+
+
+def make_config(profile: str = "smoke", model: str = "deiqt", overrides: dict | None = None) -> RunConfig:
+    """RunConfig for a profile and model, then overrides (dotted names, e.g. {"split_seed": 3})."""
+    base = RunConfig(profile=check_profile(profile), model=ModelConfig(name=model))
+    return override(override(base, PROFILES[profile]), overrides or {})
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+# Fields that older run records carry and the config no longer has.
+RETIRED_FIELDS = ("results_dir",)
+
+
+def config_from_dict(d: dict) -> RunConfig:
+    """RunConfig from cfg.to_dict() output (a record or config.json); unknown fields raise."""
+    flat = {k: v for k, v in _flat(d).items() if k not in RETIRED_FIELDS}
+    return override(RunConfig(), flat)
+
+
+def decisions_table(cfg: RunConfig | None = None) -> pd.DataFrame:
     """Every undecided paper detail: field, decision id, value used, default, alternatives, source."""
-    import pandas as pd
-
     cfg = cfg or RunConfig()
     rows = []
-    for name, f, value in _walk(cfg):
+    for name, f, _, value in _walk(cfg):
         if "decision" not in f.metadata:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -21,15 +21,24 @@ Units and conventions
 from __future__ import annotations
 
 import contextlib
-import platform
+import logging
 import resource
 import statistics
-import time
 from typing import Callable
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+# torch.utils.benchmark imports cpp_extension, which warns at import time on a CUDA build of torch without
+# a CUDA runtime (a CPU machine); the warning is about compiling extensions, which the kit never does.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+
+from .config import make_config, override
+from .models.csfiqa import CSFIQA
+from .system import amp_dtype, autocast, device_name, train_mode
 
 
 # ---------------------------------------------------------------- parameters
@@ -63,16 +72,6 @@ def _input_size_of(model: nn.Module, input_size):
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-@contextlib.contextmanager
 def _countable_kernels():
     """Route attention through ops the flop counter knows.
 
@@ -97,10 +96,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _autocast(device: torch.device, amp: str | None):
-    if amp in (None, "off"):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast(device, amp_dtype(amp or "off", device))
 
 
 # ---------------------------------------------------------------- MACs
@@ -119,7 +115,7 @@ def count_macs(model: nn.Module, input_size=None, batch: int = 1, inputs: torch.
         h, w = _hw(_input_size_of(model, input_size))
         inputs = torch.zeros(batch, 3, h, w, device=device)
     batch = inputs.shape[0]
-    with _eval_mode(model), torch.no_grad(), _countable_kernels(), FlopCounterMode(display=False) as fc:
+    with train_mode(model, False), torch.no_grad(), _countable_kernels(), FlopCounterMode(display=False) as fc:
         model(inputs)
     gmacs = fc.get_total_flops() / 2 / batch / 1e9
     if not by_op:
@@ -136,17 +132,13 @@ def _images(batch: int, input_size, device) -> torch.Tensor:
 
 
 def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds per call of fn (median: robust to other processes sharing the CPU)."""
+    """Median seconds per call of fn over `iters` calls, each timed by torch.utils.benchmark.Timer (which
+    synchronises CUDA); the median is robust to other processes sharing the CPU."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return statistics.median(timer.timeit(1).mean for _ in range(iters))
 
 
 def latency(model: nn.Module, input_size=None, device="cpu", batch: int = 1, warmup: int = 3,
@@ -159,7 +151,7 @@ def latency(model: nn.Module, input_size=None, device="cpu", batch: int = 1, war
     def step():
         model(x)
 
-    with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+    with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
         sec = _time_it(step, device, warmup, iters)
     return 1000.0 * sec / batch
 
@@ -236,7 +228,7 @@ def throughput(model: nn.Module, input_size=None, device="cpu", batch: int = 32,
             model.train(was_training)
     else:
         x = _images(batch, size, device)
-        with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+        with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
             sec = _time_it(lambda: model(x), device, warmup, iters)
     return batch / sec
 
@@ -299,7 +291,7 @@ def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1,
         x = _images(batch, size, device)
 
         def run():
-            with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+            with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
                 model(x)
 
     if device.type == "cuda":
@@ -322,24 +314,7 @@ def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1,
     return {"peak_mib": (after - before) / 1024, "method": "cpu_ru_maxrss_delta"}
 
 
-# ---------------------------------------------------------------- device name and table
-
-def device_name(device="cpu") -> str:
-    """'NVIDIA H100 80GB HBM3' or the CPU model (from /proc/cpuinfo) with the thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
+# ---------------------------------------------------------------- table
 
 def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", batch: int = 1,
                crops_per_image: int | None = None, timing: bool = True, train_batch: int | None = None,
@@ -351,8 +326,6 @@ def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", bat
     input_sizes: int, or {name: int | (H, W)}; default each model's `input_size`.
     Models on the meta device get params and MACs only (timing columns are NaN).
     """
-    import pandas as pd
-
     rows = []
     for name, model in models.items():
         size = input_sizes.get(name) if isinstance(input_sizes, dict) else input_sizes
@@ -379,3 +352,38 @@ def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", bat
         row["amp"] = amp or "off"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# cost report (no real weights allocated)
+# ---------------------------------------------------------------------------------------------------
+def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> dict:
+    """Parameters (total / trainable / frozen, and per part) of the full-size CSFIQA with the real
+    LLaMA-7B layer dimensions, built on the meta device, and MACs of one forward at `input_size`
+    (torch.utils.flop_counter, FLOPs / 2; top-k selection and softmax are not counted).
+    `train_only` counts the SCL projectors, which inference does not use."""
+    cfg = cfg if cfg is not None else make_config("paper", "csfiqa")
+    # shapes only: LLaMA-7B dimensions, nothing read or downloaded
+    cfg = override(cfg, {"csfiqa.ic_weights": None, **({"csfiqa.input_size": input_size} if input_size else {})})
+    c = cfg.csfiqa
+    with torch.device("meta"):
+        model = CSFIQA(c, "small", device="meta")
+    counts = count_params(model)
+    parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()}
+    out = {"params_total": counts["total"], "params_trainable": counts["trainable"],
+           "params_frozen": counts["frozen"], "params_by_part": parts,
+           "params_train_only": parts.get("proj_large", 0) + parts.get("proj_small", 0),
+           "input_size": c.input_size}
+    out["params_inference"] = out["params_total"] - out["params_train_only"]
+    if macs:
+        x = torch.empty(1, 3, c.input_size, c.input_size, device="meta")
+        if c.scale_mode in ("crop", "crop_per_branch"):
+            x = torch.empty(1, 2, 3, c.input_size, c.input_size, device="meta")
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model.eval()(x)
+        out["macs"] = fc.get_total_flops() / 2
+        by_mod = {k: sum(v.values()) / 2 for k, v in fc.get_flop_counts().items()}
+        out["macs_by_part"] = {n: by_mod.get(f"CSFIQA.{n}", 0.0) for n in parts if n != "encoder"}
+        # the encoder's submodules are called one by one (own forward), so it is the remainder
+        out["macs_by_part"]["encoder"] = out["macs"] - sum(out["macs_by_part"].values())
+    return out

@@ -2,34 +2,29 @@
 
 Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
 re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
-across machines with `shard="i/N"`.
+across machines with `shard="i/N"`. Configs are built by overrides and never changed in place.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 import pandas as pd
+import torch
 
-from .config import PROFILE_PLAN, RunConfig, make_config
-from .tables import METHOD_NAMES
+from . import costs, tables
+from .config import RunConfig, make_config, override, plan
+from .data.registry import load_manifest
+from .models import create_model, display_name, list_models
+from .runs import record_row, run_or_load, shard as take_shard
+from .system import resolve_device
 
 RESULT_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
 
 
-def plan(profile: str) -> dict:
-    """Datasets, split seeds and cross-dataset pairs a profile covers."""
-    return PROFILE_PLAN[profile]
-
-
 def configs(profile: str, model: str, datasets: Iterable[str], seeds: Iterable[int],
-            overrides: dict | None = None, **kw) -> list[RunConfig]:
-    out = []
-    for ds in datasets:
-        for seed in seeds:
-            cfg = make_config(profile, model, {"data.dataset": ds, **(overrides or {})}, **kw)
-            cfg.split_seed = seed
-            out.append(cfg)
-    return out
+            overrides: dict | None = None) -> list[RunConfig]:
+    return [make_config(profile, model, {"data.dataset": ds, "split_seed": seed, **(overrides or {})})
+            for ds in datasets for seed in seeds]
 
 
 class _Manifests:
@@ -40,43 +35,34 @@ class _Manifests:
 
     def __call__(self, name):
         if name not in self.cache:
-            from .data.registry import load_manifest
             self.cache[name] = load_manifest(name, self.data_root)
         return self.cache[name]
+
+
+def method_row(rec: dict, variant: str = "") -> dict:
+    """The columns tables need from a run record, with the paper's method name and the variant label."""
+    r = record_row(rec)
+    row = {"method": display_name(r["model"]), "variant": variant}
+    row.update({k: r[k] for k in ("dataset", "test_dataset", "split_seed", "train_fraction", "selection", "key",
+                                  "time_s", *RESULT_METRICS)})
+    return row
 
 
 def run_all(cfgs: list[RunConfig], results_dir: str = "results", data_root: str | None = None,
             shard: str | None = None, progress: bool = True, labels: list[str] | None = None,
             device: str | None = None) -> pd.DataFrame:
     """Run (or load) every config; one row per run: method, variant, dataset, test_dataset, seed, metrics."""
-    from .runs import run_or_load, shard as take_shard
-
-    labels = labels or [""] * len(cfgs)
-    pairs = list(zip(cfgs, labels))
-    if shard:
-        pairs = take_shard(pairs, shard)
+    pairs = take_shard(list(zip(cfgs, labels or [""] * len(cfgs))), shard)
     manifests = _Manifests(data_root)
+    where = {"data.data_root": data_root, **({"train.device": device} if device else {})}
     rows = []
     for cfg, label in pairs:
-        cfg.data.data_root = data_root
-        if device:
-            cfg.train.device = device
+        cfg = override(cfg, where)
         test_m = manifests(cfg.test_dataset) if cfg.test_dataset else None
         rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.data.dataset), test_manifest=test_m,
                           progress=progress)
-        rows.append(record_row(rec, label))
+        rows.append(method_row(rec, label))
     return pd.DataFrame(rows)
-
-
-def record_row(rec: dict, variant: str = "") -> dict:
-    """The columns tables need from a run record, with the paper's method name and the variant label."""
-    from .runs import record_row as full_row
-
-    r = full_row(rec)
-    row = {"method": METHOD_NAMES.get(r["model"], r["model"]), "variant": variant}
-    row.update({k: r[k] for k in ("dataset", "test_dataset", "split_seed", "train_fraction", "selection", "key",
-                                  "time_s", *RESULT_METRICS)})
-    return row
 
 
 def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
@@ -112,12 +98,8 @@ def sweep_runs(profile: str, model: str, field: str | tuple[str, ...], values: l
 def cross_runs(profile: str, models, pairs, seeds=None, **kw) -> pd.DataFrame:
     """Train on A (its training split), test on all of B."""
     p = plan(profile)
-    cfgs = []
-    for m in models:
-        for a, b in pairs:
-            for c in configs(profile, m, [a], seeds or p["seeds"][:1]):
-                c.test_dataset = b
-                cfgs.append(c)
+    cfgs = [c for m in models for a, b in pairs
+            for c in configs(profile, m, [a], seeds or p["seeds"][:1], {"test_dataset": b})]
     return run_all(cfgs, **kw)
 
 
@@ -135,7 +117,15 @@ def fraction_runs(profile: str, models, fractions=(0.2, 0.4, 0.6, 0.8), datasets
     return run_all(cfgs, labels=labels, **kw)
 
 
-# --- sweeps and ablations named in the reference notes ------------------------------------------------
+def data_efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Reported | reproduced per share of the training split (the fraction_runs rows)."""
+    parts = [tables.comparison_table(g, table=f"data_efficient_{share.rstrip('%')}",
+                                     by=("method", "variant", "dataset"))
+             for share, g in runs.groupby("variant", sort=False)]
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- sweeps and ablations named in docs/csfiqa.md and docs/lmliqa.md -------------------------------------
 # name -> (field or tied fields, values). The smoke profile runs the default and one alternative.
 SWEEPS = {
     "csfiqa": {
@@ -177,26 +167,32 @@ def sweep_label(model: str, name: str) -> str:
     return fields if isinstance(fields, str) else " / ".join(fields)
 
 
-def sweep_values(profile: str, model: str, name: str) -> list:
-    fields, values = SWEEPS[model][name]
-    if profile != "smoke":
-        return values
-    default = tuple(getattr_dotted(make_config(profile, model), f) for f in
-                    ((fields,) if isinstance(fields, str) else fields))
-    default = default[0] if isinstance(fields, str) else default
-    others = [v for v in values if v != default]
-    return [default, others[0]]
-
-
 def getattr_dotted(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
 
 
+def sweep_values(profile: str, model: str, name: str) -> list:
+    fields, values = SWEEPS[model][name]
+    if profile != "smoke":
+        return values
+    tied = (fields,) if isinstance(fields, str) else fields
+    default = tuple(getattr_dotted(make_config(profile, model), f) for f in tied)
+    default = default[0] if isinstance(fields, str) else default
+    others = [v for v in values if v != default]
+    return [default, others[0]]
+
+
 def named_sweep(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
     fields, _ = SWEEPS[model][name]
     return sweep_runs(profile, model, fields, sweep_values(profile, model, name), **kw)
+
+
+def sensitivity_table(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
+    """One named sweep run (or loaded) and compared with the reported cells of its table."""
+    runs = named_sweep(profile, model, name, **kw)
+    return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"))
 
 
 def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
@@ -220,66 +216,49 @@ def dataset_summary(manifests: dict) -> pd.DataFrame:
 
 
 # --- cost (notebook 05) --------------------------------------------------------------------------------
-MODELS = ("deiqt", "csfiqa", "lmliqa")
-
-
 def full_size_model(model: str):
     """The paper-size model on the meta device: shapes only, nothing allocated, read or downloaded."""
-    import torch
-    from .models import create_model
-
-    cfg = make_config("paper", model)
-    cfg.model.pretrained = False
-    if model == "csfiqa":
-        from .models.csfiqa import CSFIQA
-        with torch.device("meta"):
-            return CSFIQA(cfg.csfiqa, "small", cfg.train.regression_loss, device="meta")
+    cfg = make_config("paper", model, {"model.pretrained": False})
     with torch.device("meta"):
+        if model == "csfiqa":                      # the LLaMA-7B layer at its real shape, no weights read
+            return costs.CSFIQA(cfg.csfiqa, "small", cfg.train.regression_loss, device="meta")
         return create_model(cfg)
+
+
+def _timed_models(profile: str, dev) -> dict:
+    """The profile's models on dev, for timing: random init (timing does not depend on the weights)."""
+    out = {}
+    for m in list_models():
+        cfg = make_config(profile, m, {"model.pretrained": False})
+        try:
+            out[display_name(m)] = create_model(cfg).to(dev)
+        except Exception as e:   # e.g. CSFIQA without the LLaMA-7B weights: params/MACs above still hold
+            print(f"{display_name(m)}: not timed ({e})")
+    return out
 
 
 def cost_analysis(profile: str, device: str = "auto", batch: int = 8, train_batch: int = 8,
                   crops_per_image: int = 10) -> pd.DataFrame:
     """Params and MACs at full size (each paper's input size), then latency, throughput and peak
     memory of the profile's model size on `device` (named in the table)."""
-    from .costs import cost_table
-    from .engine import resolve_device
-    from .models import create_model
-
     dev = resolve_device(device)
-    full = {m: full_size_model(m) for m in MODELS}
-    sizes = {m: getattr(full[m], "input_size", 224) for m in MODELS}
-    t_full = cost_table({METHOD_NAMES[m]: full[m] for m in MODELS}, {METHOD_NAMES[m]: sizes[m] for m in MODELS},
-                        timing=False, crops_per_image=crops_per_image)
+    full = {display_name(m): full_size_model(m) for m in list_models()}
+    sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
+    t_full = costs.cost_table(full, sizes, timing=False, crops_per_image=crops_per_image)
     t_full.insert(1, "size", "full (paper)")
+    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), batch=batch, train_batch=train_batch,
+                             memory=True, crops_per_image=crops_per_image)
     if profile == "smoke":
-        models = {m: create_model(make_config(profile, m)).to(dev) for m in MODELS}
-        t_run = cost_table({METHOD_NAMES[m]: models[m] for m in MODELS}, device=str(dev), batch=batch,
-                           train_batch=train_batch, memory=True, crops_per_image=crops_per_image)
         t_run.insert(1, "size", "tiny (smoke)")
         return pd.concat([t_full, t_run], ignore_index=True)
-    # full size on a real device needs real tensors: random init (timing does not depend on the weights),
-    # the LLaMA layer at its 7B dimensions only when its weights are given
-    t_full.drop(columns=["device"], inplace=True)
-    models = {}
-    for m in MODELS:
-        cfg = make_config(profile, m)
-        cfg.model.pretrained = False
-        try:
-            models[METHOD_NAMES[m]] = create_model(cfg).to(dev)
-        except Exception as e:   # e.g. CSFIQA without the LLaMA-7B weights: params/MACs above still hold
-            print(f"{METHOD_NAMES[m]}: not timed ({e})")
-    t_run = cost_table(models, device=str(dev), batch=batch, train_batch=train_batch, memory=True,
-                       crops_per_image=crops_per_image)
+    t_full = t_full.drop(columns=["device"])
     keep = [c for c in t_run.columns if c not in t_full.columns or c == "model"]
     return t_full.merge(t_run[keep], on="model", how="left")
 
 
 def cost_vs_reported(cost: pd.DataFrame) -> pd.DataFrame:
     """Reported cost figures next to the kit's full-size counts (LoDa / TReS are reported-only)."""
-    from .tables import reported_numbers
-
-    rep = reported_numbers()
+    rep = tables.reported_numbers()
     rep = rep[rep.table == "cost"]
     full = cost[cost["size"] == "full (paper)"].set_index("model")
     rows = []

@@ -1,7 +1,8 @@
 """The papers' figures from trained runs: notebook 06 calls one function per figure.
 
 Models are the seed-0 runs of the profile's first dataset (LIVEC in the paper profile, as both papers'
-Fig. 4 use it), taken from their run records — trained first if the record is missing.
+Fig. 4 use it), taken from their run records — trained first if the record is missing. Each function
+publishes its figure once (report.record_output); the plotting itself (viz) stays pure.
 """
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ import pandas as pd
 import torch
 
 from . import viz
-from .config import PROFILE_PLAN, make_config
+from .config import make_config, plan
+from .data import synthetic
+from .data.registry import load_manifest
+from .data.splits import Split
+from .data.store import CropSampler, ImageStore, build_store
+from .evaluation import LabelNorm, predict_rows
+from .models import display_name, list_models
+from .predict import load_trained
 from .report import record_output
-
-MODELS = ("deiqt", "csfiqa", "lmliqa")
-NAMES = {"deiqt": "DEIQT", "csfiqa": "CSFIQA", "lmliqa": "LML-IQA"}
+from .runs import run_or_load
+from .system import resolve_device
 
 
 @dataclass
@@ -35,7 +42,7 @@ class Visuals:
     rows: list = field(default_factory=list)      # the test images shown in Grad-CAM figures
 
     def summary(self) -> pd.DataFrame:
-        return pd.DataFrame([{"model": NAMES[m], "dataset": self.dataset, "test SRCC": r["final"]["srcc"],
+        return pd.DataFrame([{"model": display_name(m), "dataset": self.dataset, "test SRCC": r["final"]["srcc"],
                               "checkpoint": r.get("checkpoint")} for m, r in self.records.items()])
 
     def views(self, rows, size: int) -> torch.Tensor:
@@ -44,27 +51,21 @@ class Visuals:
 
 def visual_context(profile: str, results_dir: str = "results", data_root: str | None = None,
                    device: str = "auto", dataset: str | None = None, seed: int = 0, n_images: int = 6) -> Visuals:
-    from .data.registry import load_manifest
-    from .data.splits import Split
-    from .data.store import CropSampler
-    from .engine import build_store, load_trained, resolve_device
-    from .runs import run_or_load
-
-    plan = PROFILE_PLAN[profile]
-    dataset = dataset or ("LIVEC" if "LIVEC" in plan["datasets"] else plan["datasets"][0])
+    datasets = plan(profile)["datasets"]
+    dataset = dataset or ("LIVEC" if "LIVEC" in datasets else datasets[0])
     manifest = load_manifest(dataset, data_root)
     dev = resolve_device(device)
     models, records = {}, {}
-    for m in MODELS:
-        cfg = make_config(profile, m, {"data.dataset": dataset, "train.device": str(dev)})
-        cfg.split_seed, cfg.data.data_root = seed, data_root
+    for m in list_models():
+        cfg = make_config(profile, m, {"data.dataset": dataset, "train.device": str(dev), "split_seed": seed,
+                                       "data.data_root": data_root})
         rec = run_or_load(cfg, results_dir, manifest=manifest)
         model, _ = load_trained(Path(results_dir) / rec["checkpoint"], device=str(dev))
         models[m], records[m] = model.eval(), rec
     split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
     cfg = make_config(profile, "deiqt", {"data.dataset": dataset})
     size = max(getattr(m, "input_size", 224) for m in models.values())
-    store = build_store(manifest, cfg, dev, size, progress=False)
+    store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, progress=False)
     test = np.asarray(split.test)
     labels = manifest.df.label.to_numpy()[test]
     # images spread over the label range, low to high
@@ -82,7 +83,6 @@ def _out(results_dir, name) -> Path:
 
 def _denorm(model, pred: np.ndarray) -> np.ndarray:
     """Scores in label units (a run trained on min-max labels predicts in [0, 1])."""
-    from .engine import LabelNorm
     meta = getattr(model, "kit_meta", {})
     return LabelNorm(meta["config"]["train"]["label_norm"], meta.get("label_range")).inverse(pred) if meta else pred
 
@@ -96,7 +96,7 @@ def gradcam(V: Visuals, results_dir) -> Path:
     """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM, GT and predictions under them."""
     size = max(m.input_size for m in V.models.values())
     x = V.views(V.rows, size)
-    names = {NAMES[k]: m for k, m in V.models.items()}
+    names = {display_name(k): m for k, m in V.models.items()}
     cams = viz.gradcam_maps(names, x)
     scores = {"GT": V.manifest.df.label.to_numpy()[V.rows]}
     for name, m in names.items():
@@ -135,12 +135,10 @@ def scale_labels(V: Visuals) -> pd.DataFrame:
     """One row per image: mos_small, mos_large (and mos_image) — LIVEFB's patch labels in the paper
     profile (sizes from the boxes), pseudo-MOS of 20% / 40% crops for the synthetic set."""
     if V.dataset.startswith("synthetic"):
-        from .data import synthetic
         crops = synthetic.scale_labels(V.manifest, ratios=(0.2, 0.4), n_per_image=1)
         wide = crops.pivot_table(index="row", columns="ratio", values="mos_crop")
         return pd.DataFrame({"mos_small": wide[0.2], "mos_large": wide[0.4],
                              "mos_image": V.manifest.df.label.to_numpy()[wide.index]})
-    from .data.registry import load_manifest
     fb = V.manifest if V.dataset == "LIVEFB" else load_manifest("LIVEFB", V.data_root)
     patches = fb.extras.get("patches")
     if patches is None or patches.empty:
@@ -177,19 +175,16 @@ def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
     (LML-IQA next to DEIQT for contrast)."""
     rows = list(getattr(V.split, split))
     cfg = make_config(V.profile, "deiqt")
-    feats = {NAMES[k]: features(V.models[k], V.sampler, rows, cfg.data.crops_test, V.models[k].input_size)
+    feats = {display_name(k): features(V.models[k], V.sampler, rows, cfg.data.crops_test, V.models[k].input_size)
              for k in ("deiqt", "lmliqa")}
     path, _ = viz.tsne_features(feats, V.manifest.df.label.to_numpy()[rows], _out(results_dir, "06_tsne"))
     record_output(path, "figure", f"t-SNE of quality features ({V.dataset} {split} set), coloured by MOS")
     return path
 
 
-def gmad(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
+def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
     """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
     Exploration Database in the paper profile; the whole synthetic set in smoke)."""
-    from .data.store import CropSampler, ImageStore
-    from .engine import predict_rows
-
     if pool_dir:
         exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
         paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
@@ -205,7 +200,7 @@ def gmad(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4
     scores = {k: _denorm(V.models[k], np.asarray(predict_rows(V.models[k], sampler, rows, cfg.data.crops_test,
                                                                V.models[k].input_size)))
               for k in ("deiqt", "lmliqa")}
-    table = viz.gmad(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
+    table = viz.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
     path = viz.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
     record_output(path, "figure", "gMAD competition, DEIQT vs LML-IQA")
     return path
@@ -213,7 +208,7 @@ def gmad(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4
 
 def training_curves(V: Visuals, results_dir) -> Path:
     """Per-epoch test SRCC / PLCC of the three main runs shown here (seed 0)."""
-    recs = [{**r, "name": NAMES[m]} for m, r in V.records.items() if len(r.get("epochs", [])) > 1]
+    recs = [{**r, "name": display_name(m)} for m, r in V.records.items() if len(r.get("epochs", [])) > 1]
     path = viz.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
     record_output(path, "figure", f"Per-epoch test SRCC / PLCC of the main runs ({V.dataset}, seed 0)")
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, stats
 
 
@@ -96,23 +97,20 @@ def all_metrics(pred, mos, logistic: bool = False) -> dict:
     return out
 
 
-def aggregate(df, by, metrics=("srcc", "plcc", "plcc_logistic", "krcc", "rmse")):
-    """Median (the papers' statistic), mean, std and count of each metric per group.
+def aggregate(df: pd.DataFrame, by, metrics=("srcc", "plcc", "plcc_logistic", "krcc", "rmse"),
+              sort: bool = True) -> pd.DataFrame:
+    """Median (the papers' statistic), mean, std and count of each metric per group of runs.
 
-    Columns: the `by` columns, n, then <metric>_median, <metric>_mean, <metric>_std. Metrics that are
-    not columns of df are skipped.
+    Columns: the `by` columns, n, then <metric>_median, <metric>_mean, <metric>_std (sample std, NaN for
+    one run). Metrics that are not columns of df are skipped; sort=False keeps the groups' first order.
     """
-    import pandas as pd
-
     by = [by] if isinstance(by, str) else list(by)
     metrics = [m for m in metrics if m in df.columns]
     d = df[by + metrics].copy()
     for m in metrics:
         d[m] = pd.to_numeric(d[m], errors="coerce")
-    g = d.groupby(by, dropna=False, sort=True)
-    out = g.size().rename("n").to_frame()
-    for m in metrics:
-        out[f"{m}_median"] = g[m].median()
-        out[f"{m}_mean"] = g[m].mean()
-        out[f"{m}_std"] = g[m].std()
+    g = d.groupby(by, dropna=False, sort=sort)
+    out = g[metrics].agg(["median", "mean", "std"])
+    out.columns = [f"{m}_{stat}" for m, stat in out.columns]
+    out.insert(0, "n", g.size())
     return out.reset_index()

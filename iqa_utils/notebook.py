@@ -1,4 +1,10 @@
-"""The few lines every notebook starts with: paths (local or Google Drive), output context, threads."""
+"""The few lines every notebook starts with, and the calls it publishes its tables and figures through.
+
+    session = setup("01_train_csfiqa", profile, results_dir, data_root, device, shard, drive_dir)
+    session.publish(table, "csfiqa_main", "caption")    # results/tables/<name>.md/.csv, logged, shown
+    session.figure(viz.plot_...(..., session.figure_path("02_x")), "caption")   # logged once
+    experiments.main_runs(session.profile, **session.run_kw)
+"""
 from __future__ import annotations
 
 import os
@@ -6,8 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import report
-from .config import PROFILE_PLAN
+import pandas as pd
+import torch
+from IPython.display import Markdown, display
+
+from . import report, tables
+from .config import plan
 
 
 @dataclass
@@ -25,6 +35,15 @@ class Session:
         report.record_output(path, "figure", caption)
         return Path(path)
 
+    def figure_path(self, name: str) -> str:
+        return str(Path(self.results_dir) / "figures" / f"{name}.png")
+
+    def publish(self, table: pd.DataFrame, name: str, caption: str) -> pd.DataFrame:
+        """Write results/tables/<name>.md and .csv (logged for the index) and show the table."""
+        tables.write_table(table, name, self.results_dir, caption=caption)
+        show(table, caption)
+        return table
+
     @property
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.experiments functions."""
@@ -36,6 +55,12 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
+def _mount_drive() -> None:
+    if in_colab() and not Path("/content/drive").exists():
+        from google.colab import drive  # type: ignore  # only exists on Colab
+        drive.mount("/content/drive")
+
+
 def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results", data_root: str | None = None,
           device: str = "auto", shard: str | None = None, drive_dir: str | None = None) -> Session:
     """Resolve paths, mount Google Drive when asked (Colab), and log outputs to this notebook's name.
@@ -44,12 +69,9 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     disconnects resumes where it stopped: finished runs are loaded from their records, an interrupted one
     continues from its last epoch checkpoint.
     """
-    if profile not in PROFILE_PLAN:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILE_PLAN)}")
+    runs = plan(profile)
     if drive_dir:
-        if in_colab() and not Path("/content/drive").exists():
-            from google.colab import drive  # type: ignore
-            drive.mount("/content/drive")
+        _mount_drive()
         base = Path(drive_dir).expanduser()
         results_dir = str(base / "results")
         data_root = data_root or str(base / "data")
@@ -58,17 +80,11 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
         data_root = str(Path(data_root).expanduser().resolve())
     report.context(notebook, profile, results_dir)
     if os.environ.get("IQA_KIT_THREADS"):
-        import torch
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
-    return Session(notebook, profile, results_dir, data_root, device, shard, dict(PROFILE_PLAN[profile]))
+    return Session(notebook, profile, results_dir, data_root, device, shard, dict(runs))
 
 
 def show(table, caption: str = ""):
     """Display a table as Markdown in Jupyter, plain text elsewhere."""
-    from .tables import to_markdown
-    text = to_markdown(table, caption) if "median" in table.columns else table.to_markdown(index=False)
-    try:
-        from IPython.display import Markdown, display
-        display(Markdown(text))
-    except ImportError:
-        print(text)
+    text = tables.to_markdown(table, caption) if "median" in table.columns else table.to_markdown(index=False)
+    display(Markdown(text))

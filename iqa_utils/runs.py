@@ -10,14 +10,18 @@ that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pi
 """
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
+
+from . import engine
+from .checkpoint import CHECKPOINT
 from .config import RunConfig
+from .data.registry import load_manifest
+from .data.splits import make_split
+from .predict import CONFIG, WEIGHTS
+from .system import atomic_write_json, environment, read_json, resolve_device
 
 TABLE_COLUMNS = ["model", "size", "dataset", "test_dataset", "split_seed", "train_fraction", "val_fraction",
                  "selection", "selected_epoch", "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "profile",
@@ -39,91 +43,50 @@ def record_path(cfg: RunConfig, results_dir) -> Path:
             / f"{run_key(cfg)}.json")
 
 
-def git_commit(path=None) -> str | None:
-    """HEAD of the git checkout holding `path` (default: this package); None outside a checkout."""
-    cwd = Path(path or __file__).resolve()
-    cwd = cwd if cwd.is_dir() else cwd.parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def environment(device=None) -> dict:
-    """What produced a record: package versions, commit, device."""
-    import torch
-    from .costs import device_name
-    dev = torch.device(device if device is not None else "cpu")
-    dev = f"{dev.type}: {device_name(dev)}"
-    from . import __version__
-    return {"versions": {"python": sys.version.split()[0], "torch": torch.__version__, "timm": _version("timm"),
-                         "transformers": _version("transformers"), "iqa_kit": __version__},
-            "git_commit": git_commit(), "device": dev}
-
-
-def _write_json(obj, path: Path) -> None:
-    from .engine import atomic_write_text
-    atomic_write_text(json.dumps(obj, indent=1, default=str), path)
-
-
 def load_record(path) -> dict:
-    return json.loads(Path(path).read_text())
+    return read_json(path, "run record")
+
+
+def build_record(cfg: RunConfig, result: dict, manifest, split, split_file: str, n_test: int,
+                 test_name: str) -> dict:
+    """The run record: what ran (key, config, data, split) + what the engine returned + the environment."""
+    return {"key": run_key(cfg), "config": cfg.to_dict(), "dataset": manifest.name, "test_dataset": test_name,
+            "split": {**split.summary(), "n_test": n_test, "file": split_file},
+            **result, **environment(resolve_device(cfg.train.device))}
+
+
+def _publish_weights(work: Path, final_dir: Path) -> None:
+    final_dir.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG):
+        (work / name).replace(final_dir / name)
 
 
 def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
                 progress: bool = True) -> dict:
     """The record of cfg: read from disk when done, else trained (resuming any checkpoint) and written."""
-    from .data.splits import make_split
-    from .engine import CHECKPOINT, CONFIG, WEIGHTS, train_run
-
     results_dir = Path(results_dir)
     path = record_path(cfg, results_dir)
     if path.exists():
         return load_record(path)
-    if manifest is None:
-        from .data.registry import load_manifest
-        manifest = load_manifest(cfg.data.dataset, cfg.data.data_root)
+    manifest = manifest or load_manifest(cfg.data.dataset, cfg.data.data_root)
     if test_manifest is None and cfg.test_dataset and cfg.test_dataset != cfg.data.dataset:
-        from .data.registry import load_manifest
         test_manifest = load_manifest(cfg.test_dataset, cfg.data.data_root)
-
     split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
                        cfg.data.val_fraction)
     split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
-
     key = run_key(cfg)
     work = results_dir / "work" / key
-    record = train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
-    record["key"] = key
-    record["split"]["file"] = str(split_file.relative_to(results_dir))
-
-    final_dir = results_dir / "checkpoints" / key
-    final_dir.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG):
-        (work / name).replace(final_dir / name)
-    record["checkpoint"] = str(final_dir.relative_to(results_dir))
-    _write_json(record, path)
+    result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
+    test_name = test_manifest.name if test_manifest is not None else manifest.name
+    n_test = len(result["predictions"]["rows"])
+    record = build_record(cfg, result, manifest, split, str(split_file.relative_to(results_dir)), n_test,
+                          test_name)
+    _publish_weights(work, results_dir / "checkpoints" / key)
+    record["checkpoint"] = str((results_dir / "checkpoints" / key).relative_to(results_dir))
+    atomic_write_json(record, path)
     (work / CHECKPOINT).unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     return record
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def record_row(rec: dict, path=None) -> dict:
@@ -140,7 +103,7 @@ def record_row(rec: dict, path=None) -> dict:
            "split_digest": rec["split"].get("digest"), "time_s": rec.get("time_s"),
            "train_crops_per_s": rec.get("train_crops_per_s"), "eval_crops_per_s": rec.get("eval_crops_per_s"),
            "device": rec.get("device"), "key": rec.get("key"), "path": str(path) if path else None}
-    for k, v in _flatten(c).items():
+    for k, v in pd.json_normalize(c).iloc[0].items():
         row.setdefault(k, tuple(v) if isinstance(v, list) else v)
     return row
 
@@ -150,8 +113,6 @@ def load_records(results_dir="results", **filters):
 
     filters: column=value or column=[values]; dotted config names via **{"csfiqa.tau": 0.1}.
     """
-    import pandas as pd
-
     paths = sorted((Path(results_dir) / "runs").glob("*/*/*.json"))
     df = pd.DataFrame([record_row(load_record(p), p) for p in paths])
     if df.empty:

@@ -37,6 +37,10 @@ class KitError(Exception):
     """
 
 
+class MissingFile(KitError, FileNotFoundError):
+    """A file the kit needs is not there; the message names it and says where it comes from."""
+
+
 # ---- devices and precision -------------------------------------------------------------------------
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """"auto" (or None): CUDA when available, else the CPU."""

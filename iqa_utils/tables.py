@@ -1,7 +1,8 @@
 """Paper tables: reported | reproduced (median over splits, mean ± std) | delta.
 
-Reported numbers come from `iqa_utils/reference/reported_numbers.csv` (a copy of the shared reference
-file), each with its provenance. A cell the papers' known text does not give is "unknown" — never a guess.
+Reported numbers come from `iqa_utils/reference/reported_numbers.csv` (what it holds and how to read
+its provenance: docs/reported_numbers.md). A cell the papers' known text does not give is "unknown" —
+never a guess. Method names are the model registry's display names (models.display_name).
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# kit model name -> method name used in the papers' tables
-METHOD_NAMES = {"deiqt": "DEIQT", "csfiqa": "CSFIQA", "lmliqa": "LML-IQA"}
+from .metrics import aggregate
+from .report import record_output
+from .system import atomic_write_text
+
 METRICS = ("SRCC", "PLCC")
 UNKNOWN = "unknown"
 
@@ -46,15 +49,15 @@ def lookup_reported(method: str, dataset: str, metric: str, table: str = "main",
 
 
 def summarize(runs: pd.DataFrame, by: list[str], metrics=("srcc", "plcc")) -> pd.DataFrame:
-    """Median, mean and std over split seeds for each group of runs (one row per group and metric)."""
+    """metrics.aggregate in long form: one row per group and metric (median, mean, std, n_splits), groups
+    in their first order; the std of a single split is shown as 0."""
+    wide = aggregate(runs, by, metrics, sort=False)
     rows = []
-    for key, g in runs.groupby(by, dropna=False, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
+    for r in wide.to_dict("records"):
         for m in metrics:
-            v = g[m].astype(float).to_numpy()
-            rows.append({**dict(zip(by, key)), "metric": m.upper(), "median": float(np.median(v)),
-                         "mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                         "n_splits": int(len(v))})
+            rows.append({**{k: r[k] for k in by}, "metric": m.upper(), "median": float(r[f"{m}_median"]),
+                         "mean": float(r[f"{m}_mean"]), "std": float(r[f"{m}_std"]) if r["n"] > 1 else 0.0,
+                         "n_splits": int(r["n"])})
     return pd.DataFrame(rows)
 
 
@@ -89,7 +92,7 @@ def baseline_rows(table: str, datasets: list[str], methods: list[str] | None = N
     return df[["method", "dataset", "metric", "value", "paper", "version", "provenance"]].reset_index(drop=True)
 
 
-def _fmt(x, digits=3):
+def _cell(x, digits=3):
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return UNKNOWN
     return f"{x:.{digits}f}"
@@ -102,9 +105,9 @@ def to_markdown(table: pd.DataFrame, caption: str = "") -> str:
     rows = []
     for r in table.to_dict("records"):
         rows.append({**{k: r[k] for k in keys}, "metric": r["metric"],
-                     "reported": _fmt(r["reported"]),
-                     "reproduced (median)": _fmt(r["median"]),
-                     "mean ± std (n)": f"{_fmt(r['mean'])} ± {_fmt(r['std'])} ({r['n_splits']})",
+                     "reported": _cell(r["reported"]),
+                     "reproduced (median)": _cell(r["median"]),
+                     "mean ± std (n)": f"{_cell(r['mean'])} ± {_cell(r['std'])} ({r['n_splits']})",
                      "delta": UNKNOWN if r["delta"] is None or pd.isna(r["delta"]) else f"{r['delta']:+.3f}",
                      "provenance of reported": r["provenance"]})
     body = pd.DataFrame(rows).to_markdown(index=False) if rows else "_no runs yet_"
@@ -115,15 +118,11 @@ def write_table(table: pd.DataFrame, name: str, results_dir: str | os.PathLike =
                 caption: str = "", markdown: str | None = None) -> dict[str, Path]:
     """Write results/tables/<name>.csv and .md atomically; returns both paths."""
     out = Path(results_dir) / "tables"
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
     md = markdown if markdown is not None else (
         to_markdown(table, caption) if "median" in table.columns else
         (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n")
     for kind, text in (("csv", table.to_csv(index=False)), ("md", md)):
-        tmp = paths[kind].with_suffix(paths[kind].suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths[kind])
-    from .report import record_output
+        atomic_write_text(text, paths[kind])
     record_output(paths["md"], "table", caption)
     return paths

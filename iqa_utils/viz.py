@@ -1,7 +1,7 @@
 """Figures of the papers, regenerated from models and run records, as PNG files.
 
 Rule for return values: every `plot_*` writes one PNG and returns its Path; functions that compute
-something (`gradcam_maps`, `token_maps`, `gmad`, `curves_frame`) return the data, and `tsne_features`
+something (`gradcam_maps`, `token_maps`, `gmad_pairs`, `curves_frame`) return the data, and `tsne_features`
 (which does both) returns (Path, DataFrame of the plotted points).
 
 Images are given either as uint8 arrays (N, H, W, 3) / lists of (H, W, 3) arrays of any size, or as
@@ -13,15 +13,13 @@ Which paper figure each function serves:
     token_maps + plot_feature_maps      CSFIQA Fig. 4 rows 4-5 (large / small scale features)
     plot_attention_maps                 CSFIQA Fig. 5 (per-layer maps before/after SFA)
     plot_scale_mos                      CSFIQA Fig. 2 (MOS at 20% and 40% patch scale)
-    gmad + plot_gmad                    LML-IQA Fig. 3
+    gmad_pairs + plot_gmad                   LML-IQA Fig. 3
     tsne_features                       LML-IQA Fig. 5
     plot_mos_histograms, plot_examples_per_distortion, plot_training_curves   kit notebooks
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,25 +32,27 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+from pytorch_grad_cam import GradCAM  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .system import atomic_write, train_mode  # noqa: E402
+
 CAM_CMAP = "jet"
 
 
 # ================================================================ small helpers
 
 def _save(fig, path) -> Path:
-    """Write atomically (a temp file, then rename) and log the file for results/README.md."""
-    from .report import record_output
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    record_output(path, "figure", path.stem.replace("_", " "))
-    return path
+    """Write the PNG atomically (a unique temp file, then rename). Plotting stays pure: whoever publishes
+    the figure (a notebook's Session.figure, the figures module) records it for results/README.md."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png",
+                                                          dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def to_uint8(images, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> list[np.ndarray]:
@@ -90,7 +90,7 @@ def _minmax(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def _fmt(v) -> str:
+def _score_text(v) -> str:
     if isinstance(v, str):
         return v
     return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
@@ -141,15 +141,6 @@ class ScoreTarget:
         return self.sign * output.reshape(())
 
 
-@contextlib.contextmanager
-def _preserve_mode(model):
-    was_training = model.training
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, sign: float = 1.0,
                  batch: int = 8) -> dict[str, np.ndarray]:
     """Grad-CAM (pytorch-grad-cam's GradCAM) of each model's predicted score, per image.
@@ -158,8 +149,6 @@ def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, si
     one); the maps come back at (H, W) so rows of different models align. Values are in [0, 1]
     (min-max per image, as the library does; all zeros when no region raises the score).
     """
-    from pytorch_grad_cam import GradCAM
-
     n, _, h, w = images.shape
     out = {}
     for name, model in models.items():
@@ -167,7 +156,7 @@ def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, si
         device = next(model.parameters()).device
         size = getattr(model, "input_size", None)
         maps = []
-        with _preserve_mode(model):
+        with train_mode(model, model.training):    # the library switches to eval; restore after
             cam = GradCAM(model, layers, reshape_transform=reshape)
             try:        # not `with cam:` -- the library's __exit__ swallows IndexError
                 for i in range(0, n, batch):
@@ -200,7 +189,7 @@ def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapp
             ax = axes[r, c]
             if r == 0:
                 ax.imshow(img)
-                text = [f"{k} {_fmt(v[c])}" for k, v in scores.items() if k not in cams]
+                text = [f"{k} {_score_text(v[c])}" for k, v in scores.items() if k not in cams]
             else:
                 m = resize_maps(maps[c:c + 1], img.shape[:2])[0]
                 if name in cams:
@@ -208,7 +197,7 @@ def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapp
                     ax.imshow(m, cmap=CAM_CMAP, alpha=alpha, vmin=0, vmax=1)
                 else:
                     ax.imshow(_minmax(m), cmap="viridis")
-                text = [f"pred {_fmt(scores[name][c])}"] if name in scores else []
+                text = [f"pred {_score_text(scores[name][c])}"] if name in scores else []
             _blank(ax)
             if text:
                 ax.set_xlabel("\n".join(text), fontsize=9)
@@ -354,9 +343,6 @@ def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, 
     {model name: (N, D)} (one panel each, same MOS). Deterministic for a given random_state
     (PCA init, n_threads=1; None lets sklearn use every core). Perplexity defaults to
     min(30, (N - 1) / 3). Returns (path, DataFrame model, x, y, mos, mos_range)."""
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
     sets = features if isinstance(features, Mapping) else {"features": features}
     mos = np.asarray(mos, dtype=float)
     ranges = mos_bins(mos, bins)
@@ -388,7 +374,7 @@ def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, 
 
 # ================================================================ gMAD (LML-IQA Fig. 3)
 
-def gmad(scores_a, scores_b, n_levels: int = 5, tol: float | None = None,
+def gmad_pairs(scores_a, scores_b, n_levels: int = 5, tol: float | None = None,
          names: tuple[str, str] = ("A", "B")) -> pd.DataFrame:
     """gMAD competition pairs (Ma et al., TPAMI 2018), both roles.
 
@@ -430,7 +416,6 @@ def gmad(scores_a, scores_b, n_levels: int = 5, tol: float | None = None,
 
 def _load_image(item, max_side: int | None = None) -> np.ndarray:
     if isinstance(item, (str, Path)):
-        from PIL import Image
         with Image.open(item) as im:
             im = im.convert("RGB")
             if max_side:
@@ -456,8 +441,8 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
             for c, side in enumerate(("high", "low")):
                 ax = axes[r, 2 * j + c]
                 ax.imshow(_load_image(images[int(row[f"img_{side}"])], max_side))
-                ax.set_xlabel(f"{row['attacker']} {_fmt(row[f'attacker_{side}'])} "
-                              f"({row['defender']} {_fmt(row[f'defender_{side}'])})", fontsize=8)
+                ax.set_xlabel(f"{row['attacker']} {_score_text(row[f'attacker_{side}'])} "
+                              f"({row['defender']} {_score_text(row[f'defender_{side}'])})", fontsize=8)
                 if r == 0:
                     pick = "best" if side == "high" else "worst"
                     ax.set_title(f"{row['defender']} defends: {row['attacker']} {pick}", fontsize=9)
@@ -526,7 +511,7 @@ def plot_examples_per_distortion(df: pd.DataFrame, path, images=None, root=None,
                 item = images[i]
             ax.imshow(_load_image(item, max_side))
             level = df.at[i, "level"] if "level" in df and pd.notna(df.at[i, "level"]) else None
-            text = f"{label} {_fmt(float(df.at[i, label]))}" + (f", level {level}" if level is not None else "")
+            text = f"{label} {_score_text(float(df.at[i, label]))}" + (f", level {level}" if level is not None else "")
             ax.set_xlabel(text, fontsize=8)
         axes[r, 0].set_ylabel(str(name), fontsize=9)
     fig.tight_layout()

@@ -44,11 +44,18 @@ def test_predict_scores_images_with_the_checkpoint(trained, capsys):
     assert [l.split("\t")[1] for l in lines] == list(map(str, images))
 
 
-def test_unknown_override_and_missing_checkpoint_are_clear_errors(tmp_path):
-    with pytest.raises(KeyError, match="train.epoch"):
-        main(["train", "--results-dir", str(tmp_path), "--set", "train.epoch=1"])
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path)])
+def test_unknown_override_and_missing_checkpoint_are_clear_errors(tmp_path, capsys):
+    assert main(["train", "--results-dir", str(tmp_path), "--set", "train.epoch=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iqa-kit: train.epoch") and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path)]) == 2
+    assert "x.png" in capsys.readouterr().err                      # the missing image is named first
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and err.count("\n") == 1
+    with pytest.raises(KeyError, match="train.epoch"):              # --debug: the error itself
+        main(["--debug", "train", "--results-dir", str(tmp_path), "--set", "train.epoch=1"])
 
 
 def test_decisions_lists_the_open_paper_details(capsys):

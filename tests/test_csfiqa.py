@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from iqa_utils import losses as L
 from iqa_utils.config import make_config
 from iqa_utils.models import create_model
-from iqa_utils.models.csfiqa import csfiqa_cost, topk_attention, SelectiveAttention
+from iqa_utils.costs import csfiqa_cost
+from iqa_utils.models.csfiqa import topk_attention, SelectiveAttention
 
 
 # ---- Eq. 1-2: distances and masks ------------------------------------------------------------------

@@ -15,9 +15,13 @@ from iqa_utils.config import TrainConfig, make_config
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
-from iqa_utils import engine
-from iqa_utils.engine import (LabelNorm, TrainingInterrupted, atomic_save, config_from_dict, evaluate, load_trained,
-                              lr_at, param_groups, predict_images, train_run)
+from iqa_utils import engine, system
+from iqa_utils.config import config_from_dict
+from iqa_utils.engine import TrainingInterrupted, train_run
+from iqa_utils.evaluation import LabelNorm, evaluate
+from iqa_utils.optim import lr_at, param_groups
+from iqa_utils.predict import load_trained, predict_images
+from iqa_utils.system import atomic_save
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
 
@@ -267,8 +271,8 @@ def test_config_round_trip_and_amp_choice():
     with pytest.raises(KeyError):
         config_from_dict({**cfg.to_dict(), "bogus": 1})
     cpu = torch.device("cpu")
-    assert engine.amp_dtype("auto", cpu) is None
-    assert engine.amp_dtype("bf16", cpu) is torch.bfloat16 and engine.amp_dtype("off", cpu) is None
+    assert system.amp_dtype("auto", cpu) is None
+    assert system.amp_dtype("bf16", cpu) is torch.bfloat16 and system.amp_dtype("off", cpu) is None
 
 
 def test_load_trained_missing_files(tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from iqa_utils import engine
 from iqa_utils.data.splits import Split
-from iqa_utils.runs import git_commit, load_records, record_path, run_key, run_or_load, shard
+from iqa_utils.runs import load_records, record_path, run_key, run_or_load, shard
+from iqa_utils.system import git_commit
 from test_engine import tiny_cfg, tiny_manifest
 
 

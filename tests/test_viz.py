@@ -96,7 +96,7 @@ def test_gmad_picks_constructed_pair():
     # defender A: 0..100 in 5 bins of width 20 -> centres 10, 30, ...; tol = 5
     a = np.array([0, 100, 29, 31, 30, 36, 70, 71, 69])
     b = np.array([50, 50, 40, 90, 10, 60, 55, 54, 56])
-    t = viz.gmad(a, b, n_levels=5, names=("A", "B"))
+    t = viz.gmad_pairs(a, b, n_levels=5, names=("A", "B"))
     row = t[(t.defender == "A") & (t.level == 1)].iloc[0]         # centre 30: images 2, 3, 4 (36 is out)
     assert row.n_candidates == 3 and (row.img_high, row.img_low) == (3, 4)
     assert row.attacker_gap == pytest.approx(80)
@@ -125,7 +125,7 @@ def test_plots_write_pngs(tmp_path, tiny, images):
     assert _is_png(viz.plot_scale_mos(scale_df, tmp_path / "scale.png"))
 
     a, b = rng.uniform(0, 100, 60), rng.uniform(0, 100, 60)
-    table = viz.gmad(a, b, n_levels=3, names=("DEIQT", "LML-IQA"))
+    table = viz.gmad_pairs(a, b, n_levels=3, names=("DEIQT", "LML-IQA"))
     pool = [rng.integers(0, 255, (40 + i % 3, 50, 3), dtype=np.uint8) for i in range(60)]
     assert _is_png(viz.plot_gmad(pool, table, tmp_path / "gmad.png"))
 

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 from tqdm.auto import tqdm
 
 from .manifest import DatasetError, Manifest
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("keep_aspect", "deiqt_parity", "native")
 
 
@@ -322,3 +321,28 @@ class CropSampler:
             raise ValueError(f"unknown test crop mode {mode!r}; choose seeded_random, grid or random")
         sizes = [size] * len(rep)
         return self.normalise(torch.stack(self._cut(rep, tops, lefts, sizes, sizes)))
+
+
+# ---- stores as runs use them ------------------------------------------------------------------------
+_RECENT: dict = {}
+
+
+def build_store(manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
+                min_side: int | None = 224, device="cpu", progress: bool = True, cache: bool = True) -> ImageStore:
+    """Decode once; on CUDA the pixels move to the GPU when they take under a third of its free memory.
+
+    The last two stores built are kept, so a sweep over seeds (or models) decodes a dataset once.
+    """
+    device = torch.device(device)
+    key = (manifest.name, hash(tuple(manifest.df.path)), resize_mode, max_side, min_side, str(device))
+    if cache and key in _RECENT:
+        return _RECENT[key]
+    store = ImageStore.from_manifest(manifest, resize_mode=resize_mode, max_side=max_side, min_side=min_side,
+                                     device="cpu", progress=progress)
+    if device.type == "cuda" and store.nbytes < torch.cuda.mem_get_info(device)[0] / 3:
+        store.to(device)
+    if cache:
+        while len(_RECENT) >= 2:                      # bound memory: a train and a test set
+            _RECENT.pop(next(iter(_RECENT)))
+        _RECENT[key] = store
+    return store

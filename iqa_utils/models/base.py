@@ -29,9 +29,10 @@ class IQAModel(nn.Module):
     """
     input_size: int = 224
     regression: str = "smooth_l1"
+    flip: bool = True                 # random horizontal flips of training crops (cfg.data.flip)
 
     def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
-        x = sampler.random_crops(idx, self.input_size, flip=True, generator=generator)
+        x = sampler.random_crops(idx, self.input_size, flip=self.flip, generator=generator)
         return {"x": x, "y": y.to(x.device), "idx": idx}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -45,11 +46,6 @@ class IQAModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay besides every 1-D tensor (DEIQT: pos/cls tokens)."""
         return set()
-
-    def param_counts(self) -> dict[str, int]:
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
 def deiqt_init_(module: nn.Module) -> None:

@@ -21,16 +21,18 @@ checkpoint, so a 7B model is never built or downloaded whole.
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from timm.models.vision_transformer import Block
 from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
-from .pretrained import WeightsError
+from ..system import read_json
+from .pretrained import HOW_TO_DOWNLOAD, WeightsError, looks_local, resolve_weights
 
-IC_MODES = ("llama", "llama_residual", "trainable_block", "off")
 # LLaMA-7B (v1/v2) decoder layer dimensions, for building a shape-only layer (param/MAC report).
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                 num_hidden_layers=32, rms_norm_eps=1e-6)
@@ -40,7 +42,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def _llama_config(**kw):
-    from transformers import LlamaConfig
     cfg = LlamaConfig(**kw)
     cfg._attn_implementation = "sdpa"
     return cfg
@@ -54,7 +55,6 @@ def _make_bidirectional(layer: nn.Module) -> nn.Module:
 def build_llama_layer(dims: dict, layer_idx: int = 0, seed: int = 0, dtype=torch.float32, device=None):
     """A LLaMA decoder layer + final RMSNorm with random weights from `seed` (smoke profile: TINY_LLAMA;
     with device="meta" and LLAMA_7B: shapes only, for the cost report)."""
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
     cfg = _llama_config(**dims)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -67,65 +67,33 @@ def build_llama_layer(dims: dict, layer_idx: int = 0, seed: int = 0, dtype=torch
 # ---------------------------------------------------------------------------------------------------
 # partial loader
 # ---------------------------------------------------------------------------------------------------
-_HOW_TO_GET = ("download a LLaMA-7B checkpoint in Hugging Face safetensors format on a machine with internet "
-               "(e.g. `huggingface-cli download <repo> --include 'config.json' '*.safetensors*'`) and set "
-               "csfiqa.ic_weights to that folder (or to the hub repo id when online).")
-
-
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or Path(source).exists()
-
-
-def _hub_file(repo: str, filename: str) -> Path:
-    try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo, filename))
-    except Exception as e:  # offline, gated, missing file
-        raise WeightsError(f"could not get {filename} of {repo!r} from the Hugging Face hub "
-                           f"({type(e).__name__}); {_HOW_TO_GET}") from e
-
-
 def _weight_map(source: str) -> tuple[dict, dict, callable, str]:
-    """(config dict, {tensor name: shard file name}, fetch(shard) -> Path, description of the index)."""
-    if _looks_local(source):
-        root = Path(os.path.expanduser(source))
-        if not root.is_dir():
-            raise WeightsError(f"LLaMA checkpoint folder {root} does not exist; {_HOW_TO_GET}")
-        cfg_path, index = root / "config.json", root / "model.safetensors.index.json"
-        if not cfg_path.is_file():
-            raise WeightsError(f"{cfg_path} is missing; {_HOW_TO_GET}")
+    """(config dict, {tensor name: shard file name}, fetch(shard) -> Path, the index file's path) of a
+    local checkpoint folder or a hub repo id, through the one weights resolver (resolve_weights)."""
+    source = str(source)
+    if looks_local(source) and not Path(source).expanduser().is_dir():
+        raise WeightsError(f"LLaMA checkpoint folder {Path(source).expanduser()} does not exist; "
+                           f"{HOW_TO_DOWNLOAD}, or set csfiqa.ic_weights to it.")
 
-        def fetch(name):
-            p = root / name
-            if not p.is_file():
-                raise WeightsError(f"shard {p} named by {index} is missing; {_HOW_TO_GET}")
-            return p
-    else:
-        cfg_path = _hub_file(source, "config.json")
-        fetch = lambda name: _hub_file(source, name)  # noqa: E731
-        try:
-            index = _hub_file(source, "model.safetensors.index.json")
-        except WeightsError:
-            index = None
-            single = fetch("model.safetensors")
-    config = json.loads(Path(cfg_path).read_text())
-    if index is not None and Path(index).is_file():
-        return config, json.loads(Path(index).read_text())["weight_map"], fetch, str(index)
-    single = (Path(os.path.expanduser(source)) / "model.safetensors") if _looks_local(source) else single
-    if not Path(single).is_file():
-        raise WeightsError(f"no model.safetensors.index.json or model.safetensors in {source}; {_HOW_TO_GET}")
-    from safetensors import safe_open
-    with safe_open(str(single), framework="pt") as f:
-        keys = list(f.keys())
-    return config, {k: "model.safetensors" for k in keys}, fetch, str(single)
+    def fetch(name: str) -> Path:
+        return resolve_weights(source, name)
+    config = read_json(fetch("config.json"), "LLaMA config")
+    try:
+        index = fetch("model.safetensors.index.json")
+    except WeightsError:
+        single = fetch("model.safetensors")                # an unsharded checkpoint
+        with safe_open(str(single), framework="pt") as f:
+            return config, {k: "model.safetensors" for k in f.keys()}, fetch, str(single)
+    weight_map = read_json(index, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise WeightsError(f"{index}: no weight_map in the safetensors index")
+    return config, weight_map, fetch, str(index)
 
 
 def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
     """(LlamaDecoderLayer, final LlamaRMSNorm) of `source`, a local checkpoint folder (config.json +
     model.safetensors.index.json + shards, or one model.safetensors) or a hub repo id; reads only the
     tensors of layer `layer_idx` and `model.norm.weight`, from only the shards that hold them."""
-    from safetensors import safe_open
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm
 
     config, wmap, fetch, where = _weight_map(str(source))
     if config.get("model_type", "llama") != "llama":
@@ -134,7 +102,6 @@ def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
     if n_layers is not None and not 0 <= layer_idx < n_layers:
         raise WeightsError(f"{where}: layer {layer_idx} requested but the model has {n_layers} layers")
     prefix = "model." if any(k.startswith("model.layers.") for k in wmap) else ""   # LlamaForCausalLM / LlamaModel
-    from transformers import LlamaConfig
     cfg = LlamaConfig.from_dict(config)
     cfg._attn_implementation = "sdpa"
     with torch.device("meta"):
@@ -169,7 +136,6 @@ class TrainableBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
-        from timm.models.vision_transformer import Block
         self.block = Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True)
 
     def forward(self, x):
@@ -183,8 +149,6 @@ class InformationConcentrator(nn.Module):
     def __init__(self, dim: int, mode: str = "llama", layer: nn.Module | None = None,
                  norm: nn.Module | None = None, num_heads: int = 4):
         super().__init__()
-        if mode not in IC_MODES:
-            raise ValueError(f"unknown ic mode {mode!r}; choose {IC_MODES}")
         self.mode = mode
         if mode.startswith("llama"):
             if layer is None:
@@ -240,8 +204,6 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
     """The IC a config asks for. llama modes: `weights` (folder or hub id) -> the real layer; else a tiny
     random layer when `tiny` (smoke); else a WeightsError saying how to get the weights.
     dtype "auto": bfloat16 for real weights (the 202M frozen parameters, ~0.4 GB), float32 for the tiny layer."""
-    if mode not in IC_MODES:
-        raise ValueError(f"unknown ic mode {mode!r}; choose {IC_MODES}")
     if not mode.startswith("llama"):
         return InformationConcentrator(dim, mode, num_heads=num_heads)
     if dtype == "auto":
@@ -254,6 +216,6 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
     elif tiny:
         layer, norm = build_llama_layer(TINY_LLAMA, 0, seed=seed, dtype=dt)
     else:
-        raise WeightsError(f"csfiqa.ic={mode!r} at full size needs the LLaMA-7B weights (csfiqa.ic_weights); "
-                           + _HOW_TO_GET)
+        raise WeightsError(f"csfiqa.ic_weights: csfiqa.ic={mode!r} at full size needs the LLaMA-7B weights; "
+                           f"{HOW_TO_DOWNLOAD} (a folder with config.json, the index and the shards).")
     return InformationConcentrator(dim, mode, layer, norm)

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import math
 
+import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from timm.models.crossvit import CrossVit
 from torch import nn
 
 from .base import IQAModel, regression_loss
@@ -34,7 +37,6 @@ from .pretrained import load_encoder_weights
 from .registry import register_model
 from .. import losses as L
 
-SCALE_MODES = ("branch", "crop", "crop_per_branch", "single")
 # tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
 # CLS cross-attention), narrow enough to train in seconds on a CPU.
 TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
@@ -52,8 +54,6 @@ def branch_sizes(input_size: int) -> tuple[int, int]:
 
 
 def build_crossvit(size: str, encoder: str = "crossvit_small_240", input_size: int = 240):
-    from timm.models.crossvit import CrossVit
-    import timm
     s0, s1 = branch_sizes(input_size)
     scale = (1.0, (s1 + 0.5) / s0)            # +0.5: timm floors int(size * scale)
     if size == "tiny":
@@ -68,8 +68,9 @@ def build_crossvit(size: str, encoder: str = "crossvit_small_240", input_size: i
 
 
 def crossvit_key_map(encoder: nn.Module):
-    """timm hub CrossViT names -> CrossVit attributes (pos_embed.0 -> pos_embed_0), head dropped,
-    position embeddings bicubically resampled when the input size differs from 240 (D3)."""
+    """timm hub CrossViT names -> CrossVit attributes (pos_embed.0 -> pos_embed_0, as timm's own loader
+    renames them), head dropped, position embeddings resampled (timm's resample_abs_pos_embed) when the
+    input size differs from 240 (D3). Any other mismatch is left for the strict loader to report."""
     own = encoder.state_dict()
 
     def key_map(sd):
@@ -80,11 +81,8 @@ def crossvit_key_map(encoder: nn.Module):
             if "pos_embed" in k or "cls_token" in k:
                 k = k.replace(".", "_")
             if k.startswith("pos_embed_") and k in own and own[k].shape != v.shape:
-                n_new, n_old = own[k].shape[1] - 1, v.shape[1] - 1
-                g_old, g_new = int(math.isqrt(n_old)), int(math.isqrt(n_new))
-                grid = v[:, 1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2).float()
-                grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
-                v = torch.cat([v[:, :1], grid.permute(0, 2, 3, 1).reshape(1, n_new, -1).to(v.dtype)], 1)
+                side = math.isqrt(own[k].shape[1] - 1)
+                v = resample_abs_pos_embed(v, new_size=[side, side], num_prefix_tokens=1)
             out[k] = v
         return out
     return key_map
@@ -139,10 +137,6 @@ def _projector(d_in: int, d_out: int) -> nn.Module:
 class CSFIQA(IQAModel):
     def __init__(self, c, size: str = "tiny", regression: str = "smooth_l1", device=None):
         super().__init__()
-        if c.scale_mode not in SCALE_MODES:
-            raise ValueError(f"unknown csfiqa.scale_mode {c.scale_mode!r}; choose {SCALE_MODES}")
-        if c.nsm == "regional" and c.scale_mode != "branch":
-            raise ValueError("csfiqa.nsm='regional' aligns the two token grids of one crop; use scale_mode='branch'")
         self.c, self.size, self.regression = c, size, regression
         self.input_size = c.input_size
         self.label_range = None            # set by the caller for label_distance='dataset_range'
@@ -160,20 +154,11 @@ class CSFIQA(IQAModel):
         ratio = c.afs_k if c.afs else 1.0
         if c.afs_scope == "joint" or not two:
             self.afs = SelectiveAttention(d1, heads, ratio)
-        elif c.afs_scope == "per_scale":
+        else:                                               # per_scale
             self.afs = nn.ModuleList([SelectiveAttention(d1, heads, ratio), SelectiveAttention(d1, heads, ratio)])
-        else:
-            raise ValueError(f"unknown csfiqa.afs_scope {c.afs_scope!r}; choose joint or per_scale")
-        if c.ic_tokens not in ("large", "all", "cls"):
-            raise ValueError(f"unknown csfiqa.ic_tokens {c.ic_tokens!r}; choose large, all or cls")
         self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
                                      dtype=c.ic_dtype, num_heads=heads, device=device)
-        if c.decoder == "panel":
-            self.decoder = PanelDecoder(d1, heads)
-        elif c.decoder == "linear":
-            self.decoder = nn.Linear(d1, 1)
-        else:
-            raise ValueError(f"unknown csfiqa.decoder {c.decoder!r}; choose panel or linear")
+        self.decoder = PanelDecoder(d1, heads) if c.decoder == "panel" else nn.Linear(d1, 1)
         self.proj_large = _projector(d1, c.proj_dim)
         self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
                            (nn.Linear(self.d_small, d1, bias=False) if self.d_small != d1 else nn.Identity())) \
@@ -312,8 +297,8 @@ class CSFIQA(IQAModel):
         if self.c.scale_mode in ("branch", "single"):
             return super().train_batch(sampler, idx, y, generator)
         s = self.input_size
-        xs = sampler.resized_crops(idx, self.c.crop_ratio_small, s, flip=True, generator=generator)
-        xl = sampler.resized_crops(idx, self.c.crop_ratio_large, s, flip=True, generator=generator)
+        xs = sampler.resized_crops(idx, self.c.crop_ratio_small, s, flip=self.flip, generator=generator)
+        xl = sampler.resized_crops(idx, self.c.crop_ratio_large, s, flip=self.flip, generator=generator)
         return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device), "idx": idx}
 
     def _scl_layer(self) -> int:
@@ -341,14 +326,12 @@ class CSFIQA(IQAModel):
             return None
         if self.c.nsm == "pooled":
             return L.nsm_pooled(zs, zl)
-        if self.c.nsm == "regional":
-            li = self._scl_layer()
-            rs, rl = L.align_grids(e["blocks_small"][li][:, 1:], e["blocks_large"][li][:, 1:],
-                                   e["grid_small"], e["grid_large"])
-            rs = F.normalize(self.proj_small(rs).float(), dim=-1)
-            rl = F.normalize(self.proj_large(rl).float(), dim=-1)
-            return L.nsm_regional(rs, rl, self.c.nsm_quantile)[0]
-        raise ValueError(f"unknown csfiqa.nsm {self.c.nsm!r}; choose pooled, regional or off")
+        li = self._scl_layer()                              # regional
+        rs, rl = L.align_grids(e["blocks_small"][li][:, 1:], e["blocks_large"][li][:, 1:],
+                               e["grid_small"], e["grid_large"])
+        rs = F.normalize(self.proj_small(rs).float(), dim=-1)
+        rl = F.normalize(self.proj_large(rl).float(), dim=-1)
+        return L.nsm_regional(rs, rl, self.c.nsm_quantile)[0]
 
     def loss(self, batch: dict):
         c = self.c
@@ -385,49 +368,10 @@ class CSFIQA(IQAModel):
         return tokens.reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2)
 
 
-@register_model("csfiqa")
+@register_model("csfiqa", display="CSFIQA")
 def csfiqa(cfg) -> CSFIQA:
     model = CSFIQA(cfg.csfiqa, cfg.model.size, cfg.train.regression_loss)
     if cfg.model.pretrained:
         src = cfg.model.weights or f"timm/{cfg.csfiqa.encoder.split('.')[0]}.in1k"
         load_encoder_weights(model.encoder, src, crossvit_key_map(model.encoder))
     return model
-
-
-# ---------------------------------------------------------------------------------------------------
-# cost report (no real weights allocated)
-# ---------------------------------------------------------------------------------------------------
-def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> dict:
-    """Parameters (total / trainable / frozen, and per part) of the full-size CSFIQA with the real
-    LLaMA-7B layer dimensions, built on the meta device, and MACs of one forward at `input_size`
-    (torch.utils.flop_counter, FLOPs / 2; top-k selection and softmax are not counted).
-    `train_only` counts the SCL projectors, which inference does not use."""
-    import copy
-    from ..config import make_config
-    cfg = copy.deepcopy(cfg) if cfg is not None else make_config("paper", "csfiqa")
-    if input_size is not None:
-        cfg.csfiqa.input_size = input_size
-    c = cfg.csfiqa
-    c.ic_weights = None                    # shapes only: LLaMA-7B dimensions, nothing read or downloaded
-    with torch.device("meta"):
-        model = CSFIQA(c, "small", device="meta")
-    counts = model.param_counts()
-    parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()}
-    out = {"params_total": counts["total"], "params_trainable": counts["trainable"],
-           "params_frozen": counts["frozen"], "params_by_part": parts,
-           "params_train_only": parts.get("proj_large", 0) + parts.get("proj_small", 0),
-           "input_size": c.input_size}
-    out["params_inference"] = out["params_total"] - out["params_train_only"]
-    if macs:
-        from torch.utils.flop_counter import FlopCounterMode
-        x = torch.empty(1, 3, c.input_size, c.input_size, device="meta")
-        if c.scale_mode in ("crop", "crop_per_branch"):
-            x = torch.empty(1, 2, 3, c.input_size, c.input_size, device="meta")
-        with FlopCounterMode(display=False) as fc, torch.no_grad():
-            model.eval()(x)
-        out["macs"] = fc.get_total_flops() / 2
-        by_mod = {k: sum(v.values()) / 2 for k, v in fc.get_flop_counts().items()}
-        out["macs_by_part"] = {n: by_mod.get(f"CSFIQA.{n}", 0.0) for n in parts if n != "encoder"}
-        # the encoder's submodules are called one by one (own forward), so it is the remainder
-        out["macs_by_part"]["encoder"] = out["macs"] - sum(out["macs_by_part"].values())
-    return out

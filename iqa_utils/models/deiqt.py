@@ -94,7 +94,7 @@ def tokens_to_grid(tokens: torch.Tensor, vit: VisionTransformer) -> torch.Tensor
     return x.reshape(x.shape[0], gh, gw, x.shape[-1]).permute(0, 3, 1, 2)
 
 
-@register_model("deiqt")
+@register_model("deiqt", display="DEIQT")
 def deiqt(cfg) -> DEIQT:
     model = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
     if cfg.model.pretrained:

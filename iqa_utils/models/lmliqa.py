@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torchvision.transforms.functional import gaussian_blur
 
 from .base import IQAModel, deiqt_init_, regression_loss
 from .deiqt import DEIQT, HUB_ID, build_vit, PanelDecoder, tokens_to_grid  # noqa: F401 (re-exported)
-from .pretrained import load_encoder_weights, WeightsError
+from .pretrained import WeightsError, load_encoder_weights, read_state_dict
 from .registry import register_model
 from ..losses import local_manifold_loss, local_manifold_two_term
 
-SALIENCY = ("teacher_cls_attn", "teacher_decoder_attn", "spectral_residual", "random")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,15 +116,6 @@ def decoder_attention(model: DEIQT, x: torch.Tensor) -> torch.Tensor:
     return w.mean(1).reshape(x.shape[0], gh, gw)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
-
-
 def spectral_residual(img: torch.Tensor, size: int = 64, avg: int = 3, sigma: float = 2.5) -> torch.Tensor:
     """Spectral-residual saliency (Hou & Zhang, CVPR 2007), written from the paper's description.
 
@@ -136,7 +129,8 @@ def spectral_residual(img: torch.Tensor, size: int = 64, avg: int = 3, sigma: fl
     log_amp = torch.log(spec.abs().clamp(min=1e-8))
     local = F.avg_pool2d(F.pad(log_amp, (avg // 2,) * 4, mode="replicate"), avg, stride=1)
     s = torch.fft.ifft2(torch.polar(torch.exp(log_amp - local), spec.angle())).abs() ** 2
-    s = _gaussian_blur(s, sigma).squeeze(1)
+    r = max(1, int(math.ceil(3 * sigma)))
+    s = gaussian_blur(s, [2 * r + 1, 2 * r + 1], [sigma, sigma]).squeeze(1)
     lo = s.flatten(1).min(1)[0].view(-1, 1, 1)
     hi = s.flatten(1).max(1)[0].view(-1, 1, 1)
     return (s - lo) / (hi - lo).clamp(min=1e-12)
@@ -162,17 +156,6 @@ class LMLIQA(IQAModel):
 
     def __init__(self, student: DEIQT, lcfg, regression: str = "smooth_l1"):
         super().__init__()
-        if lcfg.saliency not in SALIENCY:
-            raise ValueError(f"unknown lmliqa.saliency {lcfg.saliency!r}; choose one of {SALIENCY}")
-        for name, value, ok in (("anchor", lcfg.anchor, ("global_view", "train_crop")),
-                                ("loss_form", lcfg.loss_form, ("single", "two_term")),
-                                ("mutual", lcfg.mutual, ("ema_only", "pred_consistency", "off")),
-                                ("budget", lcfg.budget, ("match_deiqt", "extra")),
-                                ("eval_branch", lcfg.eval_branch, ("student", "teacher", "mean")),
-                                ("proj_source", lcfg.proj_source, ("cls", "patch_mean", "decoder")),
-                                ("teacher_init", lcfg.teacher_init, ("student", "checkpoint"))):
-            if value not in ok:
-                raise ValueError(f"unknown lmliqa.{name} {value!r}; choose one of {ok}")
         self.lcfg = copy.deepcopy(lcfg)
         self.regression = regression
         self.student = student
@@ -183,6 +166,7 @@ class LMLIQA(IQAModel):
         self.eval_branch = lcfg.eval_branch
         # D10: the teacher starts as an exact copy of the (possibly pretrained) student
         self.teacher = copy.deepcopy(student)
+        self._ema = get_ema_multi_avg_fn(float(lcfg.ema_momentum))
         self.teacher.requires_grad_(False)
         self.teacher.eval()
 
@@ -194,26 +178,24 @@ class LMLIQA(IQAModel):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """D8: teacher <- m * teacher + (1 - m) * student after every optimizer step.
-        mutual == "off" keeps the teacher frozen at its initialisation (no mutual learning at all)."""
+        """D8: teacher <- m * teacher + (1 - m) * student after every optimizer step (torch's EMA update,
+        a lerp); buffers are copied. mutual == "off" keeps the teacher at its initialisation."""
         if self.lcfg.mutual == "off":
             return
-        m = float(self.lcfg.ema_momentum)
-        for pt, ps in zip(self.teacher.parameters(), self.student.parameters()):
-            pt.mul_(m).add_(ps.detach().to(pt.dtype), alpha=1.0 - m)
+        self._ema(list(self.teacher.parameters()), [p.detach() for p in self.student.parameters()], 0)
         for bt, bs in zip(self.teacher.buffers(), self.student.buffers()):
             bt.copy_(bs)
 
     def load_teacher(self, path: str) -> None:
         """D10 "checkpoint": the teacher starts from a trained DEIQT (two-stage); loaded strictly."""
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        sd = obj.get("model", obj) if isinstance(obj, dict) else obj
+        sd = read_state_dict(Path(path).expanduser())
         if any(k.startswith("student.") for k in sd):              # an LML-IQA checkpoint: take its student
             sd = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
         try:
             self.teacher.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise WeightsError(f"{path} is not a DEIQT checkpoint of this size: {e}") from None
+            raise WeightsError(f"{path} is not a DEIQT checkpoint of this size: "
+                               f"{str(e).splitlines()[0][:160]}") from None
 
     @torch.no_grad()
     def saliency(self, glob: torch.Tensor) -> torch.Tensor:
@@ -294,12 +276,12 @@ class LMLIQA(IQAModel):
                  "glob": sampler.global_views(idx[pick], size)}
         # the regression crops (random crop + flip, as DEIQT)
         if rest.numel():
-            batch["x"] = sampler.random_crops(idx[rest], size, flip=True, generator=generator)
+            batch["x"] = sampler.random_crops(idx[rest], size, flip=self.flip, generator=generator)
         else:
             batch["x"] = crops.new_zeros(0, 3, size, size)
         batch["y"] = y[rest].to(dev)
         if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
-            batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=True, generator=generator)
+            batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=self.flip, generator=generator)
         if lc.saliency == "random":
             batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev)
         return batch
@@ -359,15 +341,12 @@ class LMLIQA(IQAModel):
         return {"student." + n for n in self.student.no_weight_decay()}
 
 
-@register_model("lmliqa")
+@register_model("lmliqa", display="LML-IQA")
 def lmliqa(cfg) -> LMLIQA:
     student = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
     if cfg.model.pretrained:
         load_encoder_weights(student.encoder, cfg.model.weights or HUB_ID)
     model = LMLIQA(student, cfg.lmliqa, cfg.train.regression_loss)
-    if cfg.lmliqa.teacher_init == "checkpoint":
-        if not cfg.lmliqa.teacher_checkpoint:
-            raise WeightsError("lmliqa.teacher_init='checkpoint' needs lmliqa.teacher_checkpoint, the path of "
-                               "a DEIQT checkpoint trained first (two-stage)")
+    if cfg.lmliqa.teacher_init == "checkpoint":            # the config made sure a path is given
         model.load_teacher(cfg.lmliqa.teacher_checkpoint)
     return model

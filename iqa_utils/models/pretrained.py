@@ -5,49 +5,76 @@ Never `trust_remote_code`; `torch.load` only with weights_only=True; safetensors
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model
 from torch import nn
 
-from ..system import KitError
+from ..system import KitError, MissingFile
 
 
 class WeightsError(KitError, RuntimeError):
     """A weights file or folder is missing or does not match the model; the message says how to get it."""
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict", "model_ema"):   # DeiT's .pth wraps the weights in "model"
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = load_file(str(path)) if path.suffix == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"{path}: unreadable weights file (truncated, or not a checkpoint: "
+                           f"{str(e).splitlines()[0][:120]}); download it again") from None
+    for key in ("model", "state_dict", "model_ema"):   # DeiT's .pth (and kit checkpoints) wrap them
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             return obj[key]
     return obj
 
 
+HOW_TO_DOWNLOAD = ("download it on a machine with internet (`iqa-kit weights --dir W` fetches every file the "
+                   "quick and paper profiles need) and pass its local path")
+
+
+def looks_local(source: str) -> bool:
+    """A path rather than a hub repo id ("org/name")."""
+    return source.startswith(("/", ".", "~")) or source.count("/") != 1 or \
+        source.endswith((".safetensors", ".pth", ".pt", ".bin", ".json"))
+
+
 def resolve_weights(source: str, filename: str = "model.safetensors") -> Path:
-    """A local file (or folder holding `filename`), else a hub repo id downloaded to the HF cache."""
+    """A local file (or folder holding `filename`), else `filename` of a hub repo id, downloaded to the
+    Hugging Face cache. A missing file is one WeightsError sentence saying how to get it."""
     p = Path(os.path.expanduser(source))
     if p.is_dir():
         p = p / filename
     if p.is_file():
         return p
-    looks_local = source.startswith(("/", ".", "~")) or source.count("/") != 1 or \
-        source.endswith((".safetensors", ".pth", ".pt", ".bin"))
-    if looks_local:
-        raise WeightsError(f"weights file {p} does not exist; download it on a machine with internet "
-                           f"(e.g. `huggingface-cli download <repo> {filename}`) and pass its path.")
+    if looks_local(source):
+        raise WeightsError(f"weights file {p} does not exist; {HOW_TO_DOWNLOAD}.")
     try:
-        from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(source, filename))
-    except Exception as e:  # offline, wrong id, gated repo
-        raise WeightsError(
-            f"could not get {filename} of {source!r} from the Hugging Face hub ({type(e).__name__}); "
-            f"download it where there is internet (`huggingface-cli download {source} {filename}`) "
-            f"and set model.weights to the local file.") from e
+        return Path(huggingface_hub.hf_hub_download(source, filename))
+    except Exception as e:  # offline, wrong id, gated repo, missing file
+        raise WeightsError(f"could not get {filename} of {source!r} from the Hugging Face hub "
+                           f"({type(e).__name__}); {HOW_TO_DOWNLOAD}.") from e
+
+
+def load_weights(model: nn.Module, path) -> Path:
+    """A kit run's model.safetensors (or the run folder holding it) into model, strictly; a missing,
+    truncated or mismatched file is one KitError naming it."""
+    path = Path(path).expanduser()
+    path = path / "model.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise MissingFile(f"{path}: weights file missing; the run may not have finished")
+    try:
+        load_model(model, str(path), strict=True)
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise WeightsError(f"{path}: unreadable or not the weights of this model "
+                           f"({str(e).splitlines()[0][:160]})") from None
+    return path
 
 
 def map_deit_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -64,7 +91,7 @@ def map_deit_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_encoder_weights(encoder: nn.Module, source: str, key_map=map_deit_keys) -> Path:
     """Load strictly: every encoder tensor must come from the file, and nothing in it may be left over."""
     path = resolve_weights(source)
-    sd = key_map(_read_state_dict(path))
+    sd = key_map(read_state_dict(path))
     own = encoder.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
