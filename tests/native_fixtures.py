@@ -223,9 +223,10 @@ def write_spaq(root: Path, n_images: int = 8, folders=("TestImage",), seed: int 
 def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", size=(100, 80),
                  seed: int = 0) -> Path:
     """LIVE-FB: labels_image.csv (name, mos) with names in source subfolders, images in database/.
-    patches "3patch": labels_image_3patch.csv with boxes; patch k of image i has side fraction
-    PATCH_FRACTIONS[i % 3][k - 1] of the image (so index order is NOT size order), files in
-    database/patches/<stem>_patch_<k>.jpg; "list": labels_patch.csv (name, mos) only; "both"; None."""
+    patches "3patch": labels_image_3patch.csv with boxes and name_patch ("patches/<image file name>");
+    patch k of image i has side fraction PATCH_FRACTIONS[i % 3][k - 1] of the image (so index order is
+    NOT size order); "list": labels_patch.csv (name, mos) only; "both"; None. Patch files are named as
+    the release names them, after the whole image file name: database/patches/img_000.jpg_patch_1.jpg."""
     root, rng = Path(root), np.random.default_rng(seed)
     subfolders = ("blur_dataset", "voc_emotic_ava", "EE371R")
     W, H = size
@@ -235,14 +236,14 @@ def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", 
         write_image(root / "database" / name, size, seed + i)
         mos = round(float(rng.uniform(20, 90)), 3)
         images.append(dict(name=name, mos=mos))
-        rec = dict(name_image=name, mos_image=mos, left_image=0, top_image=0, right_image=W, bottom_image=H,
-                   height_image=H, width_image=W)
+        rec = dict(name_image=name, name_patch=f"patches/{Path(name).name}", mos_image=mos, left_image=0,
+                   top_image=0, right_image=W, bottom_image=H, height_image=H, width_image=W)
         for k, frac in enumerate(PATCH_FRACTIONS[i % 3], 1):
             w, h = round(frac * W), round(frac * H)
             left, top = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
             rec.update({f"left_patch_{k}": left, f"top_patch_{k}": top, f"right_patch_{k}": left + w,
                         f"bottom_patch_{k}": top + h, f"mos_patch_{k}": round(float(rng.uniform(20, 90)), 3)})
-            pname = f"patches/img_{i:03d}_patch_{k}.jpg"
+            pname = f"{rec['name_patch']}_patch_{k}.jpg"
             if patches:
                 write_image(root / "database" / pname, (w, h), seed + 100 * k + i)
             plist.append(dict(name=pname, mos=rec[f"mos_patch_{k}"]))
