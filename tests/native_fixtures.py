@@ -256,6 +256,88 @@ def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", 
     return root
 
 
+# ---- label tables, for tests that damage a release the way users do ----------------------------------
+# name -> (label file, where the image names are, where the labels are): a column of a .csv / .xlsx,
+# a field of a text line, or a key of a .mat file (LIVEC keeps its names in a second .mat file; LIVE
+# derives them from the folders, so it has none).
+LABEL_SPECS = {
+    "LIVE": ("dmos_realigned.mat", None, "dmos_new"),
+    "CSIQ": ("csiq_label.txt", 0, 1),
+    "TID2013": ("mos_with_names.txt", 1, 0),
+    "KADID-10k": ("dmos.csv", "dist_img", "dmos"),
+    "LIVEC": ("Data/AllMOS_release.mat", ("Data/AllImages_release.mat", "AllImages_release"), "AllMOS_release"),
+    "KonIQ-10k": ("koniq10k_scores_and_distributions.csv", "image_name", "MOS_zscore"),
+    "LIVEFB": ("labels_image.csv", "name", "mos"),
+    "SPAQ": (SPAQ_LABELS, "Image name", "MOS"),
+}
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    return pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+
+
+def _write_frame(df: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".xlsx":
+        df.to_excel(path, index=False)
+    else:
+        df.to_csv(path, index=False)
+
+
+def read_label_table(name: str, root: Path) -> pd.DataFrame:
+    """Every entry of a fixture's label file, in file order: columns name (None for LIVE) and label."""
+    rel, names, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        fields = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        return pd.DataFrame({"name": [f[names] for f in fields], "label": [float(f[labels]) for f in fields]})
+    if path.suffix == ".mat":
+        label = scipy.io.loadmat(path)[labels].ravel().astype(float)
+        name_list = ([str(x[0]) for x in scipy.io.loadmat(Path(root) / names[0])[names[1]].ravel()]
+                     if names else [None] * len(label))
+        return pd.DataFrame({"name": name_list, "label": label})
+    df = _read_frame(path)
+    return pd.DataFrame({"name": df[names].astype(str), "label": df[labels].astype(float)})
+
+
+def write_label_table(name: str, root: Path, table: pd.DataFrame) -> Path:
+    """Write `table` (as read_label_table returns it, edited) back in the native format; returns the
+    label file."""
+    rel, names, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        pairs = zip(table.name, table.label)
+        path.write_text("".join(" ".join((n, repr(y)) if names == 0 else (repr(y), n)) + "\n" for n, y in pairs))
+    elif path.suffix == ".mat":
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        scipy.io.savemat(path, {**mat, labels: table.label.to_numpy(float).reshape(mat[labels].shape)})
+        if names:
+            scipy.io.savemat(Path(root) / names[0],
+                             {names[1]: np.array(list(table.name), dtype=object).reshape(-1, 1)})
+    else:
+        df = _read_frame(path)
+        df[names], df[labels] = list(table.name), list(table.label)
+        _write_frame(df, path)
+    return path
+
+
+def break_label_schema(name: str, root: Path) -> Path:
+    """The label file with its label column or .mat key renamed, or (text files) one line's fields
+    swapped, as an edited or other-version file would be; returns the label file."""
+    rel, _, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        lines = path.read_text().splitlines()
+        lines[0] = " ".join(reversed(lines[0].split()))
+        path.write_text("\n".join(lines) + "\n")
+    elif path.suffix == ".mat":
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        mat[labels + "_v2"] = mat.pop(labels)
+        scipy.io.savemat(path, mat)
+    else:
+        _write_frame(_read_frame(path).rename(columns={labels: labels + " (v2)"}), path)
+    return path
+
+
 WRITERS = {"LIVE": write_live, "CSIQ": write_csiq, "TID2013": write_tid2013, "KADID-10k": write_kadid,
            "LIVEC": write_livec, "KonIQ-10k": write_koniq, "LIVEFB": write_livefb, "SPAQ": write_spaq}
 
