@@ -223,9 +223,10 @@ def write_spaq(root: Path, n_images: int = 8, folders=("TestImage",), seed: int 
 def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", size=(100, 80),
                  seed: int = 0) -> Path:
     """LIVE-FB: labels_image.csv (name, mos) with names in source subfolders, images in database/.
-    patches "3patch": labels_image_3patch.csv with boxes; patch k of image i has side fraction
-    PATCH_FRACTIONS[i % 3][k - 1] of the image (so index order is NOT size order), files in
-    database/patches/<stem>_patch_<k>.jpg; "list": labels_patch.csv (name, mos) only; "both"; None."""
+    patches "3patch": labels_image_3patch.csv with boxes and name_patch ("patches/<image file name>");
+    patch k of image i has side fraction PATCH_FRACTIONS[i % 3][k - 1] of the image (so index order is
+    NOT size order); "list": labels_patch.csv (name, mos) only; "both"; None. Patch files are named as
+    the release names them, after the whole image file name: database/patches/img_000.jpg_patch_1.jpg."""
     root, rng = Path(root), np.random.default_rng(seed)
     subfolders = ("blur_dataset", "voc_emotic_ava", "EE371R")
     W, H = size
@@ -235,14 +236,14 @@ def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", 
         write_image(root / "database" / name, size, seed + i)
         mos = round(float(rng.uniform(20, 90)), 3)
         images.append(dict(name=name, mos=mos))
-        rec = dict(name_image=name, mos_image=mos, left_image=0, top_image=0, right_image=W, bottom_image=H,
-                   height_image=H, width_image=W)
+        rec = dict(name_image=name, name_patch=f"patches/{Path(name).name}", mos_image=mos, left_image=0,
+                   top_image=0, right_image=W, bottom_image=H, height_image=H, width_image=W)
         for k, frac in enumerate(PATCH_FRACTIONS[i % 3], 1):
             w, h = round(frac * W), round(frac * H)
             left, top = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
             rec.update({f"left_patch_{k}": left, f"top_patch_{k}": top, f"right_patch_{k}": left + w,
                         f"bottom_patch_{k}": top + h, f"mos_patch_{k}": round(float(rng.uniform(20, 90)), 3)})
-            pname = f"patches/img_{i:03d}_patch_{k}.jpg"
+            pname = f"{rec['name_patch']}_patch_{k}.jpg"
             if patches:
                 write_image(root / "database" / pname, (w, h), seed + 100 * k + i)
             plist.append(dict(name=pname, mos=rec[f"mos_patch_{k}"]))
@@ -253,6 +254,88 @@ def write_livefb(root: Path, n_images: int = 6, patches: str | None = "3patch", 
     if patches in ("list", "both"):
         pd.DataFrame(plist).to_csv(root / "labels_patch.csv", index=False)
     return root
+
+
+# ---- label tables, for tests that damage a release the way users do ----------------------------------
+# name -> (label file, where the image names are, where the labels are): a column of a .csv / .xlsx,
+# a field of a text line, or a key of a .mat file (LIVEC keeps its names in a second .mat file; LIVE
+# derives them from the folders, so it has none).
+LABEL_SPECS = {
+    "LIVE": ("dmos_realigned.mat", None, "dmos_new"),
+    "CSIQ": ("csiq_label.txt", 0, 1),
+    "TID2013": ("mos_with_names.txt", 1, 0),
+    "KADID-10k": ("dmos.csv", "dist_img", "dmos"),
+    "LIVEC": ("Data/AllMOS_release.mat", ("Data/AllImages_release.mat", "AllImages_release"), "AllMOS_release"),
+    "KonIQ-10k": ("koniq10k_scores_and_distributions.csv", "image_name", "MOS_zscore"),
+    "LIVEFB": ("labels_image.csv", "name", "mos"),
+    "SPAQ": (SPAQ_LABELS, "Image name", "MOS"),
+}
+
+
+def _read_frame(path: Path) -> pd.DataFrame:
+    return pd.read_excel(path) if path.suffix == ".xlsx" else pd.read_csv(path)
+
+
+def _write_frame(df: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".xlsx":
+        df.to_excel(path, index=False)
+    else:
+        df.to_csv(path, index=False)
+
+
+def read_label_table(name: str, root: Path) -> pd.DataFrame:
+    """Every entry of a fixture's label file, in file order: columns name (None for LIVE) and label."""
+    rel, names, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        fields = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        return pd.DataFrame({"name": [f[names] for f in fields], "label": [float(f[labels]) for f in fields]})
+    if path.suffix == ".mat":
+        label = scipy.io.loadmat(path)[labels].ravel().astype(float)
+        name_list = ([str(x[0]) for x in scipy.io.loadmat(Path(root) / names[0])[names[1]].ravel()]
+                     if names else [None] * len(label))
+        return pd.DataFrame({"name": name_list, "label": label})
+    df = _read_frame(path)
+    return pd.DataFrame({"name": df[names].astype(str), "label": df[labels].astype(float)})
+
+
+def write_label_table(name: str, root: Path, table: pd.DataFrame) -> Path:
+    """Write `table` (as read_label_table returns it, edited) back in the native format; returns the
+    label file."""
+    rel, names, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        pairs = zip(table.name, table.label)
+        path.write_text("".join(" ".join((n, repr(y)) if names == 0 else (repr(y), n)) + "\n" for n, y in pairs))
+    elif path.suffix == ".mat":
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        scipy.io.savemat(path, {**mat, labels: table.label.to_numpy(float).reshape(mat[labels].shape)})
+        if names:
+            scipy.io.savemat(Path(root) / names[0],
+                             {names[1]: np.array(list(table.name), dtype=object).reshape(-1, 1)})
+    else:
+        df = _read_frame(path)
+        df[names], df[labels] = list(table.name), list(table.label)
+        _write_frame(df, path)
+    return path
+
+
+def break_label_schema(name: str, root: Path) -> Path:
+    """The label file with its label column or .mat key renamed, or (text files) one line's fields
+    swapped, as an edited or other-version file would be; returns the label file."""
+    rel, _, labels = LABEL_SPECS[name]
+    path = Path(root) / rel
+    if path.suffix == ".txt":
+        lines = path.read_text().splitlines()
+        lines[0] = " ".join(reversed(lines[0].split()))
+        path.write_text("\n".join(lines) + "\n")
+    elif path.suffix == ".mat":
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        mat[labels + "_v2"] = mat.pop(labels)
+        scipy.io.savemat(path, mat)
+    else:
+        _write_frame(_read_frame(path).rename(columns={labels: labels + " (v2)"}), path)
+    return path
 
 
 WRITERS = {"LIVE": write_live, "CSIQ": write_csiq, "TID2013": write_tid2013, "KADID-10k": write_kadid,

@@ -329,12 +329,37 @@ def test_livefb_patch_sizes_come_from_boxes(data_root):
 
 def test_livefb_patch_list_and_missing_patch_file(tmp_path):
     root = nf.write_livefb(tmp_path / "FLIVE_Database", patches="list")
-    (root / "database/patches/img_002_patch_3.jpg").unlink()     # tolerated: 9 are missing in the wild
+    (root / "database/patches/img_002.jpg_patch_3.jpg").unlink()     # tolerated: 9 are missing in the wild
     p = nf.load_fixture("LIVEFB", root).extras["patches"]
     assert p.rel_area.isna().all() and p.image[0] == "blur_dataset/img_000.jpg"
     assert p.exists.sum() == 17 and not p.exists[8]
     nopatch = nf.write_livefb(tmp_path / "bare", patches=None)
     assert "patches" not in nf.load_fixture("LIVEFB", nopatch).extras
+
+
+def test_livefb_patch_names_follow_the_release(tmp_path):
+    root = nf.write_livefb(tmp_path / "FLIVE_Database", patches="both")
+    pd.read_csv(root / "labels_image_3patch.csv").drop(columns="name_patch").to_csv(
+        root / "labels_image_3patch.csv", index=False)              # names then come from name_image
+    listed = pd.read_csv(root / "labels_patch.csv")
+    listed.assign(name=listed.name.str.replace("patches/", "")).to_csv(root / "labels_patch.csv", index=False)
+    from_boxes = nf.load_fixture("LIVEFB", root).extras
+    (root / "labels_image_3patch.csv").unlink()
+    from_list = nf.load_fixture("LIVEFB", root).extras
+    for extras in (from_boxes, from_list):
+        assert extras["patches_missing"] == 0 and extras["patches"].exists.all()
+        assert extras["patches"].name[0] == "patches/img_000.jpg_patch_1.jpg"   # <image file name>_patch_<k>
+    assert from_list["patches"].image.tolist() == from_boxes["patches"].image.tolist()
+
+
+def test_livefb_missing_patch_files_are_counted_and_warned(tmp_path):
+    root = nf.write_livefb(tmp_path / "FLIVE_Database")
+    for k in (1, 2):
+        (root / f"database/patches/img_005.jpg_patch_{k}.jpg").unlink()
+    with pytest.warns(UserWarning, match=r"LIVEFB: 2 of 18 listed patch files are missing .*: "
+                                         r"img_005.jpg_patch_1.jpg, img_005.jpg_patch_2.jpg"):
+        m = nf.load_fixture("LIVEFB", root)
+    assert m.extras["patches_missing"] == 2 and (~m.extras["patches"].exists).sum() == 2
 
 
 # ---- registry -----------------------------------------------------------------------------------------

@@ -59,11 +59,10 @@ def detect_layout(root: Path) -> str:
         f"(community layout) or {' / '.join(OFFICIAL_DMOS_FILES)} + {OFFICIAL_IMAGES}/<type>/ (official)")
 
 
-def _community_rows(root: Path) -> list[dict]:
-    label_path = root / COMMUNITY_LABELS
+def _community_rows(root: Path, label_path: Path) -> list[dict]:
     images = FolderIndex(require_dir(root / COMMUNITY_IMAGES, NAME))
     rows = []
-    for lineno, line in enumerate(label_path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(label_path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -77,7 +76,7 @@ def _community_rows(root: Path) -> list[dict]:
                                f"got {line!r}") from None
         name = parts[0] if parts[0].lower().endswith(".png") else parts[0] + ".png"
         rows.append(dict(path=images.resolve(name), label=dmos, direction="DMOS", ref=fields[0],
-                         distortion=fields[1].lower(), level=level))
+                         distortion=fields[1].lower(), level=level, label_row=lineno))
     return rows
 
 
@@ -101,8 +100,7 @@ def _read_official_sheet(path: Path) -> pd.DataFrame:
                        f"(sheets: {list(sheets)}); see OFFICIAL_COLUMNS in {__name__}")
 
 
-def _official_rows(root: Path) -> list[dict]:
-    label_path = next(root / f for f in OFFICIAL_DMOS_FILES if (root / f).is_file())
+def _official_rows(root: Path, label_path: Path) -> list[dict]:
     images_dir = require_dir(root / OFFICIAL_IMAGES, NAME)
     anywhere = FolderIndex(images_dir, recursive=True)   # fallback when the subfolder's case differs
     rows = []
@@ -123,7 +121,7 @@ def _official_rows(root: Path) -> list[dict]:
         if not path.is_file():
             path = anywhere.find(name) or path
         rows.append(dict(path=path, label=dmos, direction="DMOS", ref=image, distortion=tag.lower(),
-                         level=level))
+                         level=level, label_row=i + 1))
     return rows
 
 
@@ -133,17 +131,20 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
     root = require_dir(root, NAME)
     layout = detect_layout(root) if layout == "auto" else layout
     if layout == "community":
-        if not (root / COMMUNITY_LABELS).is_file():
-            raise DatasetError(f"label file not found: {root / COMMUNITY_LABELS}")
-        rows = _community_rows(root)
+        label_path = root / COMMUNITY_LABELS
+        if not label_path.is_file():
+            raise DatasetError(f"label file not found: {label_path}")
+        rows = _community_rows(root, label_path)
     elif layout == "official":
-        if not any((root / f).is_file() for f in OFFICIAL_DMOS_FILES):
+        label_path = next((root / f for f in OFFICIAL_DMOS_FILES if (root / f).is_file()), None)
+        if label_path is None:
             raise DatasetError(f"label file not found: {root / OFFICIAL_DMOS_FILES[0]}")
-        rows = _official_rows(root)
+        rows = _official_rows(root, label_path)
     else:
         raise ValueError(f"layout must be 'auto', 'community' or 'official', not {layout!r}")
+    # DMOS is defined on [0, 1] by the release (the official sheet's scale)
     manifest = Manifest(NAME, root, make_df(rows), split_unit="ref", label_range=(0.0, 1.0),
-                        extras={"layout": layout})
+                        extras={"layout": layout}, label_file=label_path)
 
     def hint():
         have = manifest.df.distortion.value_counts().to_dict()

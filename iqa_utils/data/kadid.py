@@ -58,8 +58,9 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
             raise DatasetError(f"{label_path}, data row {i + 1}: expected 'Irr_tt_ll.png, Irr.png, <dmos>', "
                                f"got {dist!r}, {ref!r}, {rec.dmos!r}")
         rows.append(dict(path=images.resolve(dist), label=label, direction="MOS", ref=r.group(1),
-                         distortion=distortion_name(int(m.group(2))), level=int(m.group(3))))
+                         distortion=distortion_name(int(m.group(2))), level=int(m.group(3)), label_row=i + 1))
+    # a mean of 1..5 ratings cannot leave [1, 5]
     manifest = Manifest(NAME, root, make_df(rows), split_unit="ref", label_range=(1.0, 5.0),
-                        extras={"image_folder": folder.name})
+                        extras={"image_folder": folder.name}, label_file=label_path)
     return finish_manifest(manifest, expected_count, check_files, check_images,
                            lambda: missing_grid(manifest.df))

@@ -26,6 +26,7 @@ LABEL_FILES = ("koniq10k_scores_and_distributions.csv",
                "koniq10k_scores_and_distributions/koniq10k_scores_and_distributions.csv")
 NAME_COLUMN = "image_name"
 DEFAULT_LABEL_COLUMN = "MOS_zscore"                  # DEIQT parity
+# MOS_zscore: z-scores rescaled to 0..100 (released about 3..88); MOS: mean of 1..5 ratings
 LABEL_RANGES = {"MOS_zscore": (0.0, 100.0), "MOS": (1.0, 5.0)}
 IMAGE_FOLDERS = ("1024x768", "512x384")
 PARITY_SIZE, SHORT_SIDE = (512, 384), 384
@@ -45,10 +46,10 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
     folder = pick_folder(root, IMAGE_FOLDERS, NAME, image_folder, must_exist=check_files)
     labels = numeric_column(table, label_column, label_path)
     rows = [dict(path=folder / str(name).strip(), label=y, direction="MOS", ref=None, distortion=None,
-                 level=None) for name, y in zip(table[NAME_COLUMN], labels)]
+                 level=None, label_row=i + 1) for i, (name, y) in enumerate(zip(table[NAME_COLUMN], labels))]
     manifest = Manifest(NAME, root, make_df(rows), split_unit="image",
                         label_range=LABEL_RANGES.get(label_column), parity_size=PARITY_SIZE,
-                        keep_aspect_short_side=SHORT_SIDE,
+                        keep_aspect_short_side=SHORT_SIDE, label_file=label_path,
                         extras={"label_column": label_column, "image_folder": folder.name})
     return finish_manifest(manifest, expected_count, check_files, check_images,
                            lambda: f"{label_path.name} has {len(table)} rows")

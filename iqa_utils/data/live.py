@@ -19,14 +19,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from .manifest import (EXPECTED_COUNTS, DatasetError, Manifest, finish_manifest, load_mat, make_df,
-                       mat_numbers, mat_strings, require_dir)
+                       mat_numbers, mat_strings, require_dir, rows_text)
 
 NAME = "LIVE"
 FOLDERS = {"jp2k": 227, "jpeg": 233, "wn": 174, "gblur": 174, "fastfading": 174}   # release order
 LABEL_FILE, LABEL_KEYS = "dmos_realigned.mat", ("dmos_new", "orgs")
 REFNAMES_FILE, REFNAMES_KEY = "refnames_all.mat", "refnames_all"
 _IMG = re.compile(r"^img(\d+)\.bmp$", re.IGNORECASE)
+# dmos_new: per-subject z-scores rescaled to 1..100, differenced against the reference and realigned
+# across sessions, so values may leave 0..100 a little (our recollection is a maximum near 112, which
+# we could not check from here). The bounds are wide enough for any realigned value and still catch a
+# wrong file, a sentinel (999) or a rescaled copy (x100).
+LABEL_BOUNDS = (-25.0, 150.0)
 
 
 def _counts_from_folders(root: Path, n_entries: int, label_path: Path) -> dict[str, int]:
@@ -64,6 +71,10 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
     orgs = mat_numbers(mat["orgs"], label_path, "orgs")
     refnames = mat_strings(load_mat(ref_path, [REFNAMES_KEY])[REFNAMES_KEY])
     n = len(dmos)
+    odd = np.flatnonzero(~np.isin(orgs, (0, 1)))
+    if len(odd):   # orgs decides which entries are kept: anything but 0/1 would drop or keep silently
+        raise DatasetError(f"{label_path}: 'orgs' must be 0 or 1; {rows_text('entry', odd + 1)} hold "
+                           f"{', '.join(f'{v:g}' for v in orgs[odd][:5])}")
     if len(orgs) != n or len(refnames) != n:
         raise DatasetError(f"{NAME}: {label_path} holds {n} dmos_new and {len(orgs)} orgs entries, "
                            f"{ref_path} holds {len(refnames)} refnames_all entries; they must agree")
@@ -83,9 +94,10 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
         for j in range(1, k + 1):
             if orgs[i] == 0:
                 rows.append(dict(path=root / folder / f"img{j}.bmp", label=dmos[i], direction="DMOS",
-                                 ref=Path(refnames[i]).stem, distortion=folder, level=None))
+                                 ref=Path(refnames[i]).stem, distortion=folder, level=None, label_row=i + 1))
             i += 1
-    manifest = Manifest(NAME, root, make_df(rows), split_unit="ref")
+    manifest = Manifest(NAME, root, make_df(rows), split_unit="ref", label_file=label_path,
+                        label_bounds=LABEL_BOUNDS)
 
     def hint():
         kept = manifest.df.distortion.value_counts().to_dict()

@@ -38,9 +38,11 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
         raise DatasetError(f"{NAME}: {names_path} lists only {len(names)} entries")
     images = FolderIndex(require_dir(root / IMAGES, NAME) if check_files else root / IMAGES)
     rows = [dict(path=images.resolve(name), label=score, direction="MOS", ref=None, distortion=None,
-                 level=None)
-            for name, score in zip(names[PRACTICE_ENTRIES:], mos[PRACTICE_ENTRIES:])]
-    manifest = Manifest(NAME, root, make_df(rows), split_unit="image", label_range=(0.0, 100.0))
+                 level=None, label_row=i + 1)
+            for i, (name, score) in enumerate(zip(names, mos)) if i >= PRACTICE_ENTRIES]
+    # ratings on a continuous 0..100 slider (released MOS lie about 3..92)
+    manifest = Manifest(NAME, root, make_df(rows), split_unit="image", label_range=(0.0, 100.0),
+                        label_file=mos_path, names_file=names_path)
     return finish_manifest(manifest, expected_count, check_files, check_images,
                            lambda: f"{names_path.name} holds {len(names)} entries (release: "
                                    f"{RELEASE_ENTRIES}), of which the first {PRACTICE_ENTRIES} are dropped")

@@ -1,14 +1,21 @@
 """Manifest: one row per image of a dataset, whatever its release format looked like."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import scipy.io
 
 from ..system import KitError
+from . import images
 
 COLUMNS = ["path", "label", "direction", "ref", "distortion", "level"]
+ROW = "label_row"      # optional column: where the entry sits in label_file (line, data row or entry, 1-based)
+SHOWN = 5              # rows or files named in one message before "and N more"
 
 # Image counts of the official releases (deiqt_protocol.md §5); a parser that finds another count raises.
 EXPECTED_COUNTS = {
@@ -28,6 +35,11 @@ class Manifest:
     df columns: path (absolute), label (float, as released), direction ("MOS": higher is better,
     "DMOS": lower is better), ref (reference id, synthetic sets; None otherwise), distortion, level.
     split_unit: "ref" (content never shared between train and test) or "image".
+    label_file: the file the labels were read from (named by every label error); names_file: the file
+    listing the images when it is another one (LIVEC). An optional df column `label_row` says where each
+    entry sits in that file (1-based line, data row or entry), so errors name rows a user can find.
+    label_range: the scale labels are normalised by; label_bounds: the values the release allows
+    (default label_range; LIVE sets bounds only, its range comes from the data).
     extras: release-specific tables, e.g. LIVEFB's patch labels under "patches".
     """
     name: str
@@ -38,6 +50,9 @@ class Manifest:
     parity_size: tuple[int, int] | None = None   # (H, W) DEIQT resizes to, whatever the aspect (F3)
     keep_aspect_short_side: int | None = None    # kit default working resolution (short side); None = native
     extras: dict = field(default_factory=dict)
+    label_file: Path | None = None
+    names_file: Path | None = None
+    label_bounds: tuple[float, float] | None = None
 
     def __post_init__(self):
         missing = [c for c in COLUMNS if c not in self.df.columns]
@@ -46,6 +61,8 @@ class Manifest:
         if self.split_unit not in ("ref", "image"):
             raise DatasetError(f"{self.name}: split_unit must be 'ref' or 'image', not {self.split_unit!r}")
         self.df = self.df.reset_index(drop=True)
+        if self.label_bounds is None:
+            self.label_bounds = self.label_range    # the scale as given, before any range read off the data
         if self.label_range is None and len(self.df):
             self.label_range = (float(self.df.label.min()), float(self.df.label.max()))
 
@@ -78,8 +95,7 @@ class Manifest:
                                f"the release has {expected}")
 
     def subset(self, rows) -> "Manifest":
-        return Manifest(self.name, self.root, self.df.iloc[list(rows)].reset_index(drop=True), self.split_unit,
-                        self.label_range, self.parity_size, self.keep_aspect_short_side, self.extras)
+        return replace(self, df=self.df.iloc[list(rows)].reset_index(drop=True))
 
 
 # ---- helpers shared by the release parsers (live.py, csiq.py, ...) ---------------------------------
@@ -141,26 +157,25 @@ class FolderIndex:
         return self.find(name) or self.folder / name
 
 
-def check_decodable(manifest: Manifest) -> None:
-    """Decode every image once with PIL; DatasetError naming the first unreadable file."""
-    from PIL import Image
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **_):
-            return x
-    for p in tqdm(manifest.df.path, desc=f"decoding {manifest.name}", leave=False):
-        try:
-            with Image.open(p) as im:
-                im.load()
-        except Exception as e:  # PIL raises many types; all mean the same here
-            raise DatasetError(f"{manifest.name}: unreadable image {p}: {e}") from e
+def list_text(items, limit: int = SHOWN) -> str:
+    """"a, b, c" or "a, b, c, d, e and 4 more": the first `limit` items of a list too long for one line."""
+    items = [str(x) for x in items]
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_decodable(manifest: Manifest, progress: bool = True) -> None:
+    """Decode every image once; DatasetError naming the unreadable files (all counted, first few shown)."""
+    bad = images.check_images(manifest, progress=progress)
+    if bad:
+        (first, why), rest = bad[0], [f"{p} ({w})" for p, w in bad[1:]]
+        also = f"; {len(bad)} unreadable in all, also {list_text(rest, SHOWN - 1)}" if rest else ""
+        raise DatasetError(f"{manifest.name}: unreadable image {first} ({why}){also}")
 
 
 def absent_files(paths) -> list[str]:
     """The paths (in order) that are not files. Each folder is listed once instead of one stat per file,
     which is slow on network drives (Colab's Google Drive) for 40k-image sets."""
-    import os
     paths = [Path(p) for p in paths]
     listed: dict[Path, set] = {}
     for parent in {p.parent for p in paths}:
@@ -172,9 +187,71 @@ def absent_files(paths) -> list[str]:
     return [str(p) for p in paths if p.name not in listed[p.parent]]
 
 
+# ---- label checks: once, here, for every parser -----------------------------------------------------
+
+def row_word(source: Path | str) -> str:
+    """How a position in `source` is called: line (text), entry (.mat array) or data row (tables)."""
+    return {".txt": "line", ".mat": "entry"}.get(Path(source).suffix.lower(), "data row")
+
+
+def rows_text(word: str, rows, count: bool = True) -> str:
+    """"line 3" / "lines 3, 7 (2 rows)" / "lines 3, 7, 9, 10, 12 and 4 more (9 rows)"."""
+    rows = [int(r) for r in rows]
+    if len(rows) == 1:
+        return f"{word} {rows[0]}"
+    plural = word[:-1] + "ies" if word.endswith("y") else word + "s"
+    return f"{plural} {list_text(rows)}" + (f" ({len(rows)} rows)" if count else "")
+
+
+def _values_text(values) -> str:
+    return ", ".join(f"{v:g}" for v in values[:SHOWN]) + (", ..." if len(values) > SHOWN else "")
+
+
+def check_label_values(labels, rows, source: Path | str, bounds=None, what: str = "labels") -> None:
+    """DatasetError naming `source` and its rows when a label is not finite (NaN, inf) or lies outside
+    `bounds` (lo, hi), inclusive. Nothing is replaced: a bad label file is fixed at the source."""
+    labels, rows, word = np.asarray(labels, dtype=float), np.asarray(rows), row_word(source)
+    bad = ~np.isfinite(labels)
+    if bad.any():
+        raise DatasetError(f"{source}: non-finite {what} ({_values_text(labels[bad])}) in "
+                           f"{rows_text(word, rows[bad])}")
+    if bounds is not None:
+        lo, hi = bounds
+        out = (labels < lo) | (labels > hi)
+        if out.any():
+            raise DatasetError(f"{source}: {what} outside the release's scale [{lo:g}, {hi:g}] in "
+                               f"{rows_text(word, rows[out])}: {_values_text(labels[out])}")
+
+
+def check_duplicates(paths, rows, source: Path | str) -> None:
+    """DatasetError when one image is listed twice (same or other label): it could land in train and test."""
+    table = pd.DataFrame({"path": list(map(str, paths)), "row": np.asarray(rows)})
+    dup = table[table.path.duplicated(keep=False)]
+    if dup.empty:
+        return
+    groups = dup.groupby("path", sort=False).row.apply(list)
+    word = row_word(source)
+    shown = list_text([f"{rows_text(word, r, count=False)}: {Path(p).name}" for p, r in groups.items()], 3)
+    what = "an image is" if len(groups) == 1 else f"{len(groups)} images are"
+    raise DatasetError(f"{source}: {what} listed more than once ({shown}); each image must appear once, "
+                       f"or it could land in both train and test")
+
+
+def check_labels(manifest: Manifest) -> None:
+    """The label checks every parser's manifest passes: finite, within the release's bounds, no image
+    listed twice. Errors name the label file and its rows (label_row, else the manifest row + 1)."""
+    df, source = manifest.df, manifest.label_file or manifest.root
+    rows = df[ROW].to_numpy() if ROW in df.columns else np.arange(1, len(df) + 1)
+    check_label_values(df.label, rows, source, manifest.label_bounds)
+    check_duplicates(df.path, rows, manifest.names_file or source)
+
+
 def finish_manifest(manifest: Manifest, expected_count: int | None, check_files: bool = True,
                     check_images: bool = False, missing_hint=None) -> Manifest:
-    """The checks every parser ends with: count (with a hint of what is missing), files, decoding."""
+    """The checks every parser ends with: labels, count (with a hint of what is missing), files, decoding."""
+    if not len(manifest):
+        raise DatasetError(f"{manifest.label_file or manifest.root}: lists no images")
+    check_labels(manifest)
     if expected_count is not None and len(manifest) != expected_count:
         release = EXPECTED_COUNTS.get(manifest.name)
         note = f" (the release has {release})" if release not in (None, expected_count) else ""
@@ -194,7 +271,6 @@ def finish_manifest(manifest: Manifest, expected_count: int | None, check_files:
 
 def missing_grid(df: pd.DataFrame, keys=("ref", "distortion", "level"), limit: int = 10) -> str:
     """For the synthetic sets (full ref x distortion x level grids): the combinations absent from df."""
-    import itertools
     values = [sorted(df[k].dropna().unique().tolist()) for k in keys]
     have = set(map(tuple, df[list(keys)].itertuples(index=False, name=None)))
     absent = [c for c in itertools.product(*values) if c not in have]
@@ -208,8 +284,9 @@ def missing_grid(df: pd.DataFrame, keys=("ref", "distortion", "level"), limit: i
 
 
 def make_df(rows: list[dict]) -> pd.DataFrame:
-    """Rows -> a frame with the manifest columns in order (level as float, NaN when unknown)."""
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    """Rows -> a frame with the manifest columns in order (level as float, NaN when unknown), plus
+    label_row when the rows carry it."""
+    df = pd.DataFrame(rows, columns=COLUMNS + ([ROW] if rows and ROW in rows[0] else []))
     df["label"] = df["label"].astype(float)
     df["level"] = pd.to_numeric(df["level"], errors="coerce").astype(float)
     df["path"] = df["path"].map(str)
@@ -218,7 +295,6 @@ def make_df(rows: list[dict]) -> pd.DataFrame:
 
 def load_mat(path: Path, keys) -> dict:
     """The named variables of a MATLAB file; DatasetError naming the file when one is absent."""
-    import scipy.io
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"label file not found: {path}")
@@ -235,7 +311,6 @@ def load_mat(path: Path, keys) -> dict:
 
 def mat_strings(arr) -> list[str]:
     """A MATLAB cell array of strings (as scipy loads it) -> list of str."""
-    import numpy as np
     out = []
     for x in np.asarray(arr, dtype=object).ravel():
         x = np.asarray(x).ravel()
@@ -244,7 +319,6 @@ def mat_strings(arr) -> list[str]:
 
 
 def mat_numbers(arr, path: Path, key: str):
-    import numpy as np
     try:
         return np.asarray(arr, dtype=float).ravel()
     except (TypeError, ValueError) as e:
@@ -252,10 +326,12 @@ def mat_numbers(arr, path: Path, key: str):
 
 
 def read_table(path: Path, columns, **read_kwargs) -> pd.DataFrame:
-    """A .csv or .xlsx label file with at least `columns` (header names stripped of spaces)."""
+    """A .csv or .xlsx label file with at least `columns` (header names stripped of spaces). Only empty
+    cells read as missing: "n/a" or "NA" stay text, so an error can quote what the cell holds."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"label file not found: {path}")
+    read_kwargs = {"keep_default_na": False, "na_values": [""], **read_kwargs}
     try:
         if path.suffix.lower() in (".xlsx", ".xlsm"):
             df = pd.read_excel(path, engine="openpyxl", **read_kwargs)
@@ -269,12 +345,15 @@ def read_table(path: Path, columns, **read_kwargs) -> pd.DataFrame:
 
 
 def numeric_column(table: pd.DataFrame, column: str, source: Path | str) -> list[float]:
-    """table[column] as floats; DatasetError naming the file and row of the first non-number."""
+    """table[column] as floats; DatasetError naming the file and the rows (all counted) without a number
+    (empty cells included: a label cannot be missing). inf passes here and fails check_labels."""
     values = pd.to_numeric(table[column], errors="coerce")
     if values.isna().any():
-        bad = int(values.isna().to_numpy().argmax())
-        raise DatasetError(f"{source}: column {column!r} has a non-numeric value in data row {bad + 1}: "
-                           f"{table[column].iloc[bad]!r}")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        cell = table[column].iloc[bad[0]]
+        more = f"; {rows_text('data row', bad + 1)} have no number" if len(bad) > 1 else ""
+        raise DatasetError(f"{source}: column {column!r} has a non-numeric value in data row {bad[0] + 1}: "
+                           f"{'an empty cell' if pd.isna(cell) else repr(str(cell))}{more}")
     return values.astype(float).tolist()
 
 

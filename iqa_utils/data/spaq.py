@@ -40,9 +40,11 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
     images = FolderIndex(folder)      # the resized copies may differ in extension case
     labels = numeric_column(table, LABEL_COLUMN, label_path)
     rows = [dict(path=images.resolve(str(name).strip()), label=y, direction="MOS", ref=None,
-                 distortion=None, level=None) for name, y in zip(table[NAME_COLUMN], labels)]
+                 distortion=None, level=None, label_row=i + 1)
+            for i, (name, y) in enumerate(zip(table[NAME_COLUMN], labels))]
+    # ratings on a continuous 0..100 slider
     manifest = Manifest(NAME, root, make_df(rows), split_unit="image", label_range=(0.0, 100.0),
-                        parity_size=PARITY_SIZE, keep_aspect_short_side=SHORT_SIDE,
+                        parity_size=PARITY_SIZE, keep_aspect_short_side=SHORT_SIDE, label_file=label_path,
                         extras={"image_folder": folder.relative_to(root).as_posix()})
     return finish_manifest(manifest, expected_count, check_files, check_images,
                            lambda: f"{label_path.name} has {len(table)} rows")

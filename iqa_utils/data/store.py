@@ -28,6 +28,7 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
 from tqdm.auto import tqdm
 
+from .images import read_rgb8
 from .manifest import DatasetError, Manifest
 
 RESIZE_MODES = ("keep_aspect", "deiqt_parity", "native")
@@ -52,15 +53,15 @@ def working_size(h: int, w: int, *, parity_size=None, short_side=None, max_side=
 
 
 def decode_image(path, size_fn=None) -> torch.Tensor:
-    """One image file -> uint8 (3, H, W); size_fn(h, w) -> (H, W) resizes. DatasetError names the file."""
+    """One image file -> uint8 (3, H, W); size_fn(h, w) -> (H, W) resizes. DatasetError names the file.
+    High-bit-depth, palette and alpha images become 8-bit RGB as images.rgb8 documents (16-bit scaled,
+    never clipped; alpha composited on white)."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size_fn is not None:
-                h, w = size_fn(im.height, im.width)
-                if (h, w) != (im.height, im.width):
-                    im = im.resize((w, h), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+        arr = read_rgb8(path)
+        if size_fn is not None:
+            h, w = size_fn(arr.shape[0], arr.shape[1])
+            if (h, w) != arr.shape[:2]:
+                arr = np.asarray(Image.fromarray(arr).resize((w, h), Image.BILINEAR), dtype=np.uint8)
     except FileNotFoundError:
         raise DatasetError(f"image file is missing: {path}") from None
     except Exception as e:  # PIL raises several types for truncated / unknown files

@@ -58,7 +58,9 @@ def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], 
             raise DatasetError(f"{label_path}, line {lineno}: expected '<MOS> iRR_TT_L.bmp', got {line!r}")
         ref, code, level = m.group(1), int(m.group(2)), int(m.group(3))
         rows.append(dict(path=images.resolve(parts[1]), label=mos, direction="MOS", ref=ref,
-                         distortion=distortion_name(code), level=level))
-    manifest = Manifest(NAME, root, make_df(rows), split_unit="ref", label_range=(0.0, 9.0))
+                         distortion=distortion_name(code), level=level, label_row=lineno))
+    # the experiment's scale is 0..9 (released MOS lie about 0.2..7.2)
+    manifest = Manifest(NAME, root, make_df(rows), split_unit="ref", label_range=(0.0, 9.0),
+                        label_file=label_path)
     return finish_manifest(manifest, expected_count, check_files, check_images,
                            lambda: missing_grid(manifest.df))
