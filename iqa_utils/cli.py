@@ -15,6 +15,7 @@ from pathlib import Path
 import papermill as pm
 
 from .config import PROFILES, ConfigError, decisions_table, make_config
+from .data.images import check_images
 from .data.registry import load_manifest
 from .experiments import run_all
 from .models import list_models
@@ -133,11 +134,25 @@ def decisions(args) -> int:
     return 0
 
 
-def data(args) -> int:
-    for name in args.datasets:
+def _check_dataset(name: str, args) -> bool:
+    """Parse one dataset and (unless --no-decode) decode every image; print what is wrong, all of it."""
+    try:
         m = load_manifest(name, args.data_root)
-        print(f"{name}: {len(m)} images, {m.direction}, split by {m.split_unit}, root {m.root}")
-    return 0
+    except KitError as e:
+        print("iqa-kit: " + str(e).replace("\n", " "), file=sys.stderr)
+        return False
+    problems = [] if args.no_decode else check_images(m, progress=not args.quiet)
+    for path, why in problems:
+        print(f"iqa-kit: {path}: {why}", file=sys.stderr)
+    checked = "listed" if args.no_decode else "decoded"
+    status = f"{len(problems)} unreadable" if problems else f"all {checked}"
+    print(f"{name}: {len(m)} images ({status}), {m.direction}, split by {m.split_unit}, root {m.root}")
+    return not problems
+
+
+def data(args) -> int:
+    ok = [_check_dataset(name, args) for name in args.datasets]
+    return 0 if all(ok) else 2
 
 
 def _reproduce_parser(sub) -> None:
@@ -183,9 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decisions", help="list every undecided paper detail and its default")
     d.add_argument("--markdown", action="store_true")
     d.set_defaults(fn=decisions)
-    s = sub.add_parser("data", help="parse and check datasets")
+    s = sub.add_parser("data", help="parse and check datasets: labels, files, and every image decoded")
     s.add_argument("datasets", nargs="+")
     s.add_argument("--data-root")
+    s.add_argument("--no-decode", action="store_true", help="only parse the label files and list the images")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=data)
     return p
 

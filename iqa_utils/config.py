@@ -416,6 +416,11 @@ def check_consistency(cfg: RunConfig) -> RunConfig:
     if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
         raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
                           "checkpoint trained first (two-stage)")
+    contrastive = (m.name == "csfiqa" and c.scl and c.lam > 0) or (m.name == "lmliqa" and cfg.lmliqa.lambda_con > 0)
+    if contrastive and t.micro_batch and t.micro_batch < (t.global_batch or t.micro_batch + 1):
+        raise ConfigError(f"train.micro_batch: {m.name}'s contrastive loss builds its positives and negatives "
+                          f"within a step's batch, so accumulating micro-batches would shrink them; train with "
+                          f"the whole global batch at once (no train.micro_batch)")
     if not m.name:
         raise ConfigError("model.name: a model name is required (deiqt, csfiqa or lmliqa)")
     return cfg

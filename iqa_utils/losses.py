@@ -13,7 +13,7 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------------------------------------------
 # Only Eq. 1-3's ingredients are known (reviews: MOS-based pairwise distances, gamma1 = 0.2,
 # gamma2 = 0.7, "identical to InfoNCE", temperature tau, weights lambda and [alpha, beta]). The forms
-# below are the reconstruction of ../shared/reference/csfiqa.md §3 (decisions D7-D13).
+# below are the reconstruction of docs/csfiqa.md, "Losses and equations" (decisions D7-D13).
 
 def label_distance(q: torch.Tensor, mode: str = "batch_minmax", label_range=None,
                    eps: float = 1e-8) -> torch.Tensor:
@@ -145,7 +145,7 @@ def scl_loss(z_small: torch.Tensor, z_large: torch.Tensor, q: torch.Tensor, *, g
 # LML-IQA: local-manifold contrastive loss
 # ---------------------------------------------------------------------------------------------------
 # (section owned by the LML-IQA model file's author)
-# Reconstruction: the paper's equations are unknown (../shared/reference/lmliqa.md §3). What the text
+# Reconstruction: the paper's equations are unknown (docs/lmliqa.md, "Losses"). What the text
 # fixes is the role of each sample: the salient crop is the positive, the other crops of the same image
 # are intra-class negatives, crops of other images are inter-class negatives.
 

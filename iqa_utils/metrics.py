@@ -1,6 +1,6 @@
 """Correlation metrics of NR-IQA on per-image scores, and their aggregation over splits.
 
-DEIQT reports PLCC on the raw predictions (no logistic fit, deiqt_protocol §7); many papers fit the
+DEIQT reports PLCC on the raw predictions (no logistic fit, docs/protocol.md §6); many papers fit the
 VQEG 4-parameter logistic first. The kit reports both: `plcc` (raw) and `plcc_logistic`.
 """
 from __future__ import annotations

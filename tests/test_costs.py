@@ -8,7 +8,7 @@ from torch import nn
 from iqa_utils import costs, system
 from iqa_utils.models.deiqt import DEIQT
 
-DEIQT_PARAMS = 24_043_776          # deiqt_protocol.md §1.5
+DEIQT_PARAMS = 24_043_776          # docs/protocol.md §1
 DEIQT_GMACS = 4.67                 # encoder ≈4.60 + decoder ≈0.07 at 224
 
 

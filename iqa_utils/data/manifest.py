@@ -17,7 +17,7 @@ COLUMNS = ["path", "label", "direction", "ref", "distortion", "level"]
 ROW = "label_row"      # optional column: where the entry sits in label_file (line, data row or entry, 1-based)
 SHOWN = 5              # rows or files named in one message before "and N more"
 
-# Image counts of the official releases (deiqt_protocol.md §5); a parser that finds another count raises.
+# Image counts of the official releases (docs/datasets.md); a parser that finds another count raises.
 EXPECTED_COUNTS = {
     "LIVE": 779, "CSIQ": 866, "TID2013": 3000, "KADID-10k": 10125,
     "LIVEC": 1162, "KonIQ-10k": 10073, "LIVEFB": 39810, "SPAQ": 11125,

@@ -21,11 +21,10 @@ originals would not fit a decoded store). The other six are used at native size,
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
-from . import csiq, kadid, koniq, live, livec, livefb, spaq, tid2013
+from . import csiq, kadid, koniq, live, livec, livefb, spaq, synthetic, tid2013
 from .manifest import DatasetError, Manifest
 
 DATASETS = {
@@ -44,7 +43,7 @@ FOLDER_CANDIDATES = {
 }
 DATASET_FOLDERS = {name: folders[0] for name, folders in FOLDER_CANDIDATES.items()}
 
-# DEIQT's global batch (per-GPU batch x GPUs), deiqt_protocol.md §4. TID2013 has no official config:
+# DEIQT's global batch (per-GPU batch x GPUs), docs/protocol.md §4. TID2013 has no official config:
 # 160 is inferred (it gives ~150 steps per epoch, the band of the other datasets).
 DEIQT_GLOBAL_BATCH = {
     "LIVE": 48, "CSIQ": 48, "TID2013": 160, "KADID-10k": 512,
@@ -97,7 +96,6 @@ def load_manifest(name: str, data_root: Path | str | None = None, check_files: b
     label_column="MOS" for KonIQ-10k, layout="official" for CSIQ).
     """
     if name.lower().startswith("synthetic"):
-        synthetic = importlib.import_module(".synthetic", __package__)   # written separately; lazy
         return synthetic.load(name, data_root)
     name = canonical_name(name)
     root = Path(path).expanduser() if path is not None else dataset_path(name, data_root)

@@ -1,4 +1,4 @@
-"""Seeded, stored train/val/test splits (deiqt_protocol §6; the kit's fix for flaw F2).
+"""Seeded, stored train/val/test splits (docs/protocol.md §5; the kit's fix for flaw F2).
 
 A split is a function of (manifest, seed, ratio, train_fraction, val_fraction):
     units    sorted reference ids (split_unit "ref": content never crosses train/test) or image rows

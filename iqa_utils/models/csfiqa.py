@@ -6,7 +6,7 @@ No official code exists. Known from the paper's captions and reviews: a pretrain
 layer-l features of two scales with label-distance positives/negatives (gamma 0.2 / 0.7, InfoNCE), NSM
 on same-image cross-scale discrepancies, AFS keeping the top-k attention scores, a frozen Llama-7B
 component as the IC, 233M params / 45G MACs. Everything else is a reconstruction, exposed as a
-`CSFIQAConfig` field (decision ids D1-D24 of ../shared/reference/csfiqa.md):
+`CSFIQAConfig` field (decision ids D1-D24 of docs/csfiqa.md):
 
 - scale_mode (D4): "branch" - CrossViT's 12-px branch is the small scale, its 16-px branch the large
   one; "crop" - a 0.2 and a 0.4 image-side crop, each resized to the input size and encoded by the whole

@@ -79,7 +79,7 @@ class DEIQT(IQAModel):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.pos_embed", "encoder.cls_token"}
 
-    # Grad-CAM: the score w.r.t. the last encoder block's patch tokens (deiqt_protocol / lmliqa.md Fig. 4)
+    # Grad-CAM: the score w.r.t. the last encoder block's patch tokens (docs/lmliqa.md, Fig. 4)
     def cam_target_layers(self) -> list[nn.Module]:
         return [self.encoder.blocks[-1]]
 

@@ -1,7 +1,7 @@
 """LML-IQA: contrastive local-manifold learning on top of DEIQT (arXiv 2406.19247), reconstructed.
 
 There is no public code and the method text is unknown; what the figure captions fix
-(../shared/reference/lmliqa.md §2.1) is implemented as is, everything else is a named decision of
+(docs/lmliqa.md, "Data flow") is implemented as is, everything else is a named decision of
 `LMLIQAConfig` (ids D1-D18):
     * the student is DEIQT (same group, DEIQT is the baseline of every comparison) [inferred];
     * a teacher finds the most salient region; its source is D2 (default: the EMA teacher's last-block
@@ -50,7 +50,7 @@ from ..losses import local_manifold_loss, local_manifold_two_term
 # ---------------------------------------------------------------------------------------------------
 
 def salient_crop(saliency_map: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Index of the box with the highest mean saliency (eq. 1 of the reconstruction, lmliqa.md §3).
+    """Index of the box with the highest mean saliency (eq. 1 of the reconstruction, docs/lmliqa.md, "Losses").
 
     saliency_map (B, h, w) (or (h, w)) covers the whole image; boxes (B, K, 4) (or (K, 4)) are
     (top, left, height, width) relative to the image, in [0, 1]. The mean is area-weighted: a grid cell
@@ -141,7 +141,7 @@ def spectral_residual(img: torch.Tensor, size: int = 64, avg: int = 3, sigma: fl
 # ---------------------------------------------------------------------------------------------------
 
 class ProjectionHead(nn.Module):
-    """D6 default: Linear(dim, dim) - GELU - Linear(dim, out) (kit choice; dims per lmliqa.md D6)."""
+    """D6 default: Linear(dim, dim) - GELU - Linear(dim, out) (kit choice; dims per docs/lmliqa.md D6)."""
 
     def __init__(self, dim: int, out: int):
         super().__init__()
