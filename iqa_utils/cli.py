@@ -14,14 +14,17 @@ from pathlib import Path
 
 import papermill as pm
 
-from .config import PROFILES, ConfigError, decisions_table, make_config
+from . import weights
+from .budget import plan_table
+from .config import PROFILES, ConfigError, decisions_table, is_rehearsal, make_config, rehearsal_of
 from .data.images import check_images
 from .data.registry import load_manifest
-from .experiments import run_all
+from .experiments import llama_layers, run_all
 from .models import list_models
+from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
 from .predict import load_trained, predict_images
 from .report import write_index
-from .system import KitError, check_writable, os_error
+from .system import CACHE_ENV, KitError, check_writable, os_error
 
 NOTEBOOKS = ["00_data_prep", "01_train_csfiqa", "02_train_lmliqa", "03_ablations", "04_cross_dataset",
              "05_cost_analysis", "06_visualizations"]
@@ -52,6 +55,8 @@ def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> fl
     print(f"[iqa-kit] {name} ({args.profile}) ...", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = out_dir / f"{name}.ipynb", out_dir / f".{name}.{os.getpid()}.ipynb"
+    known = pm.inspect_notebook(str(src / f"{name}.ipynb"))            # pass only what its parameters cell has
+    params = {k: v for k, v in params.items() if k in known}
     try:
         pm.execute_notebook(str(src / f"{name}.ipynb"), str(tmp), parameters=params, cwd=str(src),
                             kernel_name=args.kernel, progress_bar=False, log_output=args.verbose)
@@ -62,12 +67,25 @@ def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> fl
     return time.time() - t0
 
 
+def _rehearsal_weights(profile: str) -> Path:
+    """Stand-in weights in the real formats (written once into the cache folder), for the notebooks."""
+    folder = Path(os.environ.get(CACHE_ENV, "~/.cache/iqa-kit")).expanduser() / "rehearsal-weights"
+    print(f"[iqa-kit] rehearsal: stand-in weights in {folder}", flush=True)
+    return weights.write_stand_ins(folder, llama_layers(profile))
+
+
 def reproduce(args) -> int:
     results = check_writable(Path(args.results_dir).resolve())
     out_dir = results / "notebooks"
-    params = {"profile": args.profile, "results_dir": str(results), "device": args.device}
+    profile = rehearsal_of(args.profile) if args.rehearse else args.profile
+    if is_rehearsal(profile):
+        os.environ[WEIGHTS_ENV] = str(_rehearsal_weights(profile))      # the notebooks' kernels inherit it
+    args.profile = profile
+    params = {"profile": profile, "results_dir": str(results), "device": args.device}
+    if args.pool_dir:
+        params["pool_dir"] = str(_data_root(args.pool_dir, must_exist=True))
     if args.data_root:
-        params["data_root"] = str(_data_root(args.data_root, must_exist=args.profile != "smoke"))
+        params["data_root"] = str(_data_root(args.data_root, must_exist=profile != "smoke"))
     if args.shard:
         params["shard"] = args.shard
     timings = {}
@@ -107,11 +125,11 @@ def _data_root(path: str, must_exist: bool) -> Path:
 
 def train(args) -> int:
     overrides = {"data.dataset": args.dataset, "test_dataset": args.test_dataset, **_parse_sets(args.set)}
-    cfgs = [make_config(args.profile, args.model, {**overrides, "split_seed": seed}) for seed in args.seeds]
+    planned = [(make_config(args.profile, args.model, {**overrides, "split_seed": seed}), "") for seed in args.seeds]
     synthetic = all(str(d).lower().startswith("synthetic") for d in (args.dataset, args.test_dataset) if d)
     data_root = str(_data_root(args.data_root, not synthetic)) if args.data_root else None
     check_writable(args.results_dir)
-    df = run_all(cfgs, args.results_dir, data_root, shard=args.shard, device=args.device)
+    df = run_all(planned, args.results_dir, data_root, shard=args.shard, device=args.device)
     print(df.to_string(index=False))
     return 0
 
@@ -137,7 +155,7 @@ def decisions(args) -> int:
 def _check_dataset(name: str, args) -> bool:
     """Parse one dataset and (unless --no-decode) decode every image; print what is wrong, all of it."""
     try:
-        m = load_manifest(name, args.data_root)
+        m = load_manifest(name, args.data_root, check_count=not args.any_count)
     except KitError as e:
         print("iqa-kit: " + str(e).replace("\n", " "), file=sys.stderr)
         return False
@@ -155,6 +173,32 @@ def data(args) -> int:
     return 0 if all(ok) else 2
 
 
+def plan_cmd(args) -> int:
+    profile = rehearsal_of(args.profile) if args.rehearse else args.profile
+    data_root = str(_data_root(args.data_root, must_exist=True)) if args.data_root else None
+    table = plan_table(profile, args.results_dir, data_root, args.crops_per_s)
+    print(f"Plan of the {profile} profile (results in {Path(args.results_dir).resolve()}):")
+    print(table.to_markdown(index=False))
+    if not args.crops_per_s:
+        print("GPU-hours: give --crops-per-s, DEIQT's training crops/s on the target GPU "
+              "(benchmarks/bench_train.py measures it)")
+    return 0
+
+
+def weights_cmd(args) -> int:
+    layers = llama_layers(args.profile)
+    if not args.check:
+        weights.download(args.dir, layers, llama_repo=args.llama_repo)
+    problems = weights.check(args.dir, layers, llama_repo=args.llama_repo)
+    for p in problems:
+        print(f"iqa-kit: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{Path(args.dir).expanduser()}: every weights file the {args.profile} profile reads is there, with "
+          f"the right shapes. Point the kit at it: export {WEIGHTS_ENV}={Path(args.dir).expanduser().resolve()}")
+    return 0
+
+
 def _reproduce_parser(sub) -> None:
     r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
     r.add_argument("--profile", default="smoke", choices=list(PROFILES))
@@ -165,6 +209,9 @@ def _reproduce_parser(sub) -> None:
     r.add_argument("--shard", help="i/N: run only this share of every sweep")
     r.add_argument("--kernel", default="python3")
     r.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
+    r.add_argument("--rehearse", action="store_true",
+                   help="the profile's exact code path at a toy budget, with stand-in weights (CPU minutes)")
+    r.add_argument("--pool-dir", help="gMAD pool: a folder of unlabelled images (notebook 06)")
     r.set_defaults(fn=reproduce)
 
 
@@ -203,7 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root")
     s.add_argument("--no-decode", action="store_true", help="only parse the label files and list the images")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--any-count", action="store_true", help="accept an image count other than the release's")
     s.set_defaults(fn=data)
+    b = sub.add_parser("plan", help="the runs, crops and GPU-hours a profile needs, and what is done")
+    b.add_argument("--profile", default="paper", choices=list(PROFILES))
+    b.add_argument("--rehearse", action="store_true")
+    b.add_argument("--results-dir", default="results")
+    b.add_argument("--data-root", help="exact split sizes and record keys when the datasets are here")
+    b.add_argument("--crops-per-s", type=float, help="DEIQT's training crops/s on the target GPU")
+    b.set_defaults(fn=plan_cmd)
+    w = sub.add_parser("weights", help="download every pretrained file the quick and paper profiles read")
+    w.add_argument("--dir", required=True, help="the folder to fill (then: export IQA_KIT_WEIGHTS=<it>)")
+    w.add_argument("--check", action="store_true", help="only check the folder, offline")
+    w.add_argument("--profile", default="paper", choices=["quick", "paper"])
+    w.add_argument("--llama-repo", default=LLAMA_HUB_ID, help="hub repo of LLaMA-7B in safetensors shards")
+    w.set_defaults(fn=weights_cmd)
     return p
 
 

@@ -27,16 +27,43 @@ def configs(profile: str, model: str, datasets: Iterable[str], seeds: Iterable[i
             for ds in datasets for seed in seeds]
 
 
+def _spread(index: np.ndarray, n: int) -> list:
+    """n entries evenly spaced over index (all of them when there are fewer)."""
+    return index[np.linspace(0, len(index) - 1, min(n, len(index))).round().astype(int)].tolist()
+
+
+def rehearsal_rows(manifest, n: int) -> list[int]:
+    """A handful of rows spread over the label range (a rehearsal's data): n images, or for sets split by
+    reference, n // 3 references (at least 3, so that an 80/20 split leaves one for testing) spread over
+    the sorted ids, with 3 images each."""
+    df = manifest.df
+    if manifest.split_unit != "ref":
+        return sorted(set(_spread(df.sort_values("label", kind="stable").index.to_numpy(), n)))
+    refs = np.asarray(sorted(df.ref.unique().tolist()), dtype=object)
+    rows = []
+    for ref in dict.fromkeys(_spread(refs, max(3, n // 3))):
+        rows += _spread(df[df.ref == ref].sort_values("label", kind="stable").index.to_numpy(), 3)
+    return sorted(set(rows))
+
+
+def manifest_for(profile: str, name: str, data_root: str | None):
+    """The manifest a profile's runs use: the whole dataset, or a rehearsal's handful of images (with
+    the release's image count not checked: a rehearsal checks code paths; `iqa-kit data` checks data)."""
+    n = plan(profile)["images"]
+    manifest = load_manifest(name, data_root, check_count=n is None)
+    return manifest if n is None else manifest.subset(rehearsal_rows(manifest, n))
+
+
 class _Manifests:
     """Each dataset parsed once per process."""
 
     def __init__(self, data_root):
         self.data_root, self.cache = data_root, {}
 
-    def __call__(self, name):
-        if name not in self.cache:
-            self.cache[name] = load_manifest(name, self.data_root)
-        return self.cache[name]
+    def __call__(self, profile: str, name: str):
+        if (profile, name) not in self.cache:
+            self.cache[profile, name] = manifest_for(profile, name, self.data_root)
+        return self.cache[profile, name]
 
 
 def method_row(rec: dict, variant: str = "") -> dict:
@@ -48,78 +75,104 @@ def method_row(rec: dict, variant: str = "") -> dict:
     return row
 
 
-def run_all(cfgs: list[RunConfig], results_dir: str = "results", data_root: str | None = None,
-            shard: str | None = None, progress: bool = True, labels: list[str] | None = None,
-            device: str | None = None) -> pd.DataFrame:
-    """Run (or load) every config; one row per run: method, variant, dataset, test_dataset, seed, metrics."""
-    pairs = take_shard(list(zip(cfgs, labels or [""] * len(cfgs))), shard)
+Planned = list[tuple[RunConfig, str]]         # (config, variant label) pairs, in order
+
+
+def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
+            shard: str | None = None, progress: bool = True, device: str | None = None) -> pd.DataFrame:
+    """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics."""
     manifests = _Manifests(data_root)
     where = {"data.data_root": data_root, **({"train.device": device} if device else {})}
     rows = []
-    for cfg, label in pairs:
+    for cfg, label in take_shard(planned, shard):
         cfg = override(cfg, where)
-        test_m = manifests(cfg.test_dataset) if cfg.test_dataset else None
-        rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.data.dataset), test_manifest=test_m,
-                          progress=progress)
+        test_m = manifests(cfg.profile, cfg.test_dataset) if cfg.test_dataset else None
+        rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.profile, cfg.data.dataset),
+                          test_manifest=test_m, progress=progress)
         rows.append(method_row(rec, label))
     return pd.DataFrame(rows)
 
 
-def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
-              overrides: dict | None = None, **kw) -> pd.DataFrame:
+# --- the runs each table needs, as (config, label) lists: notebooks run them, `iqa-kit plan` counts them ----
+def main_configs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
+                 overrides: dict | None = None) -> Planned:
     p = plan(profile)
-    cfgs = [c for m in models for c in configs(profile, m, datasets or p["datasets"], seeds or p["seeds"],
-                                                overrides)]
-    return run_all(cfgs, **kw)
+    return [(c, "") for m in models
+            for c in configs(profile, m, datasets or p["datasets"], seeds or p["seeds"], overrides)]
 
 
-def variant_runs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None,
-                 **kw) -> pd.DataFrame:
-    """Ablation rows: {variant label: dotted overrides}; the label lands in the `variant` column."""
+def variant_configs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None) -> Planned:
+    """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
     p = plan(profile)
-    cfgs, labels = [], []
-    for label, ov in variants.items():
-        for c in configs(profile, model, datasets or p["datasets"][:1], seeds or p["seeds"], ov):
-            cfgs.append(c)
-            labels.append(label)
-    return run_all(cfgs, labels=labels, **kw)
+    return [(c, label) for label, ov in variants.items()
+            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["seeds"], ov)]
 
 
-def sweep_runs(profile: str, model: str, field: str | tuple[str, ...], values: list, **kw) -> pd.DataFrame:
+def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values: list) -> Planned:
     """One-field (or tied-fields) sensitivity sweep; variant label = the value."""
     fields = (field,) if isinstance(field, str) else field
     variants = {}
     for v in values:
         vs = v if isinstance(v, (tuple, list)) and len(fields) > 1 else (v,)
         variants[", ".join(map(str, vs))] = dict(zip(fields, vs))
-    return variant_runs(profile, model, variants, **kw)
+    return variant_configs(profile, model, variants)
 
 
-def cross_runs(profile: str, models, pairs, seeds=None, **kw) -> pd.DataFrame:
+def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
     """Train on A (its training split), test on all of B."""
     p = plan(profile)
-    cfgs = [c for m in models for a, b in pairs
+    return [(c, "") for m in models for a, b in (pairs or p["cross_pairs"])
             for c in configs(profile, m, [a], seeds or p["seeds"][:1], {"test_dataset": b})]
-    return run_all(cfgs, **kw)
 
 
-def fraction_runs(profile: str, models, fractions=(0.2, 0.4, 0.6, 0.8), datasets=None, seeds=None,
-                  **kw) -> pd.DataFrame:
+def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=None) -> Planned:
     """Data-efficient learning: train on a share of the training split, same test split."""
     p = plan(profile)
-    cfgs, labels = [], []
-    for m in models:
-        for f in fractions:
-            for c in configs(profile, m, datasets or p["datasets"][:2], seeds or p["seeds"],
-                             {"data.train_fraction": f}):
-                cfgs.append(c)
-                labels.append(f"{int(round(f * 100))}%")
-    return run_all(cfgs, labels=labels, **kw)
+    return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or p["fractions"])
+            for c in configs(profile, m, datasets or p["fraction_datasets"], seeds or p["seeds"],
+                             {"data.train_fraction": f})]
 
 
-def data_efficiency_table(runs: pd.DataFrame) -> pd.DataFrame:
+def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Planned:
+    """The same model evaluated before any training step (epochs = 0): the floor training must clear."""
+    p = plan(profile)
+    return [(c, "untrained") for c in configs(profile, model, datasets or p["datasets"][:1],
+                                                seeds or p["seeds"], {"train.epochs": 0})]
+
+
+def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
+              overrides: dict | None = None, **kw) -> pd.DataFrame:
+    return run_all(main_configs(profile, models, datasets, seeds, overrides), **kw)
+
+
+def variant_runs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None,
+                 **kw) -> pd.DataFrame:
+    return run_all(variant_configs(profile, model, variants, datasets, seeds), **kw)
+
+
+def cross_runs(profile: str, models, pairs=None, seeds=None, **kw) -> pd.DataFrame:
+    return run_all(cross_configs(profile, models, pairs, seeds), **kw)
+
+
+def fraction_runs(profile: str, models, fractions=None, datasets=None, seeds=None, **kw) -> pd.DataFrame:
+    return run_all(fraction_configs(profile, models, fractions, datasets, seeds), **kw)
+
+
+def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
+    df = run_all(untrained_configs(profile, model, datasets, seeds), **kw)
+    df["method"] = df["method"] + " (untrained)"
+    return df
+
+
+def paper_versions(profile: str) -> dict[str, str]:
+    """Which version of each paper the tables quote (csfiqa.version, lmliqa.version; docs D1)."""
+    return {display_name("csfiqa"): make_config(profile, "csfiqa").csfiqa.version,
+            display_name("lmliqa"): make_config(profile, "lmliqa").lmliqa.version}
+
+
+def data_efficiency_table(runs: pd.DataFrame, versions: dict | None = None) -> pd.DataFrame:
     """Reported | reproduced per share of the training split (the fraction_runs rows)."""
-    parts = [tables.comparison_table(g, table=f"data_efficient_{share.rstrip('%')}",
+    parts = [tables.comparison_table(g, table=f"data_efficient_{share.rstrip('%')}", versions=versions,
                                      by=("method", "variant", "dataset"))
              for share, g in runs.groupby("variant", sort=False)]
     return pd.concat(parts, ignore_index=True)
@@ -174,8 +227,9 @@ def getattr_dotted(obj, dotted: str):
 
 
 def sweep_values(profile: str, model: str, name: str) -> list:
+    """A sweep's values: all of them, or (a smaller budget) the default and the first other value."""
     fields, values = SWEEPS[model][name]
-    if profile != "smoke":
+    if plan(profile)["sweep_values"] == "all":
         return values
     tied = (fields,) if isinstance(fields, str) else fields
     default = tuple(getattr_dotted(make_config(profile, model), f) for f in tied)
@@ -184,22 +238,44 @@ def sweep_values(profile: str, model: str, name: str) -> list:
     return [default, others[0]]
 
 
-def named_sweep(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
+def named_sweep_configs(profile: str, model: str, name: str) -> Planned:
     fields, _ = SWEEPS[model][name]
-    return sweep_runs(profile, model, fields, sweep_values(profile, model, name), **kw)
+    return sweep_configs(profile, model, fields, sweep_values(profile, model, name))
 
 
 def sensitivity_table(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
     """One named sweep run (or loaded) and compared with the reported cells of its table."""
-    runs = named_sweep(profile, model, name, **kw)
-    return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"))
+    runs = run_all(named_sweep_configs(profile, model, name), **kw)
+    return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"),
+                                   versions=paper_versions(profile))
 
 
-def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
-    """The same model evaluated before any training step (epochs = 0): the floor training must clear."""
-    df = variant_runs(profile, model, {"untrained": {"train.epochs": 0}}, datasets=datasets, seeds=seeds, **kw)
-    df["method"] = df["method"] + " (untrained)"
-    return df
+def visual_configs(profile: str, dataset: str | None = None, seed: int = 0) -> Planned:
+    """The seed-0 run of each model that notebook 06 draws its figures from (LIVEC when planned)."""
+    datasets = plan(profile)["datasets"]
+    dataset = dataset or ("LIVEC" if "LIVEC" in datasets else datasets[0])
+    return [(c, "") for m in list_models() for c in configs(profile, m, [dataset], [seed])]
+
+
+def llama_layers(profile: str) -> list[int]:
+    """The LLaMA-7B layers the profile's CSFIQA runs read (the default, and any ablation's other index)."""
+    return sorted({c.csfiqa.ic_layer for planned in notebook_plan(profile).values() for c, _ in planned
+                   if c.model.name == "csfiqa" and c.csfiqa.ic.startswith("llama")})
+
+
+def notebook_plan(profile: str) -> dict[str, Planned]:
+    """Every run each notebook makes, in its order (`iqa-kit plan`; the notebooks call the same lists)."""
+    sweeps = {m: [c for name in SWEEPS[m] for c in named_sweep_configs(profile, m, name)] for m in SWEEPS}
+    return {
+        "01_train_csfiqa": main_configs(profile, ("deiqt", "csfiqa")) + untrained_configs(profile, "csfiqa")
+        + sweeps["csfiqa"],
+        "02_train_lmliqa": main_configs(profile, ("deiqt", "lmliqa")) + untrained_configs(profile, "lmliqa")
+        + fraction_configs(profile, ("deiqt", "lmliqa")),
+        "03_ablations": variant_configs(profile, "csfiqa", ABLATIONS["csfiqa"])
+        + variant_configs(profile, "lmliqa", ABLATIONS["lmliqa"]) + sweeps["lmliqa"],
+        "04_cross_dataset": cross_configs(profile, ("deiqt", "csfiqa", "lmliqa")),
+        "06_visualizations": visual_configs(profile),
+    }
 
 
 def dataset_summary(manifests: dict) -> pd.DataFrame:
@@ -237,18 +313,18 @@ def _timed_models(profile: str, dev) -> dict:
     return out
 
 
-def cost_analysis(profile: str, device: str = "auto", batch: int = 8, train_batch: int = 8,
-                  crops_per_image: int = 10) -> pd.DataFrame:
+def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10) -> pd.DataFrame:
     """Params and MACs at full size (each paper's input size), then latency, throughput and peak
-    memory of the profile's model size on `device` (named in the table)."""
-    dev = resolve_device(device)
+    memory of the profile's model size on `device` (named in the table), at the profile's budget."""
+    dev, budget = resolve_device(device), plan(profile)["cost"]
     full = {display_name(m): full_size_model(m) for m in list_models()}
     sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
     t_full = costs.cost_table(full, sizes, timing=False, crops_per_image=crops_per_image)
     t_full.insert(1, "size", "full (paper)")
-    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), batch=batch, train_batch=train_batch,
-                             memory=True, crops_per_image=crops_per_image)
-    if profile == "smoke":
+    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), batch=budget["batch"],
+                             train_batch=budget["train_batch"], memory=True, crops_per_image=crops_per_image,
+                             warmup=budget["warmup"], iters=budget["iters"])
+    if make_config(profile).model.size == "tiny":
         t_run.insert(1, "size", "tiny (smoke)")
         return pd.concat([t_full, t_run], ignore_index=True)
     t_full = t_full.drop(columns=["device"])

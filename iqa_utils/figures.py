@@ -14,9 +14,8 @@ import pandas as pd
 import torch
 
 from . import viz
-from .config import make_config, plan
+from .config import make_config, override
 from .data import synthetic
-from .data.registry import load_manifest
 from .data.splits import Split
 from .data.store import CropSampler, ImageStore, build_store
 from .evaluation import LabelNorm, predict_rows
@@ -24,7 +23,8 @@ from .models import display_name, list_models
 from .predict import load_trained
 from .report import record_output
 from .runs import run_or_load
-from .system import resolve_device
+from .experiments import manifest_for, visual_configs
+from .system import MissingFile, resolve_device
 
 
 @dataclass
@@ -51,25 +51,24 @@ class Visuals:
 
 def visual_context(profile: str, results_dir: str = "results", data_root: str | None = None,
                    device: str = "auto", dataset: str | None = None, seed: int = 0, n_images: int = 6) -> Visuals:
-    datasets = plan(profile)["datasets"]
-    dataset = dataset or ("LIVEC" if "LIVEC" in datasets else datasets[0])
-    manifest = load_manifest(dataset, data_root)
+    """The seed-0 run of each model on the figures' dataset (trained here if its record is missing),
+    loaded from its checkpoint, and the test images the Grad-CAM figures show."""
     dev = resolve_device(device)
+    planned = visual_configs(profile, dataset, seed)
+    dataset = planned[0][0].data.dataset
+    manifest = manifest_for(profile, dataset, data_root)
     models, records = {}, {}
-    for m in list_models():
-        cfg = make_config(profile, m, {"data.dataset": dataset, "train.device": str(dev), "split_seed": seed,
-                                       "data.data_root": data_root})
+    for cfg, _ in planned:
+        cfg = override(cfg, {"train.device": str(dev), "data.data_root": data_root})
         rec = run_or_load(cfg, results_dir, manifest=manifest)
         model, _ = load_trained(Path(results_dir) / rec["checkpoint"], device=str(dev))
-        models[m], records[m] = model.eval(), rec
+        models[cfg.model.name], records[cfg.model.name] = model.eval(), rec
     split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
-    cfg = make_config(profile, "deiqt", {"data.dataset": dataset})
+    cfg = planned[0][0]
     size = max(getattr(m, "input_size", 224) for m in models.values())
     store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, progress=False)
     test = np.asarray(split.test)
-    labels = manifest.df.label.to_numpy()[test]
-    # images spread over the label range, low to high
-    order = test[np.argsort(labels)]
+    order = test[np.argsort(manifest.df.label.to_numpy()[test])]        # spread over the labels, low to high
     rows = order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()
     return Visuals(profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
                    data_root, n_images, rows)
@@ -131,30 +130,35 @@ def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
     return [p1, p2]
 
 
-def scale_labels(V: Visuals) -> pd.DataFrame:
-    """One row per image: mos_small, mos_large (and mos_image) — LIVEFB's patch labels in the paper
-    profile (sizes from the boxes), pseudo-MOS of 20% / 40% crops for the synthetic set."""
+def scale_labels(V: Visuals) -> tuple[pd.DataFrame, str]:
+    """(one row per image: mos_small, mos_large (and mos_image), a note of what was used) — LIVEFB's patch
+    labels in the paper profile (sizes from the boxes), pseudo-MOS of 20% / 40% crops for the synthetic set."""
     if V.dataset.startswith("synthetic"):
         crops = synthetic.scale_labels(V.manifest, ratios=(0.2, 0.4), n_per_image=1)
         wide = crops.pivot_table(index="row", columns="ratio", values="mos_crop")
-        return pd.DataFrame({"mos_small": wide[0.2], "mos_large": wide[0.4],
-                             "mos_image": V.manifest.df.label.to_numpy()[wide.index]})
-    fb = V.manifest if V.dataset == "LIVEFB" else load_manifest("LIVEFB", V.data_root)
+        return (pd.DataFrame({"mos_small": wide[0.2], "mos_large": wide[0.4],
+                              "mos_image": V.manifest.df.label.to_numpy()[wide.index]}),
+                f"pseudo-MOS of one 20% and one 40% crop of each of {len(wide)} synthetic images")
+    fb = V.manifest if V.dataset == "LIVEFB" else manifest_for(V.profile, "LIVEFB", V.data_root)
     patches = fb.extras.get("patches")
-    if patches is None or patches.empty:
-        raise FileNotFoundError("LIVEFB's patch labels (labels_image_3patch.csv or labels_patch.csv) were not "
-                                f"found under {fb.root}; they come with the FLIVE release")
+    if patches is None or patches.empty or patches["rel_side"].isna().all():
+        raise MissingFile(f"{fb.root / 'labels_image_3patch.csv'}: LIVEFB's patch labels with their boxes are "
+                          f"needed for the MOS-at-two-scales figure (the patch sizes come from the boxes); they "
+                          f"come with the FLIVE release")
     p = patches.assign(scale=patches["rel_side"].map(lambda r: 0.2 if abs(r - 0.2) < abs(r - 0.4) else 0.4))
     p = p[(p.rel_side - p.scale).abs() < 0.07]
     wide = p.pivot_table(index="image", columns="scale", values="mos", aggfunc="first")
-    return pd.DataFrame({"mos_small": wide.get(0.2), "mos_large": wide.get(0.4)})
+    note = (f"{len(p)} of {len(patches)} listed patches used ({(p.scale == 0.2).sum()} at ~20%, "
+            f"{(p.scale == 0.4).sum()} at ~40% of the side, {len(wide)} images); "
+            f"{fb.extras.get('patches_missing', 0)} listed patch files absent")
+    return pd.DataFrame({"mos_small": wide.get(0.2), "mos_large": wide.get(0.4)}), note
 
 
 def scale_mos(V: Visuals, results_dir) -> Path:
     """CSFIQA Fig. 2: MOS distributions at a large (40%) and a small (20%) scale."""
-    df = scale_labels(V)
+    df, note = scale_labels(V)
     path = viz.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
-    record_output(path, "figure", "MOS at two scales (20% / 40% of the image)")
+    record_output(path, "figure", f"MOS at two scales (20% / 40% of the image): {note}")
     return path
 
 

@@ -16,8 +16,9 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from . import report, tables
-from .config import plan
+from . import report, tables, viz
+from .config import is_rehearsal, plan
+from .experiments import paper_versions
 
 
 @dataclass
@@ -30,6 +31,10 @@ class Session:
     shard: str | None
     plan: dict = field(default_factory=dict)
 
+    @property
+    def rehearsal(self) -> bool:
+        return is_rehearsal(self.profile)
+
     def figure(self, path, caption: str) -> Path:
         """Log a figure a viz function wrote, with its caption, for results/README.md."""
         report.record_output(path, "figure", caption)
@@ -38,8 +43,17 @@ class Session:
     def figure_path(self, name: str) -> str:
         return str(Path(self.results_dir) / "figures" / f"{name}.png")
 
+    @property
+    def versions(self) -> dict:
+        """The paper versions whose reported numbers the tables quote."""
+        return paper_versions(self.profile)
+
     def publish(self, table: pd.DataFrame, name: str, caption: str) -> pd.DataFrame:
-        """Write results/tables/<name>.md and .csv (logged for the index) and show the table."""
+        """Write results/tables/<name>.md and .csv (logged for the index) and show the table; a table
+        with reported numbers says which papers' versions they come from."""
+        if "provenance" in table.columns:
+            caption += " (reported: " + ", ".join(f"{m} {v}" for m, v in self.versions.items()) + ")"
+        caption = report.marked(caption)
         tables.write_table(table, name, self.results_dir, caption=caption)
         show(table, caption)
         return table
@@ -79,6 +93,7 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     if data_root:
         data_root = str(Path(data_root).expanduser().resolve())
     report.context(notebook, profile, results_dir)
+    viz.set_stamp(report.REHEARSAL_MARK if is_rehearsal(profile) else None)
     if os.environ.get("IQA_KIT_THREADS"):
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
     return Session(notebook, profile, results_dir, data_root, device, shard, dict(runs))

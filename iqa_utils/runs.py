@@ -10,7 +10,9 @@ that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pi
 """
 from __future__ import annotations
 
+import hashlib
 import shutil
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -29,8 +31,15 @@ TABLE_COLUMNS = ["model", "size", "dataset", "test_dataset", "split_seed", "trai
                  "eval_crops_per_s", "device", "key", "path"]
 
 
-def run_key(cfg: RunConfig) -> str:
-    return f"{cfg.key()}-s{cfg.split_seed}"
+def data_digest(manifest, test_manifest=None) -> str:
+    """The data a run sees (its training set, and its test set in a cross-dataset run), as one hash."""
+    parts = [manifest.digest()] + ([test_manifest.digest()] if test_manifest is not None else [])
+    return hashlib.sha1("+".join(parts).encode()).hexdigest()[:8]
+
+
+def run_key(cfg: RunConfig, data: str) -> str:
+    """What decides a run's numbers: the config, the split seed and the data (data_digest)."""
+    return f"{cfg.key()}-s{cfg.split_seed}-d{data}"
 
 
 def _dataset_dir(dataset: str, test_dataset: str | None) -> str:
@@ -38,20 +47,31 @@ def _dataset_dir(dataset: str, test_dataset: str | None) -> str:
     return f"{dataset}-to-{test_dataset}" if test_dataset and test_dataset != dataset else dataset
 
 
-def record_path(cfg: RunConfig, results_dir) -> Path:
+def record_path(cfg: RunConfig, results_dir, data: str) -> Path:
     return (Path(results_dir) / "runs" / cfg.model.name / _dataset_dir(cfg.data.dataset, cfg.test_dataset)
-            / f"{run_key(cfg)}.json")
+            / f"{run_key(cfg, data)}.json")
+
+
+def records_on_other_data(cfg: RunConfig, results_dir, data: str) -> list[Path]:
+    """Records of the same config and split seed made on other data (a corrected label file, another copy
+    of the dataset): they are never reused, and the notebooks say they exist."""
+    here = record_path(cfg, results_dir, data)
+    return sorted(p for p in here.parent.glob(f"{cfg.key()}-s{cfg.split_seed}-d*.json") if p != here)
 
 
 def load_record(path) -> dict:
     return read_json(path, "run record")
 
 
-def build_record(cfg: RunConfig, result: dict, manifest, split, split_file: str, n_test: int,
-                 test_name: str) -> dict:
+def build_record(cfg: RunConfig, result: dict, manifest, test_manifest, split, split_file: str) -> dict:
     """The run record: what ran (key, config, data, split) + what the engine returned + the environment."""
-    return {"key": run_key(cfg), "config": cfg.to_dict(), "dataset": manifest.name, "test_dataset": test_name,
-            "split": {**split.summary(), "n_test": n_test, "file": split_file},
+    data = data_digest(manifest, test_manifest)
+    test = test_manifest if test_manifest is not None else manifest
+    return {"key": run_key(cfg, data), "config": cfg.to_dict(), "dataset": manifest.name,
+            "test_dataset": test.name,
+            "data": {"digest": data, "train": manifest.digest(), "test": test.digest(), "root": str(manifest.root),
+                     "test_root": str(test.root), "n_images": len(manifest), "n_test_images": len(test)},
+            "split": {**split.summary(), "n_test": len(result["predictions"]["rows"]), "file": split_file},
             **result, **environment(resolve_device(cfg.train.device))}
 
 
@@ -63,24 +83,29 @@ def _publish_weights(work: Path, final_dir: Path) -> None:
 
 def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
                 progress: bool = True) -> dict:
-    """The record of cfg: read from disk when done, else trained (resuming any checkpoint) and written."""
+    """The record of cfg on this data: read from disk when done, else trained (resuming any checkpoint)
+    and written. Records of the same config made on other data are never reused (a warning says so)."""
     results_dir = Path(results_dir)
-    path = record_path(cfg, results_dir)
-    if path.exists():
-        return load_record(path)
     manifest = manifest or load_manifest(cfg.data.dataset, cfg.data.data_root)
     if test_manifest is None and cfg.test_dataset and cfg.test_dataset != cfg.data.dataset:
         test_manifest = load_manifest(cfg.test_dataset, cfg.data.data_root)
+    data = data_digest(manifest, test_manifest)
+    path = record_path(cfg, results_dir, data)
+    if path.exists():
+        return load_record(path)
+    stale = records_on_other_data(cfg, results_dir, data)
+    if stale:
+        warnings.warn(f"{cfg.model.name} on {manifest.name}, split seed {cfg.split_seed}: {len(stale)} record(s) "
+                      f"of this run were made on other data (a changed label file or image, or another copy of "
+                      f"the dataset), e.g. {stale[0].name}; training on the data as it is now")
     split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
                        cfg.data.val_fraction)
-    split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
-    key = run_key(cfg)
+    key = run_key(cfg, data)
     work = results_dir / "work" / key
     result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
-    test_name = test_manifest.name if test_manifest is not None else manifest.name
-    n_test = len(result["predictions"]["rows"])
-    record = build_record(cfg, result, manifest, split, str(split_file.relative_to(results_dir)), n_test,
-                          test_name)
+    # written with the record, so a run that fails leaves nothing but its resumable checkpoint behind
+    split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
+    record = build_record(cfg, result, manifest, test_manifest, split, str(split_file.relative_to(results_dir)))
     _publish_weights(work, results_dir / "checkpoints" / key)
     record["checkpoint"] = str((results_dir / "checkpoints" / key).relative_to(results_dir))
     atomic_write_json(record, path)

@@ -30,6 +30,9 @@ import torch
 from . import __version__
 
 
+CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (stores, stand-in weights); ~/.cache/iqa-kit
+
+
 class KitError(Exception):
     """A problem with the user's input (a file, a field, a folder), explained in one line that names it.
 

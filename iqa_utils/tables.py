@@ -30,15 +30,19 @@ def reported_numbers() -> pd.DataFrame:
 
 
 def lookup_reported(method: str, dataset: str, metric: str, table: str = "main",
-                    paper: str | None = None, version: str | None = None) -> tuple[float | None, str]:
+                    paper: str | None = None, version: str | None = None,
+                    versions: dict | None = None) -> tuple[float | None, str]:
     """(value, provenance) of one cell, or (None, 'unknown'). A method's own paper wins over other sources;
-    among several sources the provenance lists them all and the first is used."""
+    among several sources the provenance lists them all and the first is used. versions ({"CSFIQA":
+    "v2", ...}, from csfiqa.version / lmliqa.version) keeps only that version of a method's own paper."""
     df = reported_numbers()
     rows = df[(df.method == method) & (df.dataset == dataset) & (df.metric == metric) & (df.table == table)]
     if paper is not None:
         rows = rows[rows.paper == paper]
     if version is not None:
         rows = rows[rows.version == version]
+    if versions and method in versions:
+        rows = rows[(rows.paper != method) | (rows.version == versions[method])]
     if rows.empty:
         return None, UNKNOWN
     own = rows[rows.paper == method]
@@ -62,8 +66,8 @@ def summarize(runs: pd.DataFrame, by: list[str], metrics=("srcc", "plcc")) -> pd
 
 
 def comparison_table(runs: pd.DataFrame, table: str = "main", paper: str | None = None,
-                     version: str | None = None, by: tuple[str, ...] = ("method", "dataset"),
-                     metrics=("srcc", "plcc"), dataset_col: str = "dataset",
+                     version: str | None = None, versions: dict | None = None,
+                     by: tuple[str, ...] = ("method", "dataset"), metrics=("srcc", "plcc"), dataset_col: str = "dataset",
                      reported_method_col: str = "method") -> pd.DataFrame:
     """One row per (group, metric): reported value and provenance | reproduced median, mean ± std | delta.
 
@@ -76,7 +80,8 @@ def comparison_table(runs: pd.DataFrame, table: str = "main", paper: str | None 
     out = []
     for r in summary.itertuples(index=False):
         r = r._asdict()
-        value, prov = lookup_reported(r[reported_method_col], r[dataset_col], r["metric"], table, paper, version)
+        value, prov = lookup_reported(r[reported_method_col], r[dataset_col], r["metric"], table, paper, version,
+                                      versions)
         out.append({**r, "reported": value, "provenance": prov,
                     "delta": None if value is None else r["median"] - value})
     return pd.DataFrame(out)

@@ -41,6 +41,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_S
 from .system import atomic_write, train_mode  # noqa: E402
 
 CAM_CMAP = "jet"
+_STAMP = {"text": None}
+
+
+def set_stamp(text: str | None) -> None:
+    """A line written across the top of every figure saved from now on (a rehearsal's figures say so)."""
+    _STAMP["text"] = text
 
 
 # ================================================================ small helpers
@@ -48,6 +54,8 @@ CAM_CMAP = "jet"
 def _save(fig, path) -> Path:
     """Write the PNG atomically (a unique temp file, then rename). Plotting stays pure: whoever publishes
     the figure (a notebook's Session.figure, the figures module) records it for results/README.md."""
+    if _STAMP["text"]:
+        fig.text(0.5, 1.0, _STAMP["text"], ha="center", va="bottom", color="tab:red", fontsize=11, weight="bold")
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png",
                                                           dpi=120, bbox_inches="tight"))

@@ -353,3 +353,17 @@ def load_fixture(name: str, folder: Path, **kwargs):
     from iqa_utils.data.registry import DATASETS
     kwargs.setdefault("expected_count", FIXTURE_COUNTS[name])
     return DATASETS[name](folder, **kwargs)
+
+
+def write_rehearsal_root(base: Path) -> tuple[Path, Path]:
+    """(data root, gMAD pool): all eight datasets in their native layouts, the image-split ones with 10
+    images (a rehearsal's 80/20 split then keeps 2 for testing), and a folder of unlabelled images."""
+    from iqa_utils.data.registry import DATASET_FOLDERS
+    data = Path(base) / "data"
+    for name, writer in WRITERS.items():
+        kw = {"n_images": 10} if name in ("KonIQ-10k", "SPAQ", "LIVEFB") else {}
+        writer(data / DATASET_FOLDERS[name], **kw)
+    pool = Path(base) / "pool"
+    for i in range(8):
+        write_image(pool / f"pool{i}.png", size=(260, 300), seed=100 + i)
+    return data, pool

@@ -11,12 +11,12 @@ FLOORS = [
     ["system", "metrics", "losses", "viz", "reference"],
     ["config", "data"],
     ["models", "report"],
-    ["optim", "checkpoint", "evaluation", "costs", "tables"],
+    ["optim", "checkpoint", "evaluation", "costs", "tables", "weights"],
     ["predict"],
     ["engine"],
     ["runs"],
     ["experiments"],
-    ["figures", "notebook"],
+    ["figures", "notebook", "budget"],
     ["cli"],
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}

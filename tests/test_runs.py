@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from iqa_utils import engine
 from iqa_utils.data.splits import Split
-from iqa_utils.runs import load_records, record_path, run_key, run_or_load, shard
+from iqa_utils.config import override
+from iqa_utils.runs import data_digest, load_records, record_path, run_key, run_or_load, shard
 from iqa_utils.system import git_commit
 from test_engine import tiny_cfg, tiny_manifest
 
@@ -34,18 +37,18 @@ def done(manifest, tmp_path_factory):
 
 def test_record_path_and_key():
     cfg = cfg_for()
-    p = record_path(cfg, "res")
-    assert p.as_posix() == f"res/runs/deiqt/tiny/{cfg.key()}-s0.json"
-    cfg.test_dataset, cfg.split_seed = "LIVEC", 3
-    assert record_path(cfg, "res").parent.name == "tiny-to-LIVEC"
-    assert record_path(cfg, "res").name == f"{cfg.key()}-s3.json" == f"{run_key(cfg)}.json"
+    p = record_path(cfg, "res", "abcd1234")
+    assert p.as_posix() == f"res/runs/deiqt/tiny/{cfg.key()}-s0-dabcd1234.json"
+    cfg = override(cfg, {"test_dataset": "LIVEC", "split_seed": 3})
+    assert record_path(cfg, "res", "x").parent.name == "tiny-to-LIVEC"
+    assert record_path(cfg, "res", "x").name == f"{cfg.key()}-s3-dx.json" == f"{run_key(cfg, 'x')}.json"
 
 
 def test_record_contents_and_files(done):
     cfg, results, rec = done
-    path = record_path(cfg, results)
+    path = record_path(cfg, results, rec["data"]["digest"])
     assert json.loads(path.read_text()) == json.loads(json.dumps(rec, default=str))
-    assert rec["key"] == run_key(cfg) and rec["config"] == cfg.to_dict()
+    assert rec["key"] == run_key(cfg, rec["data"]["digest"]) and rec["config"] == cfg.to_dict()
     assert rec["dataset"] == rec["test_dataset"] == "tiny"
     assert {"seed", "ratio", "fraction", "digest", "n_train", "n_test"} <= set(rec["split"])
     assert set(rec["final"]) >= {"srcc", "plcc", "plcc_logistic", "krcc", "rmse"}
@@ -73,8 +76,8 @@ def test_interrupted_run_leaves_no_record_and_resumes(done, manifest, monkeypatc
     monkeypatch.setattr(engine, "train_run", lambda *a, **k: real(*a, **k, stop_after_epoch=1))
     with pytest.raises(engine.TrainingInterrupted):
         run_or_load(cfg, tmp_path, manifest=manifest, progress=False)
-    assert not record_path(cfg, tmp_path).exists()
-    assert (tmp_path / "work" / run_key(cfg) / "checkpoint.pt").is_file()
+    assert not record_path(cfg, tmp_path, rec["data"]["digest"]).exists()
+    assert (tmp_path / "work" / rec["key"] / "checkpoint.pt").is_file()
     monkeypatch.setattr(engine, "train_run", real)
     again = run_or_load(cfg, tmp_path, manifest=manifest, progress=False)
     assert again["epochs"] == rec["epochs"] and again["final"] == rec["final"]
@@ -111,10 +114,30 @@ def test_shard_and_git(tmp_path):
 def test_cross_dataset_run(manifest, tmp_path):
     target = tiny_manifest(tmp_path / "other", n=12, seed=5)
     target.name = "tiny2"
-    cfg = cfg_for(**{"train.epochs": 1})
-    cfg.test_dataset = "tiny2"
+    cfg = cfg_for(**{"train.epochs": 1, "test_dataset": "tiny2"})
     rec = run_or_load(cfg, tmp_path / "res", manifest=manifest, test_manifest=target, progress=False)
     assert rec["test_dataset"] == "tiny2" and rec["split"]["n_test"] == 12
     assert rec["predictions"]["rows"] == list(range(12))
-    assert record_path(cfg, tmp_path / "res").parent.name == "tiny-to-tiny2"
+    assert record_path(cfg, tmp_path / "res", rec["data"]["digest"]).parent.name == "tiny-to-tiny2"
     assert load_records(tmp_path / "res", test_dataset="tiny2").shape[0] == 1
+
+
+def test_changed_label_means_a_new_run(tmp_path):
+    """A record belongs to its data: correct one label and the run is trained again, on the new labels."""
+    m = tiny_manifest(tmp_path / "data", n=20)
+    cfg = cfg_for(**{"train.epochs": 1})
+    first = run_or_load(cfg, tmp_path / "res", manifest=m, progress=False)
+    again = run_or_load(cfg, tmp_path / "res", manifest=m, progress=False)                   # same data: loaded
+    assert again == json.loads(json.dumps(first, default=str))
+    fixed = m.subset(range(len(m)))
+    fixed.df.loc[3, "label"] += 10.0
+    with pytest.warns(UserWarning, match="other data"):
+        second = run_or_load(cfg, tmp_path / "res", manifest=fixed, progress=False)
+    assert second["key"] != first["key"] and second["data"]["digest"] != first["data"]["digest"]
+    assert sorted(second["predictions"]["label"]) != sorted(first["predictions"]["label"]) or \
+        3 not in second["predictions"]["rows"]
+    assert len(list((tmp_path / "res" / "runs" / "deiqt" / "tiny").glob("*.json"))) == 2
+    touched = m.subset(range(len(m)))
+    Path(touched.df.path[5]).touch()                     # the same labels, an image file rewritten
+    assert os.stat(touched.df.path[5]).st_mtime_ns != 0
+    assert data_digest(touched) != first["data"]["digest"]

@@ -38,3 +38,12 @@ def test_write_table_writes_md_and_csv(tmp_path):
     assert pd.read_csv(paths["csv"]).shape[0] == 2
     assert paths["md"].read_text().startswith("Table 1")
     assert not list((tmp_path / "tables").glob("*.tmp"))
+
+
+def test_version_field_chooses_the_reported_numbers():
+    """lmliqa.version picks which version's cells a table quotes; another paper's rows are not filtered."""
+    assert tables.lookup_reported("LML-IQA", "LIVEC", "PLCC", versions={"LML-IQA": "v1"})[0] == pytest.approx(0.914)
+    assert tables.lookup_reported("LML-IQA", "LIVEC", "PLCC", versions={"LML-IQA": "v2"}) == (None, "unknown")
+    v2, prov = tables.lookup_reported("LML-IQA", "CSIQ", "PLCC", versions={"LML-IQA": "v2"})
+    assert v2 == pytest.approx(0.977) and "v2" in prov
+    assert tables.lookup_reported("DEIQT", "LIVEC", "SRCC", versions={"LML-IQA": "v1"})[0] == pytest.approx(0.875)

@@ -1,6 +1,7 @@
 """Manifest: one row per image of a dataset, whatever its release format looked like."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,20 @@ class Manifest:
 
     def subset(self, rows) -> "Manifest":
         return replace(self, df=self.df.iloc[list(rows)].reset_index(drop=True))
+
+    def digest(self) -> str:
+        """Hash of the data a run sees: every image's path relative to the root, its label, file size and
+        modification time. A corrected label file, a replaced image or another copy of the dataset gives
+        another digest, so a run record never answers for data it was not trained on."""
+        h = hashlib.sha1(f"{self.name}\n".encode())
+        for path, label in zip(self.df.path, self.df.label):
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+            h.update(f"{os.path.relpath(path, self.root)}\t{float(label)!r}\t{size}\t{mtime}\n".encode())
+        return h.hexdigest()[:12]
 
 
 # ---- helpers shared by the release parsers (live.py, csiq.py, ...) ---------------------------------

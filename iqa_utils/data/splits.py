@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..system import atomic_write_json, read_json
 from .manifest import Manifest
 
 
@@ -50,23 +49,13 @@ class Split:
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
 
     def save(self, path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         d = asdict(self)
         d["digest"] = self.digest()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(d, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(d, path)
 
     @classmethod
     def load(cls, path) -> "Split":
-        d = json.loads(Path(path).read_text())
+        d = read_json(path, "split file")
         digest = d.pop("digest", None)
         split = cls(**d)
         if digest is not None and digest != split.digest():

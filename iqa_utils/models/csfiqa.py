@@ -22,6 +22,7 @@ component as the IC, 233M params / 45G MACs. Everything else is a reconstruction
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import timm
 import torch
@@ -33,7 +34,7 @@ from torch import nn
 from .base import IQAModel, regression_loss
 from .concentrator import build_concentrator
 from .deiqt import PanelDecoder
-from .pretrained import load_encoder_weights
+from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, load_encoder_weights, weights_source
 from .registry import register_model
 from .. import losses as L
 
@@ -370,8 +371,11 @@ class CSFIQA(IQAModel):
 
 @register_model("csfiqa", display="CSFIQA")
 def csfiqa(cfg) -> CSFIQA:
-    model = CSFIQA(cfg.csfiqa, cfg.model.size, cfg.train.regression_loss)
+    c = cfg.csfiqa
+    if c.ic.startswith("llama") and cfg.model.size != "tiny" and not c.ic_weights:
+        c = replace(c, ic_weights=weights_source(LLAMA_HUB_ID))     # the kit's default LLaMA-7B source
+    model = CSFIQA(c, cfg.model.size, cfg.train.regression_loss)
     if cfg.model.pretrained:
-        src = cfg.model.weights or f"timm/{cfg.csfiqa.encoder.split('.')[0]}.in1k"
+        src = cfg.model.weights or weights_source(crossvit_hub_id(c.encoder))
         load_encoder_weights(model.encoder, src, crossvit_key_map(model.encoder))
     return model

@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .base import IQAModel, deiqt_init_
 from .registry import register_model
-from .pretrained import load_encoder_weights
+from .pretrained import DEIT_HUB_ID, load_encoder_weights, weights_source
 
 # name -> ViT arguments (timm's deit3_small_patch16_224 for `small`).
 # `tiny` (smoke profile, random init) uses 8-px patches and LayerScale 0.1: with 16-px patches and
@@ -21,7 +21,6 @@ ENCODER_SIZES = {
     "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, init_values=1e-4),
     "tiny": dict(patch_size=8, embed_dim=48, depth=2, num_heads=3, init_values=0.1),
 }
-HUB_ID = "timm/deit3_small_patch16_224.fb_in1k"
 
 
 def build_vit(size: str, img_size: int = 224) -> VisionTransformer:
@@ -98,5 +97,5 @@ def tokens_to_grid(tokens: torch.Tensor, vit: VisionTransformer) -> torch.Tensor
 def deiqt(cfg) -> DEIQT:
     model = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
     if cfg.model.pretrained:
-        load_encoder_weights(model.encoder, cfg.model.weights or HUB_ID)
+        load_encoder_weights(model.encoder, cfg.model.weights or weights_source(DEIT_HUB_ID))
     return model

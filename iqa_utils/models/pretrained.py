@@ -38,6 +38,29 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 HOW_TO_DOWNLOAD = ("download it on a machine with internet (`iqa-kit weights --dir W` fetches every file the "
                    "quick and paper profiles need) and pass its local path")
 
+# Where pretrained weights come from when a config names none: the hub repos below, or, when the
+# environment variable is set (machines without internet), the folder it names, filled by
+# `iqa-kit weights --dir W` with one subfolder per repo (named after the repo).
+WEIGHTS_ENV = "IQA_KIT_WEIGHTS"
+DEIT_HUB_ID = "timm/deit3_small_patch16_224.fb_in1k"
+LLAMA_HUB_ID = "huggyllama/llama-7b"           # LLaMA-7B (v1) in safetensors shards, as LM4VisualEncoding used
+
+
+def crossvit_hub_id(encoder: str) -> str:
+    return f"timm/{encoder.split('.')[0]}.in1k"
+
+
+def weights_source(hub_id: str) -> str:
+    """$IQA_KIT_WEIGHTS/<repo name> when the variable is set, else the hub repo id itself."""
+    root = os.environ.get(WEIGHTS_ENV)
+    if not root:
+        return hub_id
+    folder = Path(root).expanduser() / hub_id.split("/")[-1]
+    if not folder.is_dir():
+        raise WeightsError(f"{folder}: folder not found ({WEIGHTS_ENV}={root}); fill it with "
+                           f"`iqa-kit weights --dir {root}` on a machine with internet")
+    return str(folder)
+
 
 def looks_local(source: str) -> bool:
     """A path rather than a hub repo id ("org/name")."""
@@ -50,7 +73,10 @@ def resolve_weights(source: str, filename: str = "model.safetensors") -> Path:
     Hugging Face cache. A missing file is one WeightsError sentence saying how to get it."""
     p = Path(os.path.expanduser(source))
     if p.is_dir():
-        p = p / filename
+        folder, p = p, p / filename
+        pth = sorted(folder.glob("*.pth"))
+        if not p.is_file() and filename == "model.safetensors" and len(pth) == 1:
+            p = pth[0]                                 # DeiT's own checkpoint format, e.g. deit_3_small_224_1k.pth
     if p.is_file():
         return p
     if looks_local(source):
