@@ -103,8 +103,8 @@ def main_configs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=No
 
 def variant_configs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None) -> Planned:
     """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
-    p = plan(profile)
-    return [(c, label) for label, ov in variants.items()
+    p, tiny = plan(profile), make_config(profile).model.size == "tiny"
+    return [(c, label) for label, ov in variants.items() if not (tiny and label in FULL_SIZE_ONLY)
             for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["seeds"], ov)]
 
 
@@ -202,17 +202,26 @@ ABLATIONS = {
         "CSFIQA (full)": {},
         "w/o SCL": {"csfiqa.scl": False},
         "w/o NSM": {"csfiqa.nsm": "off"},
+        "NSM pooled (one weight per image)": {"csfiqa.nsm": "pooled"},
         "w/o AFS (dense attention)": {"csfiqa.afs": False},
         "w/o Information Concentrator": {"csfiqa.ic": "off"},
+        "w/o SFA (neither AFS nor IC)": {"csfiqa.afs": False, "csfiqa.ic": "off"},
+        "IC: a trainable block instead of LLaMA": {"csfiqa.ic": "trainable_block"},
+        "IC: LLaMA layer 15 instead of 31": {"csfiqa.ic_layer": 15},
         "one scale": {"csfiqa.scale_mode": "single"},
     },
     "lmliqa": {
         "inter-image negatives only": {"lmliqa.intra_negatives": False},
         "+ intra-image negatives (LML-IQA)": {},
-        "random positive": {"lmliqa.saliency": "random"},
+        "saliency: spectral residual": {"lmliqa.saliency": "spectral_residual"},
+        "saliency: random (random positive)": {"lmliqa.saliency": "random"},
+        "anchor: the training crop": {"lmliqa.anchor": "train_crop"},
+        "two-term loss (v1 reading)": {"lmliqa.loss_form": "two_term"},
         "w/o mutual learning": {"lmliqa.mutual": "off"},
     },
 }
+# rows that change nothing at the tiny size (the smoke profile's LLaMA block is one random layer)
+FULL_SIZE_ONLY = {"IC: LLaMA layer 15 instead of 31"}
 
 
 def sweep_label(model: str, name: str) -> str:

@@ -86,23 +86,48 @@ def _denorm(model, pred: np.ndarray) -> np.ndarray:
     return LabelNorm(meta["config"]["train"]["label_norm"], meta.get("label_range")).inverse(pred) if meta else pred
 
 
-@torch.no_grad()
-def _predict(model, x) -> np.ndarray:
-    return _denorm(model, model(x).float().cpu().numpy())
+def test_predictions(V: Visuals, model: str) -> np.ndarray:
+    """The run's test predictions (mean over its test crops, as evaluated) of the images V shows."""
+    p = V.records[model]["predictions"]
+    pred = dict(zip(p["rows"], p["pred"]))
+    return np.asarray([pred[r] for r in V.rows])
 
 
 def gradcam(V: Visuals, results_dir) -> Path:
-    """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM, GT and predictions under them."""
+    """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM, GT and each model's test
+    prediction (the mean over its test crops) under them."""
     size = max(m.input_size for m in V.models.values())
     x = V.views(V.rows, size)
     names = {display_name(k): m for k, m in V.models.items()}
     cams = viz.gradcam_maps(names, x)
-    scores = {"GT": V.manifest.df.label.to_numpy()[V.rows]}
-    for name, m in names.items():
-        xi = torch.nn.functional.interpolate(x, size=(m.input_size,) * 2, mode="bilinear", align_corners=False)
-        scores[name] = _predict(m, xi)
+    scores = {"GT": V.manifest.df.label.to_numpy()[V.rows],
+              **{display_name(k): test_predictions(V, k) for k in V.models}}
     path = viz.plot_gradcam_grid(viz.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
-    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images)")
+    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images); numbers: "
+                                  f"ground truth and each model's test prediction (mean over its test crops)")
+    return path
+
+
+def crossvit_layer_targets(model) -> list[tuple[str, list, object]]:
+    """(name, Grad-CAM target layers, reshape) of each multi-scale block's large-branch output, the layers
+    before the SFA module: block i's output is what block i+1's first large-branch norm (or, after the last
+    block, the final norm) receives."""
+    blocks, enc = model.encoder.blocks, model.encoder
+    outs = [blocks[i + 1].blocks[1][0].norm1 for i in range(len(blocks) - 1)] + [enc.norm[1]]
+    return [(f"CSFIQA block {i + 1}", [layer], model.cam_reshape) for i, layer in enumerate(outs)]
+
+
+def csfiqa_layers(V: Visuals, results_dir) -> Path:
+    """CSFIQA Fig. 5: Grad-CAM of each encoder layer before the SFA module, then after it (the model's
+    own target, the large-branch tokens the decoder reads)."""
+    m = V.models["csfiqa"]
+    x = V.views(V.rows, m.input_size)
+    layers = crossvit_layer_targets(m)
+    cams = viz.gradcam_maps({name: m for name, _, _ in layers}, x,
+                            targets={name: (t, r) for name, t, r in layers})
+    cams["CSFIQA output (after SFA)"] = viz.gradcam_maps({"out": m}, x)["out"]
+    path = viz.plot_gradcam_grid(viz.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"))
+    record_output(path, "figure", "CSFIQA Grad-CAM of each encoder layer before SFA, and of the output")
     return path
 
 
@@ -160,6 +185,44 @@ def scale_mos(V: Visuals, results_dir) -> Path:
     path = viz.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
     record_output(path, "figure", f"MOS at two scales (20% / 40% of the image): {note}")
     return path
+
+
+@torch.no_grad()
+def crop_features(model, sampler, rows, n_crops: int, size: int) -> torch.Tensor:
+    """(images, n_crops, D) L2-normalised quality features (the CLS fed to the decoder) of random crops."""
+    x = sampler.test_crops(torch.as_tensor(rows, dtype=torch.long), n_crops, size, mode="seeded_random", seed=7)
+    _, f = model(x, return_features=True)
+    return torch.nn.functional.normalize(f["cls"].float(), dim=-1).reshape(len(rows), n_crops, -1).cpu()
+
+
+def manifold_distances(feats: torch.Tensor) -> tuple[np.ndarray, float]:
+    """(distances between crops of the same image / mean distance between crops of different images,
+    the mean of that ratio). A collapsed local manifold puts an image's crops on one point: near 0."""
+    n, k, _ = feats.shape
+    d = torch.cdist(feats.reshape(n * k, -1), feats.reshape(n * k, -1))
+    same = torch.block_diag(*[torch.ones(k, k)] * n).bool()
+    inter = d[~same].mean()
+    intra = d[same & ~torch.eye(n * k, dtype=torch.bool)] / inter
+    return intra.numpy(), float(intra.mean())
+
+
+def local_manifold(V: Visuals, results_dir, n_crops: int = 8) -> tuple[Path, pd.DataFrame]:
+    """LML-IQA Fig. 1 made from data: how far apart the crops of one image lie, DEIQT against LML-IQA
+    (the local manifold kept, or collapsed), on the test images; a plot and a number per model."""
+    rows = list(V.split.test)
+    frames, summary = [], []
+    for k in ("deiqt", "lmliqa"):
+        m = V.models[k]
+        dist, mean = manifold_distances(crop_features(m, V.sampler, rows, n_crops, m.input_size))
+        frames.append(pd.DataFrame({"model": display_name(k), "distance": dist}))
+        summary.append({"model": display_name(k), "mean intra/inter distance": mean, "images": len(rows),
+                        "crops per image": n_crops})
+    table = pd.DataFrame(summary)
+    text = ", ".join(f"{r['model']} {r['mean intra/inter distance']:.3f}" for r in summary)
+    path = viz.plot_distance_distributions(pd.concat(frames), _out(results_dir, "06_local_manifold"))
+    record_output(path, "figure", f"Distances between crops of the same image relative to distances between "
+                                  f"images ({V.dataset} test set): {text}")
+    return path, table
 
 
 @torch.no_grad()

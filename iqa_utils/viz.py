@@ -150,17 +150,18 @@ class ScoreTarget:
 
 
 def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, sign: float = 1.0,
-                 batch: int = 8) -> dict[str, np.ndarray]:
+                 batch: int = 8, targets: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
     """Grad-CAM (pytorch-grad-cam's GradCAM) of each model's predicted score, per image.
 
     images: normalised (N, 3, H, W). Each model sees them resized to its `input_size` (when it has
     one); the maps come back at (H, W) so rows of different models align. Values are in [0, 1]
     (min-max per image, as the library does; all zeros when no region raises the score).
+    targets: {name: (target layers, reshape)} instead of the model's own (e.g. one row per layer).
     """
     n, _, h, w = images.shape
     out = {}
     for name, model in models.items():
-        layers, reshape = cam_layers_and_reshape(model)
+        layers, reshape = (targets or {}).get(name) or cam_layers_and_reshape(model)
         device = next(model.parameters()).device
         size = getattr(model, "input_size", None)
         maps = []
@@ -305,6 +306,19 @@ def plot_attention_maps(rows: Sequence[tuple[str, np.ndarray]], path, images=Non
     (row name, (N, h, w) array) -> grid, over the images when given (CSFIQA Fig. 5)."""
     return plot_map_rows(rows, path, images=images, overlay=overlay and images is not None,
                          cmap=CAM_CMAP if overlay else "viridis", **kw)
+
+
+def plot_distance_distributions(df: pd.DataFrame, path, title: str | None = None) -> Path:
+    """LML-IQA Fig. 1 from data: per model, the distribution of feature distances between crops of the
+    same image (relative to the model's mean distance between crops of different images).
+    df: columns model, distance."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.histplot(df, x="distance", hue="model", stat="density", common_norm=False, kde=True, element="step",
+                 fill=False, ax=ax)
+    ax.set_xlabel("distance between crops of one image / mean distance between images")
+    ax.set_title(title or "local manifold: spread of an image's crops")
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 # ================================================================ MOS across scales (CSFIQA Fig. 2)
