@@ -222,10 +222,22 @@ class LMLIQAConfig:
     saliency: str = decision(
         "teacher_cls_attn", id="LML D2", source="kit default",
         choices=["teacher_cls_attn", "teacher_decoder_attn", "spectral_residual", "random"])
-    anchor: str = decision("global_view", id="LML D3", source="kit default",
-                           choices=["global_view", "train_crop"])
+    anchor: str = decision(
+        "global_view", id="LML D3", source="kit default", choices=["global_view", "train_crop", "native_crop"],
+        doc="global_view: the whole image squashed to the crop size; train_crop: a random regression crop; "
+            "native_crop: a crop at the crops' resolution centred on the saliency peak (regressed too)")
     k_crops: int = decision(4, id="LML D4", source="kit default", choices=[2, 4, 6, 8], range="[2, 64]")
     crop_mode: str = decision("native", id="LML D4", source="kit default", choices=["native", "multiscale"])
+    max_iou: float = decision(
+        0.5, id="LML D4", source="kit default (0.5: PASCAL VOC's overlap for 'the same region')",
+        choices=[0.3, 0.5, 0.7, 1.0], range="(0, 1]",
+        doc="largest IoU between any two of an image's K crops, so an intra-image negative is never nearly "
+            "the positive; each crop takes the first of 10 draws within it, else the least-overlapping "
+            "draw; 1.0 = no limit (the kit's earlier behaviour)")
+    flip_crops: bool = decision(
+        True, id="LML D4", source="kit default (DEIQT flips its training crops)", choices=[True, False],
+        doc="random horizontal flips of the K crops and a native_crop anchor (when data.flip is on); "
+            "False = the kit's earlier unflipped crops")
     loss_form: str = decision("single", id="LML D5", source="kit default", choices=["single", "two_term"])
     intra_negatives: bool = True
     inter_negatives: bool = True
@@ -254,6 +266,10 @@ class LMLIQAConfig:
         doc="teacher_init='checkpoint': a DEIQT state dict (or a dict holding it under 'model')")
     eval_branch: str = decision("student", id="LML D11", source="caption ('student decoder')",
                                 choices=["student", "teacher", "mean"])
+    queue_size: int = decision(
+        0, id="LML D16", source="kit default", choices=[0, 1024, 4096], range="[0, 1000000]",
+        doc="memory queue of past crop embeddings (student, detached) used as extra inter-image negatives "
+            "(crops of the anchor's own image excluded); 0 = off, the batch's images only")
 
 
 @dataclass
