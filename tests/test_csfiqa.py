@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from iqa_utils import losses as L
-from iqa_utils.config import make_config
+from iqa_utils.config import ConfigError, make_config
 from iqa_utils.models import create_model
 from iqa_utils.costs import csfiqa_cost
 from iqa_utils.models.csfiqa import topk_attention, SelectiveAttention
@@ -338,3 +338,10 @@ def test_full_size_cost_matches_reviews():
     assert r["params_frozen"] == 202_387_456 + 0        # the LLaMA-7B block (attention + SwiGLU + 2 RMSNorms)
     assert 30e6 < r["params_trainable"] < 35e6
     assert abs(r["macs"] - 45e9) / 45e9 < 0.1
+
+
+def test_new_choices_are_checked_where_the_config_is_made():
+    for bad in ({"csfiqa.scl_pool": "prefusion"}, {"csfiqa.ic_norm": "none"}, {"csfiqa.crop_nesting": "centre"},
+                {"csfiqa.nsm": "regional_weight", "csfiqa.scale_mode": "crop"}, {"csfiqa.nsm_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "csfiqa", bad)

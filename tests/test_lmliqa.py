@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iqa_utils.config import make_config
+from iqa_utils.config import ConfigError, make_config
 from iqa_utils.data.splits import make_split
 from iqa_utils.engine import TrainingInterrupted, train_run
 from iqa_utils.losses import local_manifold_loss, local_manifold_two_term
@@ -346,3 +346,10 @@ def test_queue_resumes_bit_identically(tmp_path):
     a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (a["queue_img"] >= 0).all() and a["queue"].abs().sum() > 0          # filled (and wrapped)
+
+
+def test_new_fields_are_checked_where_the_config_is_made():
+    for bad in ({"lmliqa.max_iou": 0.0}, {"lmliqa.max_iou": 1.5}, {"lmliqa.queue_size": -1},
+                {"lmliqa.anchor": "salient_crop"}, {"lmliqa.flip_crops": "yes"}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "lmliqa", bad)
