@@ -147,9 +147,18 @@ class CSFIQAConfig:
                                        range="(0, 1]")
     crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.4],
                                        range="(0, 1]")
+    crop_nesting: str = decision(
+        "nested", id="CSFIQA D4", source="inferred (the same content at two scales; test views are nested)",
+        choices=["nested", "independent"],
+        doc="crop modes, training: nested draws the small crop inside the large one (as the test-time views "
+            "are); independent draws the two crops at unrelated positions (the kit's earlier behaviour)")
     scl: bool = True
     scl_layer: str = decision("last", id="CSFIQA D5", source="kit default", choices=["last", "middle"])
-    scl_pool: str = decision("cls", id="CSFIQA D6", source="kit default", choices=["cls", "mean"])
+    scl_pool: str = decision(
+        "branch_patch_mean", id="CSFIQA D6", source="kit default", choices=["branch_patch_mean", "cls", "mean"],
+        doc="branch_patch_mean: mean patch token of each scale's branch run alone (no cross-branch fusion; "
+            "one extra encoder pass in training); cls / mean: CLS or mean patch token of the joint pass, "
+            "where both already carry the other branch (the CLS directly, the patches through it)")
     proj_dim: int = decision(128, id="CSFIQA D6", source="kit default", choices=[128, 0], range="[0, 65536]")
     label_distance: str = decision(
         "batch_minmax", id="CSFIQA D7", source="kit default", choices=["batch_minmax", "dataset_range", "rank"])
@@ -165,10 +174,20 @@ class CSFIQAConfig:
                            range="[0, 1000]")
     lam: float = decision(0.1, id="CSFIQA D12", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
                           range="[0, 1000]")
-    nsm: str = decision("pooled", id="CSFIQA D13", source="kit default", choices=["pooled", "regional", "off"])
+    nsm: str = decision(
+        "pooled", id="CSFIQA D13", source="kit default",
+        choices=["pooled", "regional", "qfm", "regional_weight", "off"],
+        doc="pooled: an image's small/large pair becomes a negative when unusually dissimilar; regional: "
+            "region-level InfoNCE, the same region at the other scale a positive unless it is a noise "
+            "region; qfm: feature-similar pairs whose labels differ by > gamma2 weigh nsm_weight times as "
+            "negatives (QFM-IQM); regional_weight: noise regions only weight the pooled pair (earlier "
+            "'regional')")
     nsm_quantile: float = decision(0.25, id="CSFIQA D13", source="kit default", choices=[0.1, 0.25, 0.5],
                                    range="(0, 1]",
-                                   doc="regional NSM: share of least-similar regions taken as hard negatives")
+                                   doc="regional NSM: share of least-similar regions taken as noise regions")
+    nsm_weight: float = decision(2.0, id="CSFIQA D13", source="kit default", choices=[2.0, 4.0],
+                                 range="[0, 1000]",
+                                 doc="qfm NSM: weight of a noise pair among the negatives (1 = no NSM)")
     afs: bool = True
     afs_scope: str = decision("joint", id="CSFIQA D14", source="kit default", choices=["joint", "per_scale"])
     afs_k: float = decision(0.5, id="CSFIQA D15", source="kit default", choices=[0.25, 0.5, 0.75, 1.0],
@@ -176,6 +195,12 @@ class CSFIQAConfig:
     ic: str = decision(
         "llama", id="CSFIQA D16", source="inferred (LM4VisualEncoding)",
         choices=["llama", "llama_residual", "trainable_block", "off"])
+    ic_norm: str = decision(
+        "reference", id="CSFIQA D16", source="LM4VisualEncoding code (final RMSNorm left at ones; the ViT's "
+        "LayerNorm after the 4096->d map)", choices=["reference", "llama_final_norm"],
+        doc="reference: RMSNorm with unit gain after the frozen layer, then a trainable LayerNorm at the visual "
+            "width after W2; llama_final_norm: the checkpoint's model.norm weights, no LayerNorm after W2 "
+            "(the kit's earlier arrangement)")
     ic_layer: int = decision(31, id="CSFIQA D16", source="LM4VisualEncoding", choices=[31, 15, 0],
                              range="[0, 1000]")
     ic_tokens: str = decision("large", id="CSFIQA D17", source="inferred from 45G MACs",
@@ -197,10 +222,22 @@ class LMLIQAConfig:
     saliency: str = decision(
         "teacher_cls_attn", id="LML D2", source="kit default",
         choices=["teacher_cls_attn", "teacher_decoder_attn", "spectral_residual", "random"])
-    anchor: str = decision("global_view", id="LML D3", source="kit default",
-                           choices=["global_view", "train_crop"])
+    anchor: str = decision(
+        "global_view", id="LML D3", source="kit default", choices=["global_view", "train_crop", "native_crop"],
+        doc="global_view: the whole image squashed to the crop size; train_crop: a random regression crop; "
+            "native_crop: a crop at the crops' resolution centred on the saliency peak (regressed too)")
     k_crops: int = decision(4, id="LML D4", source="kit default", choices=[2, 4, 6, 8], range="[2, 64]")
     crop_mode: str = decision("native", id="LML D4", source="kit default", choices=["native", "multiscale"])
+    max_iou: float = decision(
+        0.5, id="LML D4", source="kit default (0.5: PASCAL VOC's overlap for 'the same region')",
+        choices=[0.3, 0.5, 0.7, 1.0], range="(0, 1]",
+        doc="largest IoU between any two of an image's K crops, so an intra-image negative is never nearly "
+            "the positive; each crop takes the first of 10 draws within it, else the least-overlapping "
+            "draw; 1.0 = no limit (the kit's earlier behaviour)")
+    flip_crops: bool = decision(
+        True, id="LML D4", source="kit default (DEIQT flips its training crops)", choices=[True, False],
+        doc="random horizontal flips of the K crops and a native_crop anchor (when data.flip is on); "
+            "False = the kit's earlier unflipped crops")
     loss_form: str = decision("single", id="LML D5", source="kit default", choices=["single", "two_term"])
     intra_negatives: bool = True
     inter_negatives: bool = True
@@ -229,6 +266,10 @@ class LMLIQAConfig:
         doc="teacher_init='checkpoint': a DEIQT state dict (or a dict holding it under 'model')")
     eval_branch: str = decision("student", id="LML D11", source="caption ('student decoder')",
                                 choices=["student", "teacher", "mean"])
+    queue_size: int = decision(
+        0, id="LML D16", source="kit default", choices=[0, 1024, 4096], range="[0, 1000000]",
+        doc="memory queue of past crop embeddings (student, detached) used as extra inter-image negatives "
+            "(crops of the anchor's own image excluded); 0 = off, the batch's images only")
 
 
 @dataclass
@@ -451,9 +492,9 @@ def check_consistency(cfg: RunConfig) -> RunConfig:
                           "(cross-dataset runs)")
     if t.selection == "val" and d.val_fraction == 0:
         raise ConfigError("train.selection: 'val' needs a validation split; set data.val_fraction > 0")
-    if c.nsm == "regional" and c.scale_mode != "branch":
-        raise ConfigError("csfiqa.nsm: 'regional' aligns the two token grids of one crop; it needs "
-                          "csfiqa.scale_mode='branch'")
+    if c.nsm in ("regional", "regional_weight") and c.scale_mode != "branch":
+        raise ConfigError(f"csfiqa.nsm: {c.nsm!r} aligns the two token grids of one crop; it needs "
+                          f"csfiqa.scale_mode='branch'")
     if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
         raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
                           "checkpoint trained first (two-stage)")

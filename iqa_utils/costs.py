@@ -172,10 +172,17 @@ class SyntheticSampler:
     def resized_crops(self, idx, ratio, size, flip=True, generator=None):
         return self._x(len(idx), 3, size, size)
 
+    def nested_crops(self, idx, ratio_small, ratio_large, size, flip=True, generator=None):
+        return self._x(len(idx), 3, size, size), self._x(len(idx), 3, size, size), \
+            torch.rand(len(idx), 2, 4, device=self.device)
+
+    def crops_at(self, idx, centres, size, flip=True, generator=None):
+        return self._x(len(idx), 3, size, size)
+
     def global_views(self, idx, size):
         return self._x(len(idx), 3, size, size)
 
-    def crops_with_boxes(self, idx, k, size, generator=None, mode="native"):
+    def crops_with_boxes(self, idx, k, size, generator=None, mode="native", flip=True, max_iou=1.0):
         hw = torch.rand(len(idx), k, 2, device=self.device) * 0.5 + 0.25
         tl = torch.rand(len(idx), k, 2, device=self.device) * (1 - hw)
         return self._x(len(idx), k, 3, size, size), torch.cat([tl, hw], dim=-1)

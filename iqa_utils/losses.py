@@ -47,29 +47,30 @@ def scl_masks(d: torch.Tensor, gamma1: float = 0.2, gamma2: float = 0.7,
 
 def info_nce(anchors: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
              tau: float = 0.1, mode: str = "multi_positive") -> tuple[torch.Tensor, int]:
-    """Eq. 3 (D9): InfoNCE with several positives. anchors (B, D), cands (M, D), both L2-normalised;
-    pos/neg (B, M) bool or float weights (a weight w scales that pair's exp term; NSM uses soft ones).
+    """Eq. 3 (D9): InfoNCE with several positives. anchors (..., B, D), cands (..., M, D), both
+    L2-normalised; pos/neg (..., B, M) bool or float weights (a weight w scales that pair's exp term; NSM
+    uses soft ones). Leading dims are independent problems (regional NSM: one per region).
     multi_positive: L_i = -sum_p w_p log[e^{s_ip} / (e^{s_ip} + sum_n w_n e^{s_in})] / sum_p w_p;
     supcon: the denominator holds every positive and negative.
     Mean over anchors with at least one positive and one negative; returns (loss, number of anchors)."""
     pos, neg = pos.float(), neg.float()
-    s = anchors @ cands.t() / tau                                            # (B, M)
-    m = s.detach().masked_fill((pos + neg) == 0, float("-inf")).amax(1, keepdim=True)
+    s = anchors @ cands.transpose(-2, -1) / tau                              # (..., B, M)
+    m = s.detach().masked_fill((pos + neg) == 0, float("-inf")).amax(-1, keepdim=True)
     m = torch.nan_to_num(m, neginf=0.0)                                      # stabiliser, cancels out
     e = torch.exp(s - m)
-    neg_sum = (neg * e).sum(1, keepdim=True)
+    neg_sum = (neg * e).sum(-1, keepdim=True)
     if mode == "multi_positive":
         denom = e + neg_sum
     elif mode == "supcon":
-        denom = (pos * e).sum(1, keepdim=True) + neg_sum
+        denom = (pos * e).sum(-1, keepdim=True) + neg_sum
     else:
         raise ValueError(f"unknown infonce {mode!r}; choose multi_positive or supcon")
     log_p = (s - m) - torch.log(denom.clamp_min(1e-30))
-    wsum = pos.sum(1)
-    valid = (wsum > 0) & (neg.sum(1) > 0)
+    wsum = pos.sum(-1)
+    valid = (wsum > 0) & (neg.sum(-1) > 0)
     if not valid.any():
         return anchors.sum() * 0.0, 0
-    per_anchor = -(pos * log_p).sum(1)[valid] / wsum[valid]
+    per_anchor = -(pos * log_p).sum(-1)[valid] / wsum[valid]
     return per_anchor.mean(), int(valid.sum())
 
 
@@ -94,9 +95,10 @@ def align_grids(tok_small: torch.Tensor, tok_large: torch.Tensor, grid_small, gr
 
 
 def nsm_regional(r_small: torch.Tensor, r_large: torch.Tensor, q: float = 0.25):
-    """NSM, regional (D13): r_* (B, R, D) aligned region embeddings. The batch-wide least-similar
-    q-share of regions (ceil(q * B * R), at least one) are hard negatives; an image's weight is the share
-    of its regions among them. Returns ((B,) weights in [0, 1], (B, R) bool hard-region mask)."""
+    """NSM's noise regions (D13): r_* (B, R, D) aligned region embeddings. The batch-wide least-similar
+    q-share of regions (ceil(q * B * R), at least one) are noise; an image's weight is the share of its
+    regions among them ("regional_weight" uses it on the pooled pair). Returns ((B,) weights in [0, 1],
+    (B, R) bool noise-region mask)."""
     sim = F.cosine_similarity(r_small.detach(), r_large.detach(), dim=-1)    # (B, R)
     k = max(1, int(torch.ceil(torch.tensor(q * sim.numel())).item()))
     idx = sim.flatten().topk(k, largest=False).indices
@@ -106,25 +108,41 @@ def nsm_regional(r_small: torch.Tensor, r_large: torch.Tensor, q: float = 0.25):
     return hard.float().mean(1), hard
 
 
-def scl_loss(z_small: torch.Tensor, z_large: torch.Tensor, q: torch.Tensor, *, gamma1: float = 0.2,
-             gamma2: float = 0.7, tau: float = 0.1, alpha: float = 1.0, beta: float = 1.0,
-             noise: torch.Tensor | None = None, distance: str = "batch_minmax", label_range=None,
-             infonce: str = "multi_positive") -> tuple[torch.Tensor, dict]:
-    """L_SCL = alpha * L_intra + beta * L_inter (D11) on L2-normalised (B, D) embeddings of two scales.
+def nsm_regional_loss(r_small: torch.Tensor, r_large: torch.Tensor, d: torch.Tensor, noise: torch.Tensor, *,
+                      gamma1: float = 0.2, gamma2: float = 0.7, tau: float = 0.1,
+                      infonce: str = "multi_positive") -> tuple[torch.Tensor, int]:
+    """NSM, regional (D13): InfoNCE per region r with small-scale region (i, r) as the anchor and
+    large-scale regions r of the batch as candidates: positives are the same region of image i (unless it
+    is a noise region, `noise` (B, R) bool, then it is a negative) and region r of images with d < gamma1;
+    negatives are region r of images with d > gamma2 (Eq. 2's thresholds on the (B, B) label distance d).
+    Only the same region position is compared, which keeps the cost at R * B^2."""
+    eye = torch.eye(len(d), dtype=torch.bool, device=d.device)
+    pos, neg = scl_masks(d, gamma1, gamma2, exclude_self=True)               # (B, B), self excluded
+    own = eye.unsqueeze(0) & noise.t().unsqueeze(-1)                        # (R, B, B): own region is noise
+    pos_r = pos.unsqueeze(0) | (eye.unsqueeze(0) & ~own)
+    neg_r = neg.unsqueeze(0) | own
+    return info_nce(r_small.transpose(0, 1), r_large.transpose(0, 1), pos_r, neg_r, tau, infonce)
 
-    Intra: S-S and L-L (self excluded), averaged. Inter: S->L and L->S anchors, averaged. The same
-    image's other-scale view has label distance 0, so it is a positive by Eq. 2; `noise` (B,) in [0, 1]
-    (NSM) moves it from the positives to the negatives with that weight (D13, reconstruction).
-    z_large=None (single-scale ablation): intra L-L... of the one scale only, no inter term."""
-    d = label_distance(q, distance, label_range)
-    pos, neg = scl_masks(d, gamma1, gamma2, exclude_self=True)
-    logs = {}
-    if z_small is None:
-        intra, n = info_nce(z_large, z_large, pos, neg, tau, infonce)
-        return alpha * intra, {"loss_intra": intra.detach(), "scl_anchors": n}
-    l_ss, n_ss = info_nce(z_small, z_small, pos, neg, tau, infonce)
-    l_ll, n_ll = info_nce(z_large, z_large, pos, neg, tau, infonce)
-    intra = (l_ss + l_ll) / 2
+
+def nsm_qfm(z_small: torch.Tensor, z_large: torch.Tensor, d: torch.Tensor, gamma2: float = 0.7,
+            weight: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """NSM, QFM reading (D13; after the same group's QFM-IQM, ICML 2024): a cross-scale pair (small i,
+    large j), i != j, is a noise sample when its features are similar (cosine above the batch mean + 1
+    population std of the off-diagonal cosines) although its labels differ by more than gamma2 - the
+    case where "similar features mean similar quality" fails. Noise pairs count `weight` times among
+    the negatives. Returns ((B, B) negative weights, (B, B) bool noise mask)."""
+    sim = z_small.detach().float() @ z_large.detach().float().t()
+    off = ~torch.eye(len(sim), dtype=torch.bool, device=sim.device)
+    if off.sum() < 2:
+        return torch.ones_like(sim), torch.zeros_like(off)
+    vals = sim[off]
+    noise = off & (d > gamma2) & (sim > vals.mean() + vals.std(correction=0))
+    return 1.0 + (weight - 1.0) * noise.float(), noise
+
+
+def _inter_masks(d: torch.Tensor, gamma1: float, gamma2: float, noise: torch.Tensor | None):
+    """Eq. 2 for cross-scale pairs, self included: the same image's other-scale view (d = 0) is a
+    positive, unless NSM's `noise` (B,) in [0, 1] moves it to the negatives with that weight."""
     pos_x, neg_x = scl_masks(d, gamma1, gamma2, exclude_self=False)
     pos_x, neg_x = pos_x.float(), neg_x.float()
     if noise is not None:
@@ -132,12 +150,45 @@ def scl_loss(z_small: torch.Tensor, z_large: torch.Tensor, q: torch.Tensor, *, g
         noise = noise.float().view(-1)
         pos_x = pos_x * (1 - eye) + eye * (1 - noise)[:, None]
         neg_x = neg_x * (1 - eye) + eye * noise[:, None]
-        logs["nsm_noise"] = noise.mean().detach()
+    return pos_x, neg_x
+
+
+def scl_loss(z_small: torch.Tensor, z_large: torch.Tensor, q: torch.Tensor, *, gamma1: float = 0.2,
+             gamma2: float = 0.7, tau: float = 0.1, alpha: float = 1.0, beta: float = 1.0,
+             noise: torch.Tensor | None = None, qfm_weight: float | None = None, regions=None,
+             distance: str = "batch_minmax", label_range=None,
+             infonce: str = "multi_positive") -> tuple[torch.Tensor, dict]:
+    """L_SCL = alpha * L_intra + beta * L_inter (D11) on L2-normalised (B, D) embeddings of two scales.
+
+    Intra: S-S and L-L (self excluded), averaged. Inter: S->L and L->S anchors, averaged. NSM (D13,
+    reconstruction), one of: `noise` (B,) (pooled, regional_weight) moves the same image's other-scale
+    pair from the positives to the negatives with that weight; `qfm_weight` counts the noise pairs of
+    `nsm_qfm` that many times among the inter negatives; `regions` = (r_small (B, R, D), r_large,
+    noise mask (B, R)) adds `nsm_regional_loss` to L_inter.
+    z_small=None (single-scale ablation): intra L-L of the one scale only, no inter term."""
+    d = label_distance(q, distance, label_range)
+    pos, neg = scl_masks(d, gamma1, gamma2, exclude_self=True)
+    if z_small is None:
+        intra, n = info_nce(z_large, z_large, pos, neg, tau, infonce)
+        return alpha * intra, {"loss_intra": intra.detach(), "scl_anchors": n}
+    l_ss, n_ss = info_nce(z_small, z_small, pos, neg, tau, infonce)
+    l_ll, n_ll = info_nce(z_large, z_large, pos, neg, tau, infonce)
+    intra = (l_ss + l_ll) / 2
+    pos_x, neg_x = _inter_masks(d, gamma1, gamma2, noise)
+    logs = {} if noise is None else {"nsm_noise": noise.float().mean().detach()}
+    if qfm_weight is not None:
+        w, qfm_noise = nsm_qfm(z_small, z_large, d, gamma2, qfm_weight)
+        neg_x = neg_x * w
+        logs["nsm_noise"] = qfm_noise.float().mean().detach()
     l_sl, n_sl = info_nce(z_small, z_large, pos_x, neg_x, tau, infonce)
     l_ls, n_ls = info_nce(z_large, z_small, pos_x.t(), neg_x.t(), tau, infonce)
-    inter = (l_sl + l_ls) / 2
-    logs.update({"loss_intra": intra.detach(), "loss_inter": inter.detach(),
-                 "scl_anchors": n_ss + n_ll + n_sl + n_ls})
+    inter, n_x = (l_sl + l_ls) / 2, n_sl + n_ls
+    if regions is not None:
+        l_r, n_r = nsm_regional_loss(regions[0], regions[1], d, regions[2], gamma1=gamma1, gamma2=gamma2,
+                                     tau=tau, infonce=infonce)
+        inter, n_x = inter + l_r, n_x + n_r
+        logs.update({"loss_nsm": l_r.detach(), "nsm_noise": regions[2].float().mean().detach()})
+    logs.update({"loss_intra": intra.detach(), "loss_inter": inter.detach(), "scl_anchors": n_ss + n_ll + n_x})
     return alpha * intra + beta * inter, logs
 
 
@@ -156,8 +207,20 @@ def _weighted_info_nce(logits: torch.Tensor, log_w: torch.Tensor, pos: torch.Ten
     return torch.logsumexp(logits + log_w, dim=1) - l_pos
 
 
+def _with_queue(logits: torch.Tensor, log_w: torch.Tensor, rows: torch.Tensor, queue: torch.Tensor | None,
+                valid: torch.Tensor | None, tau: float):
+    """Append a memory queue's entries (Q, D) as extra inter-image negatives of the anchor `rows` (R, D),
+    weight 1 where `valid` (R, Q) (filled, and not a crop of the anchor's own image), else left out."""
+    if queue is None:
+        return logits, log_w
+    q_logits = rows @ queue.to(rows.dtype).t() / tau
+    q_log_w = torch.zeros_like(q_logits).masked_fill(~valid, float("-inf"))
+    return torch.cat([logits, q_logits], 1), torch.cat([log_w, q_log_w], 1)
+
+
 def local_manifold_loss(anchor: torch.Tensor, crops: torch.Tensor, pos_index: torch.Tensor, tau: float,
-                        w_intra: float = 1.0, intra: bool = True, inter: bool = True) -> torch.Tensor:
+                        w_intra: float = 1.0, intra: bool = True, inter: bool = True,
+                        queue: torch.Tensor | None = None, queue_valid: torch.Tensor | None = None) -> torch.Tensor:
     """LML-IQA local-manifold InfoNCE (default reading, D5 "single"; reconstruction).
 
     anchor (B, D): one embedding per image (the global view by default, D3).
@@ -166,6 +229,7 @@ def local_manifold_loss(anchor: torch.Tensor, crops: torch.Tensor, pos_index: to
         L_i = -log[ e^{a_i.p_i/tau} / (e^{a_i.p_i/tau} + w_intra * sum_{k != s_i} e^{a_i.c_ik/tau}
                                                       + sum_{j != i, all k} e^{a_i.c_jk/tau}) ]
     `intra` / `inter` drop the respective negatives from the denominator (ablations). Mean over i.
+    queue (Q, D), queue_valid (B, Q) bool: past crop embeddings added to the inter negatives (D16).
     Embeddings are expected L2-normalised (the caller does it).
     """
     B, K, D = crops.shape
@@ -180,11 +244,16 @@ def local_manifold_loss(anchor: torch.Tensor, crops: torch.Tensor, pos_index: to
     if inter:
         w = torch.where(~same, torch.ones_like(w), w)
     w.scatter_(1, pos_col.view(-1, 1), 1.0)
-    return _weighted_info_nce(logits, w.log(), pos_col).mean()
+    log_w = w.log()
+    if inter:
+        logits, log_w = _with_queue(logits, log_w, anchor, queue, queue_valid, tau)
+    return _weighted_info_nce(logits, log_w, pos_col).mean()
 
 
 def local_manifold_two_term(crops: torch.Tensor, pos_index: torch.Tensor, pos_aug: torch.Tensor, tau: float,
-                            w_intra: float = 1.0, intra: bool = True, inter: bool = True) -> torch.Tensor:
+                            w_intra: float = 1.0, intra: bool = True, inter: bool = True,
+                            queue: torch.Tensor | None = None, queue_valid: torch.Tensor | None = None
+                            ) -> torch.Tensor:
     """The v1 reading (D5 "two_term"; reconstruction): L_pull + L_intra.
 
     L_pull: every non-salient crop c_ik is an anchor; its positive is the salient crop c_{i,s_i}, its
@@ -193,7 +262,8 @@ def local_manifold_two_term(crops: torch.Tensor, pos_index: torch.Tensor, pos_au
     L_intra: the salient crop is the anchor, pos_aug (B, D) (an augmented copy of it, e.g. flipped) the
         positive, the other crops of the same image the negatives (weighted w_intra). This keeps the
         crops of an image from collapsing onto one point. Dropped with intra=False.
-    crops (B, K, D), pos_index (B,), all L2-normalised. Returns the sum of the two means.
+    crops (B, K, D), pos_index (B,), all L2-normalised; queue / queue_valid (B, Q) as in
+    `local_manifold_loss`, extra negatives of L_pull. Returns the sum of the two means.
     """
     B, K, D = crops.shape
     dev = crops.device
@@ -214,7 +284,9 @@ def local_manifold_two_term(crops: torch.Tensor, pos_index: torch.Tensor, pos_au
         w[:, B:] = (col_img[B:].view(1, -1) != img[rows].view(-1, 1)).to(w.dtype)   # other images' crops
         pos = img[rows]
         w.scatter_(1, pos.view(-1, 1), 1.0)
-        total = total + _weighted_info_nce(logits, w.log(), pos).mean()
+        valid = queue_valid[img[rows]] if queue is not None else None
+        logits, log_w = _with_queue(logits, w.log(), flat[rows], queue, valid, tau)
+        total = total + _weighted_info_nce(logits, log_w, pos).mean()
     if intra and K > 1:
         sal = crops[torch.arange(B, device=dev), pos_index]
         # columns: [pos_aug_i, c_i1..c_iK]; the salient crop itself is masked out

@@ -1,9 +1,13 @@
 """Information Concentrator: bidirectional, RoPE-free, frozen LLaMA layer; partial safetensors loader."""
 import json
+import shutil
 
 import pytest
 import torch
+from torch import nn
 
+from iqa_utils.config import make_config
+from iqa_utils.models import create_model
 from iqa_utils.models.concentrator import (TINY_LLAMA, InformationConcentrator, WeightsError,
                                            build_concentrator, build_llama_layer, load_llama_layer)
 
@@ -69,6 +73,8 @@ def tiny_ckpt(tmp_path_factory):
     cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=172, num_attention_heads=4,
                       num_key_value_heads=4, num_hidden_layers=4, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.model.norm.weight.uniform_(0.5, 1.5)        # a final-norm gain that is not all ones
     d = tmp_path_factory.mktemp("llama")
     model.save_pretrained(d, max_shard_size="150KB")
     return d, model
@@ -151,3 +157,42 @@ def test_llama_frozen_while_maps_train():
     for k, v in m.ic.llama.state_dict().items():
         assert torch.equal(v, llama0[k]), k
     assert not torch.equal(m.ic.w1.weight, w1) and not torch.equal(m.ic.w2.weight, w2)
+
+
+def test_norm_arrangements(tiny_ckpt, tmp_path):
+    d, model = tiny_ckpt
+    x = torch.randn(2, 5, 24)
+    # reference (LM4VisualEncoding): final RMSNorm at unit gain, frozen; trainable LayerNorm after W2
+    ref = build_concentrator(24, "llama", weights=str(d), layer_idx=3, dtype="float32")
+    assert torch.equal(ref.llama_norm.weight, torch.ones(64)) and not ref.llama_norm.weight.requires_grad
+    assert isinstance(ref.out_norm, nn.LayerNorm) and ref.out_norm.weight.shape == (24,)
+    assert {n for n, p in ref.named_parameters() if p.requires_grad} == {
+        "w1.weight", "w2.weight", "out_norm.weight", "out_norm.bias"}
+    y = ref(x)
+    torch.testing.assert_close(y.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(-1, correction=0), torch.ones(2, 5), atol=1e-3, rtol=0)
+    # the kit's earlier arrangement: the checkpoint's final-norm gain, nothing after W2
+    old = build_concentrator(24, "llama", weights=str(d), layer_idx=3, dtype="float32", ic_norm="llama_final_norm")
+    assert torch.equal(old.llama_norm.weight, model.model.norm.weight) and not old.llama_norm.weight.requires_grad
+    assert isinstance(old.out_norm, nn.Identity)
+    assert {n for n, p in old.named_parameters() if p.requires_grad} == {"w1.weight", "w2.weight"}
+    assert (old(x).var(-1, correction=0) - 1).abs().max() > 0.1
+    # the reference arrangement never reads model.norm.weight
+    bad = tmp_path / "nonorm"
+    shutil.copytree(d, bad)
+    index = json.loads((bad / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.norm.weight"]
+    (bad / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert torch.equal(load_llama_layer(bad, 3, dtype=torch.float32, final_norm=False)[1].weight, torch.ones(64))
+    with pytest.raises(WeightsError, match="final norm"):
+        load_llama_layer(bad, 3, dtype=torch.float32)
+
+
+def test_csfiqa_ic_norm_switch():
+    ref = create_model(make_config("smoke", "csfiqa"))
+    assert ref.c.ic_norm == "reference" and isinstance(ref.ic.out_norm, nn.LayerNorm)
+    assert ref.ic.out_norm.weight.requires_grad and ref.ic.out_norm.weight.shape == (ref.dim,)
+    old = create_model(make_config("smoke", "csfiqa", {"csfiqa.ic_norm": "llama_final_norm"}))
+    assert isinstance(old.ic.out_norm, nn.Identity)
+    n_ref = sum(p.numel() for p in ref.parameters() if p.requires_grad)
+    assert n_ref - sum(p.numel() for p in old.parameters() if p.requires_grad) == 2 * ref.dim

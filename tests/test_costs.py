@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from iqa_utils import costs, system
+from iqa_utils.config import make_config
+from iqa_utils.models import create_model
 from iqa_utils.models.deiqt import DEIQT
 
 DEIQT_PARAMS = 24_043_776          # docs/protocol.md §1
@@ -75,3 +77,13 @@ def test_timing_memory_and_table():
     assert df.loc[0, "GMACs_per_image"] == pytest.approx(4 * df.loc[0, "GMACs_per_crop"])
     assert df.loc[0, "latency_ms"] > 0 and math.isnan(df.loc[1, "latency_ms"])
     assert df.loc[0, "device"] and df.loc[0, "device"] == system.device_name("cpu")
+
+
+@pytest.mark.parametrize("name, over", [
+    ("csfiqa", {"csfiqa.scale_mode": "crop"}),                                   # nested crops
+    ("lmliqa", {"lmliqa.anchor": "native_crop", "lmliqa.queue_size": 32}),       # crops_at, the queue
+])
+def test_training_throughput_runs_the_models_own_views(name, over):
+    torch.manual_seed(0)
+    model = create_model(make_config("smoke", name, over))
+    assert costs.throughput(model, device="cpu", batch=8, train=True, warmup=1, iters=1) > 0

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from iqa_utils import losses as L
-from iqa_utils.config import make_config
+from iqa_utils.config import ConfigError, make_config
 from iqa_utils.models import create_model
 from iqa_utils.costs import csfiqa_cost
 from iqa_utils.models.csfiqa import topk_attention, SelectiveAttention
@@ -98,6 +98,113 @@ def test_nsm_regional_picks_discrepant_regions():
     assert w.tolist() == [0.0, 0.5]
 
 
+def _nce(s_pos: list, s_neg: list, tau: float) -> float:
+    """Multi-positive InfoNCE of one anchor from its cosines, written out: mean over positives of
+    -log(e^{s_p/tau} / (e^{s_p/tau} + sum_n w_n e^{s_n/tau})); s_neg holds (cosine, weight) pairs."""
+    e = math.exp
+    neg = sum(w * e(c / tau) for c, w in s_neg)
+    return sum(-math.log(e(c / tau) / (e(c / tau) + neg)) for c in s_pos) / len(s_pos)
+
+
+def _deg(*angles):
+    return torch.tensor([[math.cos(math.radians(a)), math.sin(math.radians(a))] for a in angles])
+
+
+def _cos(a, b):
+    return math.cos(math.radians(a - b))
+
+
+def test_nsm_regional_contrasts_regions_by_hand():
+    tau = 0.5
+    # 3 images x 2 regions; labels give d01 = 0.1 (positive), d02 = 1.0 and d12 = 0.9 (negatives)
+    small = [[0, 90], [30, 120], [200, 60]]                 # angle of region (i, r) at the small scale
+    large = [[180, 80], [40, 100], [10, 250]]
+    rs = torch.stack([_deg(*a) for a in small])
+    rl = torch.stack([_deg(*a) for a in large])
+    noise = torch.tensor([[True, False], [False, False], [False, False]])    # region 0 of image 0
+    d = L.label_distance(Q)
+
+    def c(i, r, j):
+        return _cos(small[i][r], large[j][r])
+    want = [
+        _nce([c(0, 0, 1)], [(c(0, 0, 2), 1), (c(0, 0, 0), 1)], tau),   # own region is noise: a negative
+        _nce([c(1, 0, 0), c(1, 0, 1)], [(c(1, 0, 2), 1)], tau),
+        _nce([c(2, 0, 2)], [(c(2, 0, 0), 1), (c(2, 0, 1), 1)], tau),
+        _nce([c(0, 1, 0), c(0, 1, 1)], [(c(0, 1, 2), 1)], tau),         # region 1: own region a positive
+        _nce([c(1, 1, 0), c(1, 1, 1)], [(c(1, 1, 2), 1)], tau),
+        _nce([c(2, 1, 2)], [(c(2, 1, 0), 1), (c(2, 1, 1), 1)], tau),
+    ]
+    got, n = L.nsm_regional_loss(rs, rl, d, noise, tau=tau)
+    assert n == 6 and got.item() == pytest.approx(sum(want) / 6, rel=1e-5)
+    # in L_SCL the regional term joins the inter-scale term (weighted by beta)
+    zs, zl = F.normalize(torch.randn(3, 2), dim=-1), F.normalize(torch.randn(3, 2), dim=-1)
+    _, plain = L.scl_loss(zs, zl, Q, tau=tau)
+    _, logs = L.scl_loss(zs, zl, Q, tau=tau, regions=(rs, rl, noise))
+    assert logs["loss_inter"].item() == pytest.approx(plain["loss_inter"].item() + sum(want) / 6, rel=1e-5)
+    assert logs["loss_nsm"].item() == pytest.approx(sum(want) / 6, rel=1e-5)
+
+
+def test_nsm_qfm_weights_similar_pairs_with_distant_labels_by_hand():
+    tau, w = 0.5, 3.0
+    angles = [0, 90, 10]                  # images 0 and 2: nearly the same features, labels 1.0 apart
+    z = _deg(*angles)
+    d = L.label_distance(Q)
+    weights, noise = L.nsm_qfm(z, z, d, gamma2=0.7, weight=w)
+    # off-diagonal cosines 0, cos10, 0, cos80, cos10, cos80: threshold mean + std = 0.819; only
+    # (0, 2) and (2, 0) exceed it with d > 0.7; (1, 2) has d = 0.9 but cos80 = 0.17
+    assert noise.nonzero().tolist() == [[0, 2], [2, 0]]
+    assert weights[0, 2].item() == w and weights[1, 2].item() == 1.0
+    c = [[_cos(a, b) for b in angles] for a in angles]
+    inter = (_nce([c[0][0], c[0][1]], [(c[0][2], w)], tau) + _nce([c[1][0], c[1][1]], [(c[1][2], 1)], tau)
+             + _nce([c[2][2]], [(c[2][0], w), (c[2][1], 1)], tau)) / 3           # S->L; L->S is the same here
+    _, logs = L.scl_loss(z, z, Q, tau=tau, qfm_weight=w)
+    assert logs["loss_inter"].item() == pytest.approx(inter, rel=1e-5)
+    assert logs["nsm_noise"].item() == pytest.approx(2 / 9)
+    _, plain = L.scl_loss(z, z, Q, tau=tau)
+    assert L.scl_loss(z, z, Q, tau=tau, qfm_weight=1.0)[1]["loss_inter"].item() == pytest.approx(
+        plain["loss_inter"].item(), rel=1e-6)
+
+
+def test_nsm_choices_reach_the_loss():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 96, 96)
+    for kind, keys in [("pooled", ["noise"]), ("regional_weight", ["noise"]), ("regional", ["regions"]),
+                       ("qfm", ["qfm_weight"]), ("off", [])]:
+        m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind}))
+        e = m.encode(x)
+        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
+        args = m.nsm_args(e, zs, zl, tokens)
+        assert list(args) == keys
+        if kind == "regional_weight":        # the earlier 'regional': noise regions only weight the pooled pair
+            rs, rl = m.region_embeddings(e, *tokens)
+            assert torch.equal(args["noise"], L.nsm_regional(rs, rl, 0.25)[0])
+        if kind == "regional":
+            assert args["regions"][0].shape == (4, 36, 128) and args["regions"][2].dtype == torch.bool
+
+
+# ---- SCL features: each scale's own branch ---------------------------------------------------------
+def test_branch_patch_mean_ignores_the_other_branch():
+    torch.manual_seed(0)
+    x, x2 = torch.randn(2, 3, 3, 96, 96)
+
+    def embed(m, large_input):           # per-branch inputs: the small branch always sees x
+        views = (x, large_input)
+        with torch.no_grad():
+            return m.scl_embeddings(m.encode(views), views)[:2]
+    m = create_model(make_config("smoke", "csfiqa")).eval()
+    assert m.c.scl_pool == "branch_patch_mean"
+    (zs1, zl1), (zs2, zl2) = embed(m, x), embed(m, x2)
+    assert torch.equal(zs1, zs2) and not torch.allclose(zl1, zl2)
+    for pool in ("cls", "mean"):         # the joint pass: the other branch reaches the small scale
+        old = create_model(make_config("smoke", "csfiqa", {"csfiqa.scl_pool": pool})).eval()
+        assert (embed(old, x)[0] - embed(old, x2)[0]).abs().max() > 0
+    # before the first fusion the branch alone and the joint pass agree
+    with torch.no_grad():
+        blocks, _ = m._crossvit(x, x2)
+        torch.testing.assert_close(m.branch_alone(0, x, 0)[:, 1:], blocks[0][0][:, 1:])
+        torch.testing.assert_close(m.branch_alone(1, x2, 0)[:, 1:], blocks[0][1][:, 1:])
+
+
 # ---- AFS ---------------------------------------------------------------------------------------------
 def test_topk_keeps_exactly_k_and_dense_when_all():
     torch.manual_seed(0)
@@ -119,9 +226,16 @@ SWITCHES = [
     {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": False},
     {"csfiqa.afs_scope": "per_scale"}, {"csfiqa.ic": "off"}, {"csfiqa.ic": "trainable_block"},
     {"csfiqa.ic": "llama_residual"}, {"csfiqa.ic_tokens": "all"}, {"csfiqa.ic_tokens": "cls"},
-    {"csfiqa.decoder": "linear"}, {"csfiqa.scale_mode": "crop"}, {"csfiqa.scale_mode": "crop_per_branch"},
+    {"csfiqa.decoder": "linear"},
+    # pinned to the earlier independent crops (their call log below is that choice's)
+    {"csfiqa.scale_mode": "crop", "csfiqa.crop_nesting": "independent"},
+    {"csfiqa.scale_mode": "crop_per_branch", "csfiqa.crop_nesting": "independent"},
     {"csfiqa.scale_mode": "single"}, {"csfiqa.scl_layer": "middle", "csfiqa.scl_pool": "mean"},
     {"csfiqa.proj_dim": 0}, {"csfiqa.infonce": "supcon", "csfiqa.label_distance": "rank"},
+    {"csfiqa.scale_mode": "crop"}, {"csfiqa.scale_mode": "crop_per_branch", "csfiqa.nsm": "qfm"},
+    {"csfiqa.nsm": "qfm"}, {"csfiqa.nsm": "regional_weight"}, {"csfiqa.scl_pool": "cls"},
+    {"csfiqa.nsm": "regional", "csfiqa.scl_pool": "mean", "csfiqa.scl_layer": "middle"},
+    {"csfiqa.ic_norm": "llama_final_norm"}, {"csfiqa.ic": "llama_residual", "csfiqa.ic_norm": "llama_final_norm"},
 ]
 
 
@@ -137,6 +251,11 @@ class FakeSampler:
         self.calls.append(("resized", ratio, size))
         return torch.randn(len(idx), 3, size, size, generator=generator)
 
+    def nested_crops(self, idx, ratio_small, ratio_large, size, flip=False, generator=None):
+        self.calls.append(("nested", ratio_small, ratio_large, size))
+        x = torch.randn(2, len(idx), 3, size, size, generator=generator)
+        return x[0], x[1], torch.zeros(len(idx), 2, 4)
+
 
 @pytest.mark.parametrize("ov", SWITCHES, ids=lambda o: ",".join(f"{k[7:]}={v}" for k, v in o.items()) or "default")
 def test_switch_forward_backward(ov):
@@ -146,8 +265,11 @@ def test_switch_forward_backward(ov):
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0.1, 0.15, 0.5, 0.9, 0.95, 0.3])
     batch = m.train_batch(s, torch.arange(6), y, g)
-    if ov.get("csfiqa.scale_mode") in ("crop", "crop_per_branch"):
+    crop = ov.get("csfiqa.scale_mode") in ("crop", "crop_per_branch")
+    if crop and ov.get("csfiqa.crop_nesting") == "independent":
         assert s.calls == [("resized", 0.2, 96), ("resized", 0.4, 96)] and batch["x"].shape == (6, 2, 3, 96, 96)
+    elif crop:
+        assert s.calls == [("nested", 0.2, 0.4, 96)] and batch["x"].shape == (6, 2, 3, 96, 96)
     else:
         assert s.calls == [("random", 96)]
     loss, logs = m.loss(batch)
@@ -216,3 +338,10 @@ def test_full_size_cost_matches_reviews():
     assert r["params_frozen"] == 202_387_456 + 0        # the LLaMA-7B block (attention + SwiGLU + 2 RMSNorms)
     assert 30e6 < r["params_trainable"] < 35e6
     assert abs(r["macs"] - 45e9) / 45e9 < 0.1
+
+
+def test_new_choices_are_checked_where_the_config_is_made():
+    for bad in ({"csfiqa.scl_pool": "prefusion"}, {"csfiqa.ic_norm": "none"}, {"csfiqa.crop_nesting": "centre"},
+                {"csfiqa.nsm": "regional_weight", "csfiqa.scale_mode": "crop"}, {"csfiqa.nsm_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "csfiqa", bad)

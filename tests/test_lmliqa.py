@@ -1,15 +1,23 @@
 """LML-IQA: the local-manifold losses on hand-computed cases, saliency, EMA teacher, every switch."""
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from iqa_utils.config import make_config
+from iqa_utils.config import ConfigError, make_config
+from iqa_utils.data.splits import make_split
+from iqa_utils.engine import TrainingInterrupted, train_run
 from iqa_utils.losses import local_manifold_loss, local_manifold_two_term
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.lmliqa import (LMLIQA, cls_attention, decoder_attention, salient_crop,
                                      spectral_residual)
 from iqa_utils.models.registry import create_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import tiny_manifest  # noqa: E402
 
 TAU = 0.5
 
@@ -53,6 +61,26 @@ def test_intra_inter_switches_drop_exactly_their_terms():
     # a different positive changes the value (the positive column is really POS)
     assert local_manifold_loss(ANCHOR, CROPS, 1 - POS, TAU).item() != pytest.approx(
         local_manifold_loss(ANCHOR, CROPS, POS, TAU).item())
+
+
+def test_queue_negatives_in_the_denominator_by_hand():
+    queue = torch.stack([_unit(45), _unit(270), _unit(10)])
+    valid = torch.tensor([[True, False, False],            # image 0: entry 1 is a crop of image 0 itself
+                          [True, True, False]])            # entry 2: an empty slot for both
+    l0 = -math.log(_e(0, 120) / (_e(0, 120) + _e(0, 30) + _e(0, 200) + _e(0, 60) + _e(0, 45)))
+    l1 = -math.log(_e(90, 200) / (_e(90, 200) + _e(90, 60) + _e(90, 30) + _e(90, 120)
+                                  + _e(90, 45) + _e(90, 270)))
+    got = local_manifold_loss(ANCHOR, CROPS, POS, TAU, queue=queue, queue_valid=valid)
+    assert got.item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    # the queue holds inter-image negatives: gone with inter=False
+    assert local_manifold_loss(ANCHOR, CROPS, POS, TAU, inter=False, queue=queue, queue_valid=valid).item() == \
+        pytest.approx(local_manifold_loss(ANCHOR, CROPS, POS, TAU, inter=False).item())
+    # two_term: extra negatives of the pull term (non-salient c_00 of image 0, c_11 of image 1)
+    aug = torch.stack([_unit(110), _unit(190)])
+    pull = (-math.log(_e(30, 120) / (_e(30, 120) + _e(30, 200) + _e(30, 60) + _e(30, 45)))
+            - math.log(_e(60, 200) / (_e(60, 200) + _e(60, 30) + _e(60, 120) + _e(60, 45) + _e(60, 270)))) / 2
+    got = local_manifold_two_term(CROPS, POS, aug, TAU, intra=False, queue=queue, queue_valid=valid)
+    assert got.item() == pytest.approx(pull, rel=1e-5)
 
 
 def test_two_term_hand_computed():
@@ -133,9 +161,13 @@ class FakeSampler:
     def global_views(self, idx, size):
         return torch.randn(len(idx), 3, size, size, generator=self.g)
 
-    def crops_with_boxes(self, idx, k, size, generator=None, mode="native"):
+    def crops_with_boxes(self, idx, k, size, generator=None, mode="native", flip=False, max_iou=1.0):
         boxes = torch.rand(len(idx), k, 4, generator=self.g) * 0.5
         return torch.randn(len(idx), k, 3, size, size, generator=self.g), boxes
+
+    def crops_at(self, idx, centres, size, flip=False, generator=None):
+        assert centres.shape == (len(idx), 2) and ((centres >= 0) & (centres <= 1)).all()
+        return torch.randn(len(idx), 3, size, size, generator=self.g)
 
 
 def _step(m, opt=None):
@@ -195,6 +227,9 @@ def test_budget_and_views():
     {"inter_negatives": False}, {"mutual": "pred_consistency"}, {"mutual": "off"},
     {"proj_dim": 0, "proj_source": "patch_mean"}, {"proj_source": "decoder"}, {"crop_mode": "multiscale"},
     {"budget": "extra", "k_crops": 2}, {"eval_branch": "teacher"}, {"eval_branch": "mean"},
+    {"anchor": "native_crop"}, {"anchor": "native_crop", "saliency": "random"},
+    {"anchor": "native_crop", "saliency": "spectral_residual"}, {"queue_size": 64},
+    {"queue_size": 64, "loss_form": "two_term"}, {"max_iou": 1.0, "flip_crops": False},
 ])
 def test_every_switch_trains_and_infers(over):
     m = _tiny(**over)
@@ -236,3 +271,85 @@ def test_eval_branch_mean_and_gradcam_hooks():
 def test_unknown_switch_is_an_error():
     with pytest.raises(ValueError, match="saliency"):
         _tiny(saliency="gradcam")
+
+
+def test_crops_flip_and_overlap_limit_reach_the_sampler():
+    seen = {}
+
+    class Recording(FakeSampler):
+        def crops_with_boxes(self, idx, k, size, generator=None, mode="native", flip=False, max_iou=1.0):
+            seen.update(flip=flip, max_iou=max_iou)
+            return super().crops_with_boxes(idx, k, size, generator, mode)
+    idx, y, g = torch.arange(8), torch.linspace(0, 1, 8), torch.Generator().manual_seed(0)
+    _tiny().train_batch(Recording(), idx, y, g)
+    assert seen == {"flip": True, "max_iou": 0.5}
+    _tiny(flip_crops=False, max_iou=1.0).train_batch(Recording(), idx, y, g)
+    assert seen == {"flip": False, "max_iou": 1.0}
+
+
+def test_native_crop_anchor_centred_on_the_saliency_peak():
+    centres = []
+
+    class Recording(FakeSampler):
+        def crops_at(self, idx, c, size, flip=False, generator=None):
+            centres.append(c)
+            return super().crops_at(idx, c, size, flip, generator)
+    m = _tiny(anchor="native_crop")
+    b = m.train_batch(Recording(), torch.arange(16), torch.linspace(10, 90, 16), torch.Generator().manual_seed(0))
+    M = b["crops"].shape[0]
+    assert b["anchor_x"].shape == (M, 3, 64, 64) and b["sal_map"].shape == (M, 8, 8)
+    sal = m.saliency(b["glob"])
+    assert torch.equal(sal, b["sal_map"])
+    r, c = divmod(sal[0].flatten().argmax().item(), 8)
+    assert centres[0][0].tolist() == pytest.approx([(r + 0.5) / 8, (c + 0.5) / 8])
+    loss, logs = m.loss(b)
+    assert torch.isfinite(loss) and logs["loss_con"] > 0
+
+
+def test_queue_fills_wraps_and_skips_own_image():
+    m = _tiny(queue_size=10, k_crops=4, con_share=0.5)      # M = 2 images x 4 crops = 8 entries per step
+    assert m.queue.shape == (10, 128) and m.queue_img.tolist() == [-1] * 10
+    assert {"queue", "queue_img", "queue_ptr"} <= set(m.state_dict())
+    first, img1 = None, None
+    for step in range(2):
+        b, _, _ = _step(m)
+        z, img = m._pending[0]
+        assert z.shape == (8, 128) and not z.requires_grad
+        m.after_step()
+        assert m._pending == []
+        if step == 0:
+            first, img1 = z.clone(), img.clone()
+            assert m.queue_ptr.item() == 8 and torch.equal(m.queue[:8], first)
+            assert m.queue_img[:8].tolist() == b["idx_con"].repeat_interleave(4).tolist()
+            assert m.queue_img[8:].tolist() == [-1, -1]
+    # the second step's 8 entries went to slots 8, 9, 0, ..., 5; slots 6, 7 still hold step 1's last two
+    assert m.queue_ptr.item() == 6
+    assert torch.equal(m.queue[[8, 9, 0, 1, 2, 3, 4, 5]], z) and torch.equal(m.queue[6:8], first[6:8])
+    # an anchor image's own queued crops are left out of its negatives
+    valid = m._queue_args(torch.tensor([int(img1[7]), 999]))["queue_valid"]
+    assert not valid[0, 7] and valid[1].all()
+
+
+@pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
+def test_queue_resumes_bit_identically(tmp_path):
+    data = tiny_manifest(tmp_path / "data", n=20)
+    cfg = make_config("smoke", "lmliqa", {
+        "data.crop_size": 32, "data.crops_train": 4, "data.crops_test": 2, "train.global_batch": 8,
+        "train.epochs": 3, "train.warmup_epochs": 1, "train.decay_epochs": 2, "train.num_threads": 2,
+        "lmliqa.k_crops": 2, "lmliqa.queue_size": 16})
+    split = make_split(data, 1)
+    full = train_run(cfg, data, split, tmp_path / "full", progress=False)
+    with pytest.raises(TrainingInterrupted):
+        train_run(cfg, data, split, tmp_path / "cut", progress=False, stop_after_epoch=1)
+    resumed = train_run(cfg, data, split, tmp_path / "cut", progress=False)
+    assert resumed["epochs"] == full["epochs"] and resumed["predictions"] == full["predictions"]
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (a["queue_img"] >= 0).all() and a["queue"].abs().sum() > 0          # filled (and wrapped)
+
+
+def test_new_fields_are_checked_where_the_config_is_made():
+    for bad in ({"lmliqa.max_iou": 0.0}, {"lmliqa.max_iou": 1.5}, {"lmliqa.queue_size": -1},
+                {"lmliqa.anchor": "salient_crop"}, {"lmliqa.flip_crops": "yes"}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "lmliqa", bad)

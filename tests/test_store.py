@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from iqa_utils.data.manifest import DatasetError, Manifest
-from iqa_utils.data.store import IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore, working_size
+from iqa_utils.data.store import (IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore, box_iou, spread_boxes,
+                                   working_size)
 
 SIZES = [(120, 200), (200, 150), (100, 100), (160, 130)]  # (H, W), all < 256 so R/G hold positions
 
@@ -262,3 +263,68 @@ def test_unreadable_and_missing_files_raise(tmp_path):
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(DatasetError, match="img0.png"):
         ImageStore.from_manifest(m.subset([0]), resize_mode="native", progress=False)
+
+
+def test_nested_crops_small_is_a_resized_window_of_large(store):
+    sampler = CropSampler(store)
+    idx = torch.zeros(40, dtype=torch.long)                      # image 0: 120 x 200, short side 120
+    small, large, boxes = sampler.nested_crops(idx, 0.25, 0.5, 60, flip=True,
+                                               generator=torch.Generator().manual_seed(0))
+    assert small.shape == large.shape == (40, 3, 60, 60) and boxes.shape == (40, 2, 4)
+    n_flipped = 0
+    for k in range(len(idx)):
+        (st, sl, sh, _), (lt, ll, lh, _) = [[round(v * n) for v, n in zip(b.tolist(), (120, 200, 120, 200))]
+                                            for b in boxes[k]]
+        assert (sh, lh) == (30, 60) and lt <= st and ll <= sl and st + 30 <= lt + 60 and sl + 30 <= ll + 60
+        L_, S_ = _to_u8(large[k]), _to_u8(small[k])
+        flipped = bool(L_[1, 0, 0] > L_[1, 0, -1])               # coded columns run backwards
+        n_flipped += flipped
+        ref = store[0][:, lt:lt + 60, ll:ll + 60].long()
+        assert torch.equal(L_, ref.flip(-1) if flipped else ref)  # the large crop: an exact 60 px slice
+        a, b = st - lt, (60 - (sl - ll) - 30) if flipped else sl - ll   # the window inside the large crop
+        want = F.interpolate(L_[None, :, a:a + 30, b:b + 30].float(), size=(60, 60), mode="bilinear",
+                             align_corners=False)[0]
+        assert (S_.float() - want).abs().max() <= 1
+    assert 5 < n_flipped < 35
+
+
+def test_crops_with_boxes_iou_limit_and_flips(store):
+    sampler = CropSampler(store)
+    idx = torch.tensor([0, 1, 3] * 4)          # room for 4 crops of 48 px at IoU <= 0.3 (10 draws each)
+    crops, boxes = sampler.crops_with_boxes(idx, 4, 48, torch.Generator().manual_seed(3), flip=True,
+                                            max_iou=0.3)
+    n_flipped = 0
+    for a, i in enumerate(idx.tolist()):
+        H, W = SIZES[i]
+        px = [[round(v * n) for v, n in zip(b.tolist(), (H, W, H, W))] for b in boxes[a]]
+        ious = [box_iou(px[p], px[q]) for p in range(4) for q in range(p + 1, 4)]
+        assert max(ious) <= 0.3                                   # every pair, so whichever is the positive
+        for b, (t, l, _, _) in enumerate(px):
+            u, ref = _to_u8(crops[a, b]), store[i][:, t:t + 48, l:l + 48].long()
+            flipped = bool(u[1, 0, 0] > u[1, 0, -1])
+            n_flipped += flipped
+            assert torch.equal(u, ref.flip(-1) if flipped else ref)   # mirror of the box's pixels
+    assert 10 < n_flipped < 38
+    # max_iou = 1 and no flips: the earlier draw, bit for bit
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    a = sampler.crops_with_boxes(idx, 4, 48, g1)
+    b = sampler.crops_with_boxes(idx, 4, 48, g2, flip=False, max_iou=1.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_spread_boxes_keeps_least_overlapping_when_none_fits():
+    same = (0, 0, 10, 10)
+    # one image, crop 0: its first draw; crop 1: four draws overlapping it by IoU 1, 0.67, 0.43, 0.54
+    boxes = [same, same, same, same, same, (0, 2, 10, 10), (0, 4, 10, 10), (0, 3, 10, 10)]
+    assert box_iou(same, (0, 4, 10, 10)) == pytest.approx(60 / 140)
+    assert spread_boxes(boxes, n=1, k=2, tries=4, max_iou=0.2) == [0, 6]    # none fits: the least overlap
+    assert spread_boxes(boxes, n=1, k=2, tries=4, max_iou=0.6) == [0, 6]    # the first that fits
+    assert spread_boxes(boxes, n=1, k=2, tries=4, max_iou=0.55) == [0, 6]
+    assert spread_boxes(boxes, n=1, k=2, tries=4, max_iou=0.7) == [0, 5]
+    assert spread_boxes(boxes, n=1, k=2, tries=4, max_iou=1.0) == [0, 4]
+
+
+def test_crops_at_centres(store):
+    sampler = CropSampler(store)
+    x = sampler.crops_at(torch.tensor([0, 0, 1]), torch.tensor([[0.5, 0.5], [0.0, 1.0], [0.3, 0.4]]), 40)
+    assert [_where(_to_u8(c)) for c in x] == [(40, 80), (0, 160), (40, 40)]   # centred, clamped into the image

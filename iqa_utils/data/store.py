@@ -162,6 +162,35 @@ def _axis_positions(count: int, span: int) -> list[int]:
     return [round(span * k / (count - 1)) for k in range(count)]
 
 
+# candidate positions drawn per crop when the crops of an image must not overlap much (crops_with_boxes)
+IOU_REDRAWS = 10
+
+
+def box_iou(a, b) -> float:
+    """IoU of two (top, left, height, width) boxes."""
+    ih = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    iw = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(ih, 0) * max(iw, 0)
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def spread_boxes(boxes: list, n: int, k: int, tries: int, max_iou: float) -> list[int]:
+    """Indices into `boxes` (n images x k crops x `tries` candidates, in that order) of k crops per image
+    whose pairwise IoU is at most max_iou: per crop, the first candidate within the limit of every crop
+    already chosen for the image; if none is, the candidate whose largest IoU with them is smallest
+    (ties to the earlier draw). Deterministic given the candidates."""
+    keep = []
+    for i in range(n):
+        chosen = []
+        for c in range(k):
+            first = (i * k + c) * tries
+            worst = [max((box_iou(boxes[first + t], boxes[j]) for j in chosen), default=0.0) for t in range(tries)]
+            ok = [t for t in range(tries) if worst[t] <= max_iou]
+            chosen.append(first + (ok[0] if ok else min(range(tries), key=worst.__getitem__)))
+        keep += chosen
+    return keep
+
+
 class CropSampler:
     """Crops from an ImageStore as float32 tensors normalised by mean/std, on `device`.
 
@@ -247,16 +276,55 @@ class CropSampler:
         flips = self._draw_flips(len(idx), flip, generator)
         return self.normalise(torch.stack(self._cut(idx, tops, lefts, [size] * len(idx), [size] * len(idx), flips)))
 
+    @staticmethod
+    def _sides(h, w, ratio: float) -> torch.Tensor:
+        """Square crop side round(ratio * min(H, W)), at least 1 and at most the short side."""
+        short = torch.minimum(h, w)
+        return torch.minimum((short.double() * ratio).round().long().clamp_(min=1), short)
+
     def resized_crops(self, idx, ratio: float, size: int, flip: bool = False,
                       generator: torch.Generator | None = None):
         """A random square crop of side round(ratio * min(H, W)), resized to size: (N, 3, s, s)."""
         idx = self._idx(idx)
         h, w = self._hw(idx)
-        side = (torch.minimum(h, w).double() * ratio).round().long().clamp_(min=1)
-        side = torch.minimum(side, torch.minimum(h, w))
+        side = self._sides(h, w, ratio)
         tops, lefts = self._random_pos(h, w, side, side, generator)
         flips = self._draw_flips(len(idx), flip, generator)  # bilinear resizing commutes with mirroring
         return self._resize_group(self._cut(idx, tops, lefts, side.tolist(), side.tolist(), flips), size)
+
+    def nested_crops(self, idx, ratio_small: float, ratio_large: float, size: int, flip: bool = False,
+                     generator: torch.Generator | None = None):
+        """The same content at two scales: a random square crop of side ratio_large * min(H, W), and one of
+        side ratio_small * min(H, W) at a uniform position inside it; both resized to size and mirrored
+        together (so the small crop stays a sub-window of the large one). Returns small (N, 3, s, s),
+        large (N, 3, s, s) and boxes (N, 2, 4): (top, left, height, width) / (H, W, H, W) of small, large."""
+        idx = self._idx(idx)
+        h, w = self._hw(idx)
+        big = self._sides(h, w, ratio_large)
+        small = torch.minimum(self._sides(h, w, ratio_small), big)
+        tops, lefts = self._random_pos(h, w, big, big, generator)
+        dt, dl = self._random_pos(big, big, small, small, generator)
+        s_tops, s_lefts = [t + a for t, a in zip(tops, dt)], [l + b for l, b in zip(lefts, dl)]
+        flips = self._draw_flips(len(idx), flip, generator)
+        xs = self._resize_group(self._cut(idx, s_tops, s_lefts, small.tolist(), small.tolist(), flips), size)
+        xl = self._resize_group(self._cut(idx, tops, lefts, big.tolist(), big.tolist(), flips), size)
+        rel = torch.stack([h, w, h, w], 1).double()
+        boxes = torch.stack([torch.stack([torch.tensor(s_tops), torch.tensor(s_lefts), small, small], 1) / rel,
+                             torch.stack([torch.tensor(tops), torch.tensor(lefts), big, big], 1) / rel], 1)
+        return xs, xl, boxes.float().to(self.device)
+
+    def crops_at(self, idx, centres: torch.Tensor, size: int, flip: bool = False,
+                 generator: torch.Generator | None = None):
+        """size x size crops at the stored resolution centred on `centres` (N, 2) = (y, x) / (H, W),
+        shifted where needed to lie inside the image: (N, 3, s, s)."""
+        idx = self._idx(idx)
+        self._check_fits(idx, size)
+        h, w = self._hw(idx)
+        c = centres.detach().double().cpu().view(-1, 2)
+        tops = torch.minimum((c[:, 0] * h - size / 2).round().long().clamp(min=0), h - size).tolist()
+        lefts = torch.minimum((c[:, 1] * w - size / 2).round().long().clamp(min=0), w - size).tolist()
+        flips = self._draw_flips(len(idx), flip, generator)
+        return self.normalise(torch.stack(self._cut(idx, tops, lefts, [size] * len(idx), [size] * len(idx), flips)))
 
     def global_views(self, idx, size: int):
         """The whole image resized to size x size (aspect not kept): (N, 3, s, s)."""
@@ -264,27 +332,36 @@ class CropSampler:
         return self._resize_group([self.store.images[i] for i in idx], size)
 
     def crops_with_boxes(self, idx, k: int, size: int, generator: torch.Generator | None = None,
-                         mode: str = "native"):
+                         mode: str = "native", flip: bool = False, max_iou: float = 1.0):
         """k random crops per image and where they lie.
 
         mode "native": size x size crops at the stored resolution; "multiscale": square crops with a
-        random side in [0.3, 1.0] x the short side, resized to size (LML-IQA D4).
+        random side in [0.3, 1.0] x the short side, resized to size (LML-IQA D4). max_iou < 1: any two
+        crops of an image overlap by at most that IoU, each crop chosen among IOU_REDRAWS draws
+        (`spread_boxes`; when no draw fits, the least-overlapping one is kept). flip: random horizontal
+        flips, drawn after the positions (the boxes are those of the unflipped crops).
         Returns crops (N, k, 3, size, size) and boxes (N, k, 4) = (top, left, height, width) / (H, W, H, W).
         """
         idx = self._idx(idx)
-        rep = [i for i in idx for _ in range(k)]
-        h, w = self._hw(rep)
         if mode == "native":
             self._check_fits(idx, size)
-            side = torch.full_like(h, size)
-        elif mode == "multiscale":
-            short = torch.minimum(h, w).double()
-            frac = 0.3 + 0.7 * torch.rand(len(rep), generator=generator, dtype=torch.float64)
-            side = (short * frac).round().long().clamp_(min=1)
-        else:
+        elif mode != "multiscale":
             raise ValueError(f"unknown crop mode {mode!r}; choose native or multiscale")
+        tries = 1 if max_iou >= 1 else IOU_REDRAWS
+        rep = [i for i in idx for _ in range(k * tries)]
+        h, w = self._hw(rep)
+        if mode == "native":
+            side = torch.full_like(h, size)
+        else:
+            frac = 0.3 + 0.7 * torch.rand(len(rep), generator=generator, dtype=torch.float64)
+            side = (torch.minimum(h, w).double() * frac).round().long().clamp_(min=1)
         tops, lefts = self._random_pos(h, w, side, side, generator)
-        crops = self._cut(rep, tops, lefts, side.tolist(), side.tolist())
+        sides = side.tolist()
+        if tries > 1:
+            keep = spread_boxes(list(zip(tops, lefts, sides, sides)), len(idx), k, tries, max_iou)
+            rep, tops, lefts, sides = ([v[j] for j in keep] for v in (rep, tops, lefts, sides))
+            h, w, side = h[keep], w[keep], side[keep]
+        crops = self._cut(rep, tops, lefts, sides, sides, self._draw_flips(len(rep), flip, generator))
         x = self.normalise(torch.stack(crops)) if mode == "native" else self._resize_group(crops, size)
         boxes = torch.stack([torch.tensor(tops) / h, torch.tensor(lefts) / w, side / h, side / w], 1)
         return x.view(len(idx), k, 3, size, size), boxes.float().view(len(idx), k, 4).to(self.device)

@@ -4,20 +4,23 @@ What the paper says (v2, via the reviews and a summary): the IC is a frozen Llam
 "amplifies important details". Everything else here is a reconstruction (CSFIQA D16, D23) after
 "Frozen Transformers in Language Models Are Effective Visual Encoder Layers" (LM4VisualEncoding):
 
-    IC(X) = W2 · RMSNorm(LLaMA_l(W1 · X))        W1: d -> hidden, W2: hidden -> d, both bias-free
+    IC(X) = LN(W2 · RMSNorm(LLaMA_l(W1 · X)))    W1: d -> hidden, W2: hidden -> d, both bias-free
 
 - LLaMA_l is `transformers.LlamaDecoderLayer` (never remote code), layer l = 31 of LLaMA-7B by
   default, parameters frozen (requires_grad=False) and kept in eval mode whatever `train()` says.
 - RoPE is removed: the layer gets identity position embeddings (cos = 1, sin = 0).
 - Attention is bidirectional: no mask is passed and the attention module's `is_causal` is set to
   False, because transformers' sdpa path otherwise falls back to a causal kernel when the mask is None.
-- The checkpoint's final RMSNorm (`model.norm`) follows the layer (D16: LM4VisualEncoding keeps the
-  last layer's output normalised before its output map; whether CSFIQA does is [unknown]).
+- Norms (D16, `ic_norm`): "reference" follows LM4VisualEncoding's code, which loads only the decoder
+  layers, so its final RMSNorm keeps its unit gain (it still normalises), and applies the ViT's
+  LayerNorm after mapping back to d: RMSNorm(gain 1), then a trainable LayerNorm(d) after W2, so the
+  decoder reads normalised tokens. "llama_final_norm" (the kit's earlier arrangement): the checkpoint's
+  `model.norm` gain, no norm after W2. Whether CSFIQA does either is [unknown].
 - Variants (`mode`): "llama", "llama_residual" (X + IC(X)), "trainable_block" (a small trainable
   pre-norm Transformer block at the visual width d, the ablation reviewers asked for), "off".
 
-`load_llama_layer` reads only that layer's tensors (+ `model.norm.weight`) from a sharded safetensors
-checkpoint, so a 7B model is never built or downloaded whole.
+`load_llama_layer` reads only that layer's tensors (+ `model.norm.weight` when asked) from a sharded
+safetensors checkpoint, so a 7B model is never built or downloaded whole.
 """
 from __future__ import annotations
 
@@ -90,10 +93,11 @@ def _weight_map(source: str) -> tuple[dict, dict, callable, str]:
     return config, weight_map, fetch, str(index)
 
 
-def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
+def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16, final_norm: bool = True):
     """(LlamaDecoderLayer, final LlamaRMSNorm) of `source`, a local checkpoint folder (config.json +
     model.safetensors.index.json + shards, or one model.safetensors) or a hub repo id; reads only the
-    tensors of layer `layer_idx` and `model.norm.weight`, from only the shards that hold them."""
+    tensors of layer `layer_idx` and (final_norm) `model.norm.weight`, from only the shards that hold
+    them. Without final_norm the RMSNorm keeps its unit gain, as LM4VisualEncoding's loader leaves it."""
 
     config, wmap, fetch, where = _weight_map(str(source))
     if config.get("model_type", "llama") != "llama":
@@ -108,7 +112,8 @@ def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
         layer = LlamaDecoderLayer(cfg, layer_idx)
         norm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
     wanted = {f"{prefix}layers.{layer_idx}.{k}": ("layer", k) for k in layer.state_dict()}
-    wanted[f"{prefix}norm.weight"] = ("norm", "weight")
+    if final_norm:
+        wanted[f"{prefix}norm.weight"] = ("norm", "weight")
     missing = [k for k in wanted if k not in wmap]
     if missing:
         raise WeightsError(f"{where} does not list {missing[:4]} (layer {layer_idx} or the final norm)")
@@ -124,6 +129,8 @@ def load_llama_layer(source: str, layer_idx: int = 31, dtype=torch.bfloat16):
                     raise WeightsError(f"{path} does not hold {k} although {where} says it does")
                 sds[part][name] = f.get_tensor(k).to(dtype)
     layer.load_state_dict(sds["layer"], strict=True, assign=True)
+    if not final_norm:
+        sds["norm"]["weight"] = torch.ones(cfg.hidden_size, dtype=dtype)
     norm.load_state_dict(sds["norm"], strict=True, assign=True)
     return _make_bidirectional(layer), norm
 
@@ -144,10 +151,10 @@ class TrainableBlock(nn.Module):
 
 class InformationConcentrator(nn.Module):
     """IC(X) on tokens (B, N, d) -> (B, N, d); see the module docstring. `layer`/`norm` come from
-    `load_llama_layer` or `build_llama_layer` for the llama modes."""
+    `load_llama_layer` or `build_llama_layer` for the llama modes; `ic_norm` is the norm arrangement."""
 
     def __init__(self, dim: int, mode: str = "llama", layer: nn.Module | None = None,
-                 norm: nn.Module | None = None, num_heads: int = 4):
+                 norm: nn.Module | None = None, num_heads: int = 4, ic_norm: str = "reference"):
         super().__init__()
         self.mode = mode
         if mode.startswith("llama"):
@@ -158,6 +165,13 @@ class InformationConcentrator(nn.Module):
             self.w2 = nn.Linear(hidden, dim, bias=False)
             self.llama = layer
             self.llama_norm = norm if norm is not None else nn.Identity()
+            if ic_norm == "reference":
+                if norm is not None:
+                    with torch.no_grad():
+                        norm.weight.fill_(1.0)          # unit gain: LM4VisualEncoding never loads model.norm
+                self.out_norm = nn.LayerNorm(dim, eps=1e-6)
+            else:
+                self.out_norm = nn.Identity()
             for p in list(self.llama.parameters()) + list(self.llama_norm.parameters()):
                 p.requires_grad_(False)
             self.llama.eval()
@@ -194,13 +208,13 @@ class InformationConcentrator(nn.Module):
         if self.mode == "trainable_block":
             return self.block(x)
         h = self._llama(self.w1(x))
-        y = self.w2(h.to(self.w2.weight.dtype))
+        y = self.out_norm(self.w2(h.to(self.w2.weight.dtype)))
         return x + y if self.mode == "llama_residual" else y
 
 
 def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = None, layer_idx: int = 31,
                        tiny: bool = True, dtype: str = "auto", num_heads: int = 4, seed: int = 0,
-                       device=None) -> InformationConcentrator:
+                       device=None, ic_norm: str = "reference") -> InformationConcentrator:
     """The IC a config asks for. llama modes: `weights` (folder or hub id) -> the real layer; else a tiny
     random layer when `tiny` (smoke); else a WeightsError saying how to get the weights.
     dtype "auto": bfloat16 for real weights (the 202M frozen parameters, ~0.4 GB), float32 for the tiny layer."""
@@ -210,7 +224,7 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
         dtype = "bfloat16" if weights else "float32"
     dt = _DTYPES[dtype]
     if weights:
-        layer, norm = load_llama_layer(weights, layer_idx, dtype=dt)
+        layer, norm = load_llama_layer(weights, layer_idx, dtype=dt, final_norm=ic_norm == "llama_final_norm")
     elif device is not None and str(device) == "meta":
         layer, norm = build_llama_layer(LLAMA_7B, layer_idx, dtype=dt, device="meta")
     elif tiny:
@@ -218,4 +232,4 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
     else:
         raise WeightsError(f"csfiqa.ic_weights: csfiqa.ic={mode!r} at full size needs the LLaMA-7B weights; "
                            f"{HOW_TO_DOWNLOAD} (a folder with config.json, the index and the shards).")
-    return InformationConcentrator(dim, mode, layer, norm)
+    return InformationConcentrator(dim, mode, layer, norm, ic_norm=ic_norm)

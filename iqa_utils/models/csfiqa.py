@@ -11,9 +11,11 @@ component as the IC, 233M params / 45G MACs. Everything else is a reconstruction
 - scale_mode (D4): "branch" - CrossViT's 12-px branch is the small scale, its 16-px branch the large
   one; "crop" - a 0.2 and a 0.4 image-side crop, each resized to the input size and encoded by the whole
   CrossViT (the scale's tokens are the 16-px branch of that crop); "crop_per_branch" - small crop into
-  the 12-px branch, large crop into the 16-px branch, one pass; "single" - large branch only.
-- SCL features (D5, D6): per-scale CLS (or mean) of the output of block l (before the final norm),
-  2-layer MLP projector, L2 norm.
+  the 12-px branch, large crop into the 16-px branch, one pass; "single" - large branch only. In the crop
+  modes the small training crop lies inside the large one (crop_nesting, D4), as the test views do.
+- SCL features (D5, D6): per scale, the mean patch token after multi-scale block l of the scale's branch
+  run alone (no cross-branch fusion), or the CLS / mean patch token of the joint pass (before the final
+  norm); 2-layer MLP projector, L2 norm. NSM (D13): pooled pair, region-level InfoNCE, or QFM weights.
 - SFA (D14, D15, D17): pre-norm multi-head self-attention with top-k masking over the joint tokens of
   both scales (small tokens linearly mapped to the large width), then the IC on the large-scale tokens;
   the decoder reads the IC output (memory = its patch tokens, query CLS = its CLS token).
@@ -158,7 +160,7 @@ class CSFIQA(IQAModel):
         else:                                               # per_scale
             self.afs = nn.ModuleList([SelectiveAttention(d1, heads, ratio), SelectiveAttention(d1, heads, ratio)])
         self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
-                                     dtype=c.ic_dtype, num_heads=heads, device=device)
+                                     dtype=c.ic_dtype, num_heads=heads, device=device, ic_norm=c.ic_norm)
         self.decoder = PanelDecoder(d1, heads) if c.decoder == "panel" else nn.Linear(d1, 1)
         self.proj_large = _projector(d1, c.proj_dim)
         self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
@@ -182,25 +184,34 @@ class CSFIQA(IQAModel):
                         nn.init.zeros_(m.bias)
 
     # ---- encoder ----------------------------------------------------------------------------------
-    def _embed(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        enc, out = self.encoder, []
-        for i, (pe, x) in enumerate(zip(enc.patch_embed, xs)):
-            if x.shape[-2:] != pe.img_size:
-                x = F.interpolate(x, size=pe.img_size, mode="bicubic", align_corners=False)
-            t = pe(x)
-            cls = getattr(enc, f"cls_token_{i}").expand(t.shape[0], -1, -1)
-            out.append(enc.pos_drop(torch.cat([cls, t], 1) + getattr(enc, f"pos_embed_{i}")))
-        return out
+    def _embed_branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Branch i's input tokens (CLS + patches + position embedding); x is resized to its image size."""
+        enc, pe = self.encoder, self.encoder.patch_embed[i]
+        if x.shape[-2:] != pe.img_size:
+            x = F.interpolate(x, size=pe.img_size, mode="bicubic", align_corners=False)
+        t = pe(x)
+        cls = getattr(enc, f"cls_token_{i}").expand(t.shape[0], -1, -1)
+        return enc.pos_drop(torch.cat([cls, t], 1) + getattr(enc, f"pos_embed_{i}"))
 
     def _crossvit(self, x0: torch.Tensor, x1: torch.Tensor | None = None):
         """Per-block outputs [[branch0, branch1], ...] (pre-norm, with CLS) and the final normed tokens."""
-        xs = self._embed([x0, x0 if x1 is None else x1])
+        xs = [self._embed_branch(0, x0), self._embed_branch(1, x0 if x1 is None else x1)]
         blocks = []
         for blk in self.encoder.blocks:
             xs = blk(xs)
             blocks.append(xs)
         final = [norm(t) for norm, t in zip(self.encoder.norm, xs)]
         return blocks, final
+
+    def branch_alone(self, i: int, x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Branch i's tokens after multi-scale block `upto` with the other branch cut off: each block's
+        own Transformer blocks of branch i, no CLS fusion. In the joint pass only the CLS tokens are
+        fused, but the patch tokens of every later block attend to that CLS, so they carry the other
+        branch from the second block on; these do not (SCL's scale-pure features, D6)."""
+        t = self._embed_branch(i, x)
+        for blk in self.encoder.blocks[:upto + 1]:
+            t = blk.blocks[i](t)
+        return t
 
     def _views(self, x):
         """(small view, large view) for the crop modes. A 5-D (B, 2, 3, S, S) batch holds both; a plain
@@ -217,21 +228,23 @@ class CSFIQA(IQAModel):
         small = F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bicubic", align_corners=False)
         return small, x
 
+    def scale_views(self, x) -> tuple:
+        """(small view, large view): the two scales' inputs. branch/single: the crop itself for both (a
+        pair (x0, x1) feeds each branch its own input); crop modes: see `_views`."""
+        if self.c.scale_mode in ("branch", "single"):
+            return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+        return self._views(x)
+
     def encode(self, x) -> dict:
         """Token features per scale: 'blocks_small'/'blocks_large' (per block, pre-norm, CLS first),
         'small'/'large' (final, normed), 'grid_small'/'grid_large'."""
         mode = self.c.scale_mode
-        if mode in ("branch", "single"):
-            blocks, final = self._crossvit(x)
-            bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
-                self.grids[0], self.grids[1]
-        elif mode == "crop_per_branch":
-            xs, xl = self._views(x)
+        xs, xl = self.scale_views(x)
+        if mode != "crop":                                   # one pass: branch 0 = small, branch 1 = large
             blocks, final = self._crossvit(xs, xl)
             bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
                 self.grids[0], self.grids[1]
         else:   # crop: both crops through the whole encoder in one batch; a scale = the 16-px branch of its crop
-            xs, xl = self._views(x)
             blocks, final = self._crossvit(torch.cat([xs, xl]))
             b = xs.shape[0]
             bs, bl = [t[1][:b] for t in blocks], [t[1][b:] for t in blocks]
@@ -295,11 +308,15 @@ class CSFIQA(IQAModel):
 
     # ---- training ---------------------------------------------------------------------------------
     def train_batch(self, sampler, idx, y, generator):
-        if self.c.scale_mode in ("branch", "single"):
+        c, s = self.c, self.input_size
+        if c.scale_mode in ("branch", "single"):
             return super().train_batch(sampler, idx, y, generator)
-        s = self.input_size
-        xs = sampler.resized_crops(idx, self.c.crop_ratio_small, s, flip=self.flip, generator=generator)
-        xl = sampler.resized_crops(idx, self.c.crop_ratio_large, s, flip=self.flip, generator=generator)
+        if c.crop_nesting == "nested":       # the small crop inside the large one, as at test time (D4)
+            xs, xl, _ = sampler.nested_crops(idx, c.crop_ratio_small, c.crop_ratio_large, s, flip=self.flip,
+                                             generator=generator)
+        else:
+            xs = sampler.resized_crops(idx, c.crop_ratio_small, s, flip=self.flip, generator=generator)
+            xl = sampler.resized_crops(idx, c.crop_ratio_large, s, flip=self.flip, generator=generator)
         return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device), "idx": idx}
 
     def _scl_layer(self) -> int:
@@ -310,29 +327,44 @@ class CSFIQA(IQAModel):
             return n // 2
         return int(self.c.scl_layer)
 
+    def scl_tokens(self, e: dict, views: tuple):
+        """(small, large) tokens (CLS first) of SCL layer l (D5); small is None in single mode.
+        branch_patch_mean: each scale's branch run alone on its view (`branch_alone`); else the joint
+        pass's block outputs."""
+        li, mode = self._scl_layer(), self.c.scale_mode
+        if self.c.scl_pool != "branch_patch_mean":
+            return (e["blocks_small"][li] if "blocks_small" in e else None), e["blocks_large"][li]
+        small_branch = 1 if mode == "crop" else 0           # crop: each scale is the 16-px branch of its crop
+        small = None if mode == "single" else self.branch_alone(small_branch, views[0], li)
+        return small, self.branch_alone(1, views[1], li)
+
     def _pool(self, t):
         return t[:, 0] if self.c.scl_pool == "cls" else t[:, 1:].mean(1)
 
-    def scl_embeddings(self, e: dict):
-        """L2-normalised (B, P) embeddings of both scales (small is None in single mode)."""
-        li = self._scl_layer()
-        zl = F.normalize(self.proj_large(self._pool(e["blocks_large"][li])).float(), dim=-1)
-        zs = None
-        if "blocks_small" in e:
-            zs = F.normalize(self.proj_small(self._pool(e["blocks_small"][li])).float(), dim=-1)
-        return zs, zl
+    def scl_embeddings(self, e: dict, views: tuple):
+        """L2-normalised (B, P) embeddings of both scales (small is None in single mode), and the tokens."""
+        ts, tl = self.scl_tokens(e, views)
+        zl = F.normalize(self.proj_large(self._pool(tl)).float(), dim=-1)
+        zs = None if ts is None else F.normalize(self.proj_small(self._pool(ts)).float(), dim=-1)
+        return zs, zl, (ts, tl)
 
-    def nsm_noise(self, e: dict, zs, zl):
-        if self.c.nsm == "off" or zs is None:
-            return None
-        if self.c.nsm == "pooled":
-            return L.nsm_pooled(zs, zl)
-        li = self._scl_layer()                              # regional
-        rs, rl = L.align_grids(e["blocks_small"][li][:, 1:], e["blocks_large"][li][:, 1:],
-                               e["grid_small"], e["grid_large"])
-        rs = F.normalize(self.proj_small(rs).float(), dim=-1)
-        rl = F.normalize(self.proj_large(rl).float(), dim=-1)
-        return L.nsm_regional(rs, rl, self.c.nsm_quantile)[0]
+    def region_embeddings(self, e: dict, ts, tl):
+        """Projected, L2-normalised region embeddings (B, R, P) of both scales on the common grid."""
+        rs, rl = L.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
+        return F.normalize(self.proj_small(rs).float(), dim=-1), F.normalize(self.proj_large(rl).float(), dim=-1)
+
+    def nsm_args(self, e: dict, zs, zl, tokens) -> dict:
+        """The NSM (D13) keyword arguments of `losses.scl_loss`."""
+        kind = self.c.nsm
+        if kind == "off" or zs is None:
+            return {}
+        if kind == "pooled":
+            return {"noise": L.nsm_pooled(zs, zl)}
+        if kind == "qfm":
+            return {"qfm_weight": self.c.nsm_weight}
+        rs, rl = self.region_embeddings(e, *tokens)
+        weight, hard = L.nsm_regional(rs, rl, self.c.nsm_quantile)
+        return {"noise": weight} if kind == "regional_weight" else {"regions": (rs, rl, hard)}
 
     def loss(self, batch: dict):
         c = self.c
@@ -342,11 +374,10 @@ class CSFIQA(IQAModel):
         logs = {"loss_reg": reg.detach()}
         if not c.scl or c.lam == 0:
             return reg, logs
-        zs, zl = self.scl_embeddings(e)
-        noise = self.nsm_noise(e, zs, zl)
+        zs, zl, tokens = self.scl_embeddings(e, self.scale_views(batch["x"]))
         scl, slogs = L.scl_loss(zs, zl, y, gamma1=c.gamma1, gamma2=c.gamma2, tau=c.tau, alpha=c.alpha,
-                                beta=c.beta, noise=noise, distance=c.label_distance,
-                                label_range=self.label_range, infonce=c.infonce)
+                                beta=c.beta, distance=c.label_distance, label_range=self.label_range,
+                                infonce=c.infonce, **self.nsm_args(e, zs, zl, tokens))
         logs.update(slogs)
         logs["loss_scl"] = scl.detach()
         total = reg + c.lam * scl

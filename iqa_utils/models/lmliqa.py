@@ -6,9 +6,11 @@ There is no public code and the method text is unknown; what the figure captions
     * the student is DEIQT (same group, DEIQT is the baseline of every comparison) [inferred];
     * a teacher finds the most salient region; its source is D2 (default: the EMA teacher's last-block
       CLS->patch attention on the global view, head mean) [reconstruction];
-    * K random crops per image (D4); the salient one is the positive, the other crops of the same image
-      are intra-class negatives, crops of other images inter-class negatives; the anchor is D3 (default:
-      the student's embedding of the global view); loss form D5, projector D6, tau / weight D7;
+    * K random crops per image (D4: mirrored at random, any two overlapping by IoU <= max_iou); the
+      salient one is the positive, the other crops of the same image are intra-class negatives, crops of
+      other images (and, with a memory queue, earlier crops of other images: D16) inter-class negatives;
+      the anchor is D3 (default: the student's embedding of the global view); loss form D5, projector
+      D6, tau / weight D7;
     * the student decoder predicts the score (eval branch D11, default student);
     * teacher-student mutual learning through an EMA of the student (D8; optional prediction
       consistency term), teacher initialised as a copy of the student (D10).
@@ -169,6 +171,14 @@ class LMLIQA(IQAModel):
         self._ema = get_ema_multi_avg_fn(float(lcfg.ema_momentum))
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        # D16: a ring buffer of past crop embeddings (and their store index) as extra inter-image
+        # negatives; buffers, so checkpoints carry them and a resumed run matches an uninterrupted one
+        if lcfg.queue_size > 0:
+            width = lcfg.proj_dim if lcfg.proj_dim > 0 else dim
+            self.register_buffer("queue", torch.zeros(lcfg.queue_size, width))
+            self.register_buffer("queue_img", torch.full((lcfg.queue_size,), -1, dtype=torch.long))
+            self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ---- teacher ---------------------------------------------------------------------------------
     def train(self, mode: bool = True):
@@ -178,13 +188,39 @@ class LMLIQA(IQAModel):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """D8: teacher <- m * teacher + (1 - m) * student after every optimizer step (torch's EMA update,
-        a lerp); buffers are copied. mutual == "off" keeps the teacher at its initialisation."""
+        """D16: the step's crop embeddings enter the queue. D8: teacher <- m * teacher + (1 - m) * student
+        after every optimizer step (torch's EMA update, a lerp); buffers are copied. mutual == "off"
+        keeps the teacher at its initialisation."""
+        self._enqueue()
         if self.lcfg.mutual == "off":
             return
         self._ema(list(self.teacher.parameters()), [p.detach() for p in self.student.parameters()], 0)
         for bt, bs in zip(self.teacher.buffers(), self.student.buffers()):
             bt.copy_(bs)
+
+    # ---- memory queue (D16) -------------------------------------------------------------------------
+    def _queue_args(self, idx_con: torch.Tensor) -> dict:
+        """The queue as loss arguments: entries valid for an anchor image when filled and not cut from
+        that same image (an earlier crop of it would be a false negative)."""
+        if self.lcfg.queue_size == 0:
+            return {}
+        img = self.queue_img.view(1, -1)
+        return {"queue": self.queue, "queue_valid": (img >= 0) & (img != idx_con.view(-1, 1).to(img.device))}
+
+    @torch.no_grad()
+    def _enqueue(self) -> None:
+        """Write the pending (detached) crop embeddings into the ring buffer, overwriting the oldest."""
+        if not self._pending:
+            return
+        z = torch.cat([p[0] for p in self._pending])
+        img = torch.cat([p[1] for p in self._pending])
+        self._pending = []
+        n = self.queue.shape[0]
+        z, img = z[-n:], img[-n:]
+        slots = (self.queue_ptr + torch.arange(len(z), device=self.queue.device)) % n
+        self.queue[slots] = z.to(self.queue)
+        self.queue_img[slots] = img.to(self.queue_img)
+        self.queue_ptr.copy_((self.queue_ptr + len(z)) % n)
 
     def load_teacher(self, path: str) -> None:
         """D10 "checkpoint": the teacher starts from a trained DEIQT (two-stage); loaded strictly."""
@@ -270,10 +306,12 @@ class LMLIQA(IQAModel):
             rest = rest.nonzero().view(-1)[:max(0, idx.numel() - M * K)]
         else:
             rest = torch.arange(idx.numel())
-        crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode)
+        flip = self.flip and lc.flip_crops
+        crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode,
+                                                flip=flip, max_iou=lc.max_iou)
         dev = crops.device
         batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev), "idx": idx,
-                 "glob": sampler.global_views(idx[pick], size)}
+                 "idx_con": idx[pick].to(dev), "glob": sampler.global_views(idx[pick], size)}
         # the regression crops (random crop + flip, as DEIQT)
         if rest.numel():
             batch["x"] = sampler.random_crops(idx[rest], size, flip=self.flip, generator=generator)
@@ -282,26 +320,55 @@ class LMLIQA(IQAModel):
         batch["y"] = y[rest].to(dev)
         if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
             batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=self.flip, generator=generator)
+        elif lc.anchor == "native_crop":
+            batch.update(self._native_anchor(sampler, idx[pick], batch["glob"], flip, generator))
         if lc.saliency == "random":
             batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev)
         return batch
+
+    def _native_anchor(self, sampler, idx, glob, flip: bool, generator) -> dict:
+        """D3 "native_crop": an anchor at the crops' resolution (not the squashed global view), centred on
+        the saliency peak of the global view (a random centre for saliency="random"); the map is kept
+        so that the positive is chosen on the same map."""
+        if self.lcfg.saliency == "random":
+            centres = torch.rand(len(idx), 2, generator=generator, dtype=torch.float64)
+            return {"anchor_x": sampler.crops_at(idx, centres, self.input_size, flip, generator)}
+        sal = self.saliency(glob)
+        h, w = sal.shape[-2:]
+        peak = sal.flatten(1).argmax(1).cpu()
+        centres = torch.stack([(peak // w + 0.5) / h, (peak % w + 0.5) / w], 1)
+        return {"anchor_x": sampler.crops_at(idx, centres, self.input_size, flip, generator), "sal_map": sal}
+
+    def _contrastive(self, z_anchor, z_crop, pos, batch: dict) -> torch.Tensor:
+        """L_con (D5) with the queue's negatives (D16); the crop embeddings wait for `after_step`."""
+        lc = self.lcfg
+        q = self._queue_args(batch["idx_con"])
+        if lc.queue_size:
+            self._pending.append((z_crop.detach().flatten(0, 1).float(),
+                                  batch["idx_con"].repeat_interleave(z_crop.shape[1])))
+        if lc.loss_form == "single":
+            return local_manifold_loss(z_anchor, z_crop, pos, lc.tau, lc.w_intra, intra=lc.intra_negatives,
+                                       inter=lc.inter_negatives, **q)
+        return local_manifold_two_term(z_crop, pos, z_anchor, lc.tau, lc.w_intra, intra=lc.intra_negatives,
+                                       inter=lc.inter_negatives, **q)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         lc = self.lcfg
         crops, boxes, y_con = batch["crops"], batch["boxes"], batch["y_con"]
         M, K = crops.shape[:2]
         flat = crops.flatten(0, 1)
+        anchor_crop = lc.loss_form == "single" and lc.anchor in ("train_crop", "native_crop")
         # one student pass over every view: regression crops, K crops, then the anchor or augmented views
         views = [batch["x"], flat]
         if lc.loss_form == "single":
-            views.append(batch["anchor_x"] if lc.anchor == "train_crop" else batch["glob"])
+            views.append(batch["anchor_x"] if anchor_crop else batch["glob"])
         n_reg, n_crop = batch["x"].shape[0], M * K
 
         # D2: salient crop per image (teacher pass under no_grad)
         if lc.saliency == "random":
             pos = batch["rand_pos"]
         else:
-            pos = salient_crop(self.saliency(batch["glob"]), boxes)
+            pos = salient_crop(batch["sal_map"] if "sal_map" in batch else self.saliency(batch["glob"]), boxes)
         if lc.loss_form == "two_term":   # augmented copy of the salient crop for the intra term
             views.append(crops[torch.arange(M, device=crops.device), pos].flip(-1))
 
@@ -309,22 +376,15 @@ class LMLIQA(IQAModel):
         z = self.embed(feats)
         s_reg, s_crop = score[:n_reg], score[n_reg:n_reg + n_crop]
         z_crop = z[n_reg:n_reg + n_crop].view(M, K, -1)
-        z_extra = z[n_reg + n_crop:]
 
         # regression on every crop the student sees (the global view is a squashed resize: not regressed)
         pred = [s_reg, s_crop]
         target = [batch["y"], y_con.repeat_interleave(K)]
-        if lc.loss_form == "single" and lc.anchor == "train_crop":
+        if anchor_crop:
             pred.append(score[n_reg + n_crop:])
             target.append(y_con)
         reg = regression_loss(torch.cat(pred), torch.cat(target).to(score.device), self.regression)
-
-        if lc.loss_form == "single":
-            con = local_manifold_loss(z_extra, z_crop, pos, lc.tau, lc.w_intra,
-                                      intra=lc.intra_negatives, inter=lc.inter_negatives)
-        else:
-            con = local_manifold_two_term(z_crop, pos, z_extra, lc.tau, lc.w_intra,
-                                          intra=lc.intra_negatives, inter=lc.inter_negatives)
+        con = self._contrastive(z[n_reg + n_crop:], z_crop, pos, batch)
         total = reg + lc.lambda_con * con
         logs = {"loss_reg": reg.detach(), "loss_con": con.detach()}
 
