@@ -175,8 +175,9 @@ class CSFIQAConfig:
     lam: float = decision(0.1, id="CSFIQA D12", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
                           range="[0, 1000]")
     nsm: str = decision(
-        "pooled", id="CSFIQA D13", source="kit default",
-        choices=["pooled", "regional", "qfm", "regional_weight", "off"],
+        "regional", id="CSFIQA D13", source="kit default (the caption's 'same image differing across scales', "
+        "region by region)",
+        choices=["regional", "pooled", "qfm", "regional_weight", "off"],
         doc="pooled: an image's small/large pair becomes a negative when unusually dissimilar; regional: "
             "region-level InfoNCE, the same region at the other scale a positive unless it is a noise "
             "region; qfm: feature-similar pairs whose labels differ by > gamma2 weigh nsm_weight times as "
@@ -492,9 +493,9 @@ def check_consistency(cfg: RunConfig) -> RunConfig:
                           "(cross-dataset runs)")
     if t.selection == "val" and d.val_fraction == 0:
         raise ConfigError("train.selection: 'val' needs a validation split; set data.val_fraction > 0")
-    if c.nsm in ("regional", "regional_weight") and c.scale_mode != "branch":
-        raise ConfigError(f"csfiqa.nsm: {c.nsm!r} aligns the two token grids of one crop; it needs "
-                          f"csfiqa.scale_mode='branch'")
+    if c.nsm in ("regional", "regional_weight") and c.scale_mode not in ("branch", "single"):
+        raise ConfigError(f"csfiqa.nsm: {c.nsm!r} aligns the two token grids of one crop, which needs "
+                          f"csfiqa.scale_mode='branch'; with the crop modes choose 'pooled' or 'qfm'")
     if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
         raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
                           "checkpoint trained first (two-stage)")

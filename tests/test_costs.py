@@ -80,7 +80,7 @@ def test_timing_memory_and_table():
 
 
 @pytest.mark.parametrize("name, over", [
-    ("csfiqa", {"csfiqa.scale_mode": "crop"}),                                   # nested crops
+    ("csfiqa", {"csfiqa.scale_mode": "crop", "csfiqa.nsm": "pooled"}),                                   # nested crops
     ("lmliqa", {"lmliqa.anchor": "native_crop", "lmliqa.queue_size": 32}),       # crops_at, the queue
 ])
 def test_training_throughput_runs_the_models_own_views(name, over):
