@@ -260,16 +260,17 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == Path("~/.cache/iqa-kit/stores").expanduser()
 
 
-def test_released_pages_read_back(data):
+@pytest.mark.parametrize("release_bytes", [1000, None])  # unmap after nearly every image, or never
+def test_released_pages_read_back(data, release_bytes):
     m, cache_dir = data
-    store, ram = _disk(m, cache_dir), _ram(m)
-    store.images.release_bytes = 1000  # unmap after nearly every image
-    sampler = CropSampler(store)
-    g = torch.Generator().manual_seed(0)
-    a = [sampler.random_crops(torch.arange(4), 64, True, g) for _ in range(3)]
-    g = torch.Generator().manual_seed(0)
-    b = [CropSampler(ram).random_crops(torch.arange(4), 64, True, g) for _ in range(3)]
-    assert store.images.releases > 5 and all(torch.equal(x, y) for x, y in zip(a, b))
+    store, ram = _disk(m, cache_dir, release_bytes=release_bytes), _ram(m)
+
+    def crops(s):
+        g = torch.Generator().manual_seed(0)
+        return [CropSampler(s).random_crops(torch.arange(4), 64, True, g) for _ in range(3)]
+
+    assert all(torch.equal(x, y) for x, y in zip(crops(store), crops(ram)))
+    assert (store.images.releases > 5) if release_bytes else store.images.releases == 0
 
 
 def test_no_warning_from_the_read_only_map(data):

@@ -23,8 +23,10 @@ would accept without warning) is charged to the commit limit, so a 20 GB cache f
 12 GB Colab machine. PyTorch's one "not writable" warning is silenced where the map is wrapped; the kit
 never writes into store images (a write would fault, never reach the file).
 Touched pages of a map count in the process's RSS although the kernel can drop them at will; to keep
-RSS bounded the store unmaps them (madvise DONTNEED, the page cache keeps them) every `RELEASE_BYTES`
-served.
+RSS bounded the store unmaps them (madvise DONTNEED, the page cache keeps them) every `release_bytes`
+served (default `RELEASE_BYTES`). That costs page faults: on a 2-core VM, about 20-30% of the CPU time
+of cutting crops (benchmarks/bench_cache.py); `release_bytes=None` serves as fast as RAM once all pages
+are mapped, and RSS then counts the mapped page cache, which the kernel reclaims as it needs.
 
 Reuse: the file name hashes the dataset name, each image's path relative to the dataset root and the
 resize settings; the index records each file's size and modification time and the decoder (the source of
@@ -294,8 +296,8 @@ def _check_index(f, index: dict, slot: str | None) -> None:
         raise CacheError("its index belongs to another dataset or setting")
     offsets = np.cumsum([0] + [3 * h * w for h, w in shapes]).tolist()
     for i in {0, len(shapes) - 1} if shapes else ():
-        px = os.pread(f.fileno(), offsets[i + 1] - offsets[i], offsets[i])
-        if zlib.crc32(px) != index["crc32"][i]:
+        f.seek(offsets[i])
+        if zlib.crc32(f.read(offsets[i + 1] - offsets[i])) != index["crc32"][i]:
             raise CacheError(f"checksum mismatch in image {i} ({index['files'][i]})")
 
 
@@ -303,7 +305,7 @@ def _check_index(f, index: dict, slot: str | None) -> None:
 class MappedImages(Sequence):
     """`images[i]`: a uint8 (3, H, W) view of a read-only shared memory map of a cache file (no copy)."""
 
-    def __init__(self, path, shapes: Sequence, data_bytes: int, release_bytes: int = RELEASE_BYTES):
+    def __init__(self, path, shapes: Sequence, data_bytes: int, release_bytes: int | None = RELEASE_BYTES):
         with open(path, "rb") as f:
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         with warnings.catch_warnings():  # read-only on purpose: see the module docstring
@@ -320,7 +322,7 @@ class MappedImages(Sequence):
         h, w = self._shapes[i]
         off = self._offsets[i % len(self)]
         self._served += 3 * h * w
-        if self._served > self.release_bytes:
+        if self.release_bytes is not None and self._served > self.release_bytes:
             self.release()
         return self._flat[off:off + 3 * h * w].view(3, h, w)
 
@@ -338,7 +340,8 @@ class MappedImages(Sequence):
 class MappedImageStore(ImageStore):
     """An ImageStore whose pixels stay in the cache file; `to("cuda")` copies them to the GPU."""
 
-    def __init__(self, path, index: dict, labels, paths: Sequence[str] = (), release_bytes: int = RELEASE_BYTES):
+    def __init__(self, path, index: dict, labels, paths: Sequence[str] = (),
+                 release_bytes: int | None = RELEASE_BYTES):
         images = MappedImages(path, index["shapes"], index["data_bytes"], release_bytes)
         super().__init__(images, labels, paths, sizes=index["shapes"])
         self.path = Path(path)
@@ -417,14 +420,19 @@ class MemoryBudget:
 # ---- the entry point ---------------------------------------------------------------------------------
 def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side: int | None = None,
                min_side: int | None = 224, device="cpu", kind: str = "auto", cache_dir=None,
-               progress: bool = True, budget: MemoryBudget | None = None) -> ImageStore:
+               progress: bool = True, budget: MemoryBudget | None = None,
+               release_bytes: int | None = RELEASE_BYTES) -> ImageStore:
     """The manifest's decoded images on the GPU, in RAM or memory-mapped from a cache file on disk.
 
     kind "auto" picks the GPU (CUDA `device` only) when the pixels take under a third of its free memory,
     RAM when under a quarter of the available RAM, else the disk cache. "disk" builds the cache when it is
     absent, stale or corrupt; "ram" and "gpu" read a current cache when there is one, else decode
-    (straight to the GPU, image by image, for "gpu"). Pixels are identical whichever the kind. The store
-    says which it is and why in `store.kind` and `store.reason` (printed as one line when progress).
+    (straight to the GPU, image by image, for "gpu"). Pixels are identical whichever the kind; "ram" and
+    "disk" stores stay on the CPU whatever `device` is (`CropSampler(store, device)` moves each batch).
+    The store says which it is and why in `store.kind` and `store.reason` (printed as one line when
+    progress). `budget` replaces the measured free memory (tests, or a machine shared with others).
+    `release_bytes`: a "disk" store unmaps the pages it touched after serving this many bytes, so its
+    RSS stays bounded (None: never; faster, see the module docstring).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}; choose one of {KINDS}")
@@ -439,15 +447,16 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
         kind, reason = (budget or MemoryBudget.measure(device)).choose(nbytes, device)
     else:
         reason = f"kind={kind!r} asked for, {_gib(nbytes)} of pixels"
-    store, how = _serve(kind, manifest, cache, index, nbytes, size, device, progress)
+    store, how = _serve(kind, manifest, cache, index, nbytes=nbytes, size=size, device=device,
+                        release_bytes=release_bytes, progress=progress)
     store.reason = f"{reason}; {how}"
     if progress:
         print(f"store {manifest.name}: {store.kind} ({store.reason})")
     return store
 
 
-def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, nbytes: int, size: dict,
-           device: torch.device, progress: bool) -> tuple[ImageStore, str]:
+def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, *, nbytes: int, size: dict,
+           device: torch.device, release_bytes: int | None, progress: bool) -> tuple[ImageStore, str]:
     """The store of the chosen kind and how its pixels were obtained."""
     labels = torch.from_numpy(manifest.df.label.to_numpy(dtype=np.float64).copy())
     paths = [str(p) for p in manifest.df.path]
@@ -456,7 +465,7 @@ def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, 
         if index is None:
             cache.report("rebuilding it", progress)
             index, how = cache.build(paths, nbytes, progress), f"cache {cache.path} built"
-        return MappedImageStore(cache.path, index, labels, paths), how
+        return MappedImageStore(cache.path, index, labels, paths, release_bytes), how
     cache.report("decoding instead", progress)
     if index is not None:
         if kind == "ram":
