@@ -161,6 +161,17 @@ def test_corrupt_cache_is_named_and_rebuilt(data, damage):
     read_index(path)  # whole again
 
 
+def test_full_verification(data):
+    m, cache_dir = data
+    path = _disk(m, cache_dir).path
+    raw = bytearray(path.read_bytes())
+    raw[3 * SIZES[0][0] * SIZES[0][1] + 5] ^= 0xFF  # a pixel of image 1: not the spot-checked first or last
+    path.write_bytes(bytes(raw))
+    read_index(path)
+    with pytest.raises(CacheError, match=f"{path.name}: corrupt .*checksum mismatch in image 1 \\(img1.png\\)"):
+        read_index(path, verify=True)
+
+
 def test_killed_build_leaves_nothing(data, monkeypatch):
     m, cache_dir = data
     real, calls = cache.decode_image, []

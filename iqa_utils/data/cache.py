@@ -14,14 +14,15 @@ Why this format:
   processes building at once each rename a whole copy. A truncated file has lost its trailer.
 - A raw memory map needs no dependency, and the OS page cache is the cache: shared by processes, warm
   across runs, evicted under memory pressure instead of killing the kernel. It works on any file system
-  that supports mmap, Colab's Google Drive mount included.
+  that supports mmap (Colab's Google Drive mount is a FUSE file system that does; not tested here).
 - HDF5 (h5py) reads through its own chunk cache and copies (no view of variable-size images) and a
   killed writer can corrupt the whole file; zarr stores a file per chunk (tens of thousands of small
   files: slow on Drive); safetensors mmaps too, but puts its header first and carries no checksums.
 The map is opened read-only and shared (mmap mode "r"): a copy-on-write map (mode "c", which PyTorch
 would accept without warning) is charged to the commit limit, so a 20 GB cache fails with ENOMEM on a
 12 GB Colab machine. PyTorch's one "not writable" warning is silenced where the map is wrapped; the kit
-never writes into store images (a write would fault, never reach the file).
+never writes into store images (a write would end the process with a segmentation fault; it could never
+reach the file).
 Touched pages of a map count in the process's RSS although the kernel can drop them at will; to keep
 RSS bounded the store unmaps them (madvise DONTNEED, the page cache keeps them) every `release_bytes`
 served (default `RELEASE_BYTES`). That costs page faults: on a 2-core VM, about 20-30% of the CPU time
@@ -32,7 +33,9 @@ Reuse: the file name hashes the dataset name, each image's path relative to the 
 resize settings; the index records each file's size and modification time and the decoder (the source of
 `decode_image` and `working_size`, the Pillow version). A cache whose sources or decoder changed is
 rebuilt in place. A corrupt cache (no trailer, garbled index, wrong size, bad checksum of the first or
-last image) is rebuilt with a warning naming the file; `read_index` alone raises `CacheError`.
+last image) is rebuilt with a warning naming the file; `read_index` alone raises `CacheError`, and
+`read_index(path, verify=True)` checks every image's checksum (it reads the whole file, so opening
+does not: damage inside the pixel data of a file of the right size goes unseen until then).
 """
 from __future__ import annotations
 
@@ -137,8 +140,12 @@ def _header_size(path: str) -> tuple[int, int]:
 
 def decoded_nbytes(paths: Sequence[str], size: dict) -> int:
     """Bytes the decoded uint8 store will take, from the image headers alone."""
-    shapes = [working_size(h, w, **size) for h, w in _chunked_map(_header_size, paths)]
-    return sum(3 * h * w for h, w in shapes)
+    return _offsets([working_size(h, w, **size) for h, w in _chunked_map(_header_size, paths)])[-1]
+
+
+def _offsets(shapes: Sequence) -> list[int]:
+    """Where each (3, H, W) uint8 image starts when they lie back to back, and (last) where they end."""
+    return np.cumsum([0] + [3 * h * w for h, w in shapes]).tolist()
 
 
 def _decoded(paths: Sequence[str], size: dict, progress: bool, desc: str) -> Iterator[torch.Tensor]:
@@ -228,7 +235,7 @@ def _write_cache(tmp: str, expect: dict, paths: Sequence[str], progress: bool, d
             f.write(px.data)
             shapes.append(list(px.shape[1:]))
             crcs.append(zlib.crc32(px))
-        index = dict(expect, shapes=shapes, crc32=crcs, data_bytes=sum(3 * h * w for h, w in shapes))
+        index = dict(expect, shapes=shapes, crc32=crcs, data_bytes=_offsets(shapes)[-1])
         raw = json.dumps(index, separators=(",", ":"), default=list).encode()
         f.write(raw + TRAILER.pack(len(raw), MAGIC))
         f.flush()
@@ -255,16 +262,19 @@ def _remove_stale_temps(path: Path) -> None:
             pass  # gone already, or another process's: harmless
 
 
-def read_index(path, slot: str | None = None) -> dict:
-    """The index of a cache file after checking that it is whole; CacheError naming the file if not."""
+def read_index(path, slot: str | None = None, verify: bool = False) -> dict:
+    """The index of a cache file after checking that it is whole; CacheError naming the file if not.
+
+    The checksums of the first and last images are checked; of every image with `verify` (reads it all).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             index = _parse_index(f, os.fstat(f.fileno()).st_size)
-            _check_index(f, index, slot)
+            _check_index(f, index, slot, verify)
     except OSError as e:
         raise CacheError(f"{path}: cannot read the store cache ({e.strerror or e})") from None
-    except (CacheError, ValueError, KeyError, TypeError) as e:
+    except (CacheError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CacheError(f"{path}: corrupt store cache ({e})") from None
     return index
 
@@ -285,17 +295,17 @@ def _parse_index(f, size: int) -> dict:
     return index
 
 
-def _check_index(f, index: dict, slot: str | None) -> None:
-    """Shapes add up, the index is this slot's, and the first and last images have their checksums."""
+def _check_index(f, index: dict, slot: str | None, verify: bool) -> None:
+    """Shapes add up, the index is this slot's, and images have their checksums."""
     shapes = index["shapes"]
     if not (len(shapes) == len(index["crc32"]) == len(index["files"]) == len(index["sources"])):
         raise CacheError("index lists differ in length")
-    if sum(3 * h * w for h, w in shapes) != index["data_bytes"]:
+    offsets = _offsets(shapes)
+    if offsets[-1] != index["data_bytes"]:
         raise CacheError("image shapes do not add up to the data size")
     if slot is not None and index["slot"] != slot:
         raise CacheError("its index belongs to another dataset or setting")
-    offsets = np.cumsum([0] + [3 * h * w for h, w in shapes]).tolist()
-    for i in {0, len(shapes) - 1} if shapes else ():
+    for i in range(len(shapes)) if verify else sorted({0, len(shapes) - 1} if shapes else ()):
         f.seek(offsets[i])
         if zlib.crc32(f.read(offsets[i + 1] - offsets[i])) != index["crc32"][i]:
             raise CacheError(f"checksum mismatch in image {i} ({index['files'][i]})")
@@ -312,7 +322,7 @@ class MappedImages(Sequence):
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             self._flat = torch.from_numpy(np.frombuffer(self._mm, np.uint8, count=data_bytes))
         self._shapes = [tuple(s) for s in shapes]
-        self._offsets = np.cumsum([0] + [3 * h * w for h, w in self._shapes]).tolist()
+        self._offsets = _offsets(self._shapes)
         self.release_bytes, self._served, self.releases = release_bytes, 0, 0
 
     def __len__(self) -> int:
@@ -359,7 +369,7 @@ class MappedImageStore(ImageStore):
 def load_into_ram(path, index: dict, labels, paths: Sequence[str] = ()) -> ImageStore:
     """A whole cache file read into RAM in one sequential read (much faster than decoding again)."""
     flat = torch.from_numpy(np.fromfile(path, np.uint8, count=index["data_bytes"]))
-    offsets = np.cumsum([0] + [3 * h * w for h, w in index["shapes"]]).tolist()
+    offsets = _offsets(index["shapes"])
     images = [flat[o:o + 3 * h * w].view(3, h, w) for o, (h, w) in zip(offsets, index["shapes"])]
     return ImageStore(images, labels, paths, sizes=index["shapes"])
 
