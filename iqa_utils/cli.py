@@ -24,7 +24,7 @@ from .models import list_models
 from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
 from .predict import load_trained, predict_images
 from .report import write_index
-from .system import CACHE_ENV, KitError, check_writable, os_error
+from .system import KitError, cache_dir, check_writable, os_error
 
 NOTEBOOKS = ["00_data_prep", "01_train_csfiqa", "02_train_lmliqa", "03_ablations", "04_cross_dataset",
              "05_cost_analysis", "06_visualizations"]
@@ -69,7 +69,7 @@ def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> fl
 
 def _rehearsal_weights(profile: str) -> Path:
     """Stand-in weights in the real formats (written once into the cache folder), for the notebooks."""
-    folder = Path(os.environ.get(CACHE_ENV, "~/.cache/iqa-kit")).expanduser() / "rehearsal-weights"
+    folder = cache_dir("rehearsal-weights")
     print(f"[iqa-kit] rehearsal: stand-in weights in {folder}", flush=True)
     return weights.write_stand_ins(folder, llama_layers(profile))
 

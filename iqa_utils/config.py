@@ -78,6 +78,9 @@ class DataConfig:
         doc="DEIQT draws unseeded random test crops; the kit seeds them per image")
     flip: bool = setting(True, doc="random horizontal flips of the training crops (DEIQT)")
     max_side: int | None = setting(None, range="[8, 100000]", doc="working resolution cap (None = native)")
+    store: str = setting("auto", choices=["auto", "gpu", "ram", "disk"],
+                         doc="where the decoded pixels live: auto chooses from their size and the free memory; "
+                             "disk = a memory-mapped cache file under $IQA_KIT_CACHE/stores")
 
 
 @dataclass
@@ -294,6 +297,7 @@ class RunConfig:
         d = self.to_dict()
         d.pop("profile")
         d["data"].pop("data_root", None)
+        d["data"].pop("store", None)                     # where the pixels live, not what they are
         d["train"].pop("device", None)
         d["train"].pop("num_threads", None)
         # method knobs of the other models do not change this run

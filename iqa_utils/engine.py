@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
 from .config import RunConfig
-from .data.store import CropSampler, build_store
+from .data.cache import build_store
+from .data.store import CropSampler
 from .evaluation import LabelNorm, NonFiniteError, evaluate, final_metrics, require_finite
 from .models import create_model
 from .optim import global_batch_for, lr_at, make_optimizer, set_lr, steps_per_epoch
@@ -90,7 +91,7 @@ def _labels(store, rows) -> np.ndarray | None:
 
 def _stores(cfg, manifest, test_manifest, store, test_store, device, min_side, progress):
     def build(m):
-        return build_store(m, cfg.data.resize_mode, cfg.data.max_side, min_side, device, progress)
+        return build_store(m, cfg.data.resize_mode, cfg.data.max_side, min_side, device, progress, cfg.data.store)
     store = store or build(manifest)
     if test_manifest is None:
         return store, store

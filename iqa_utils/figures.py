@@ -17,7 +17,8 @@ from . import viz
 from .config import make_config, override
 from .data import synthetic
 from .data.splits import Split
-from .data.store import CropSampler, ImageStore, build_store
+from .data.cache import build_store
+from .data.store import CropSampler, ImageStore
 from .evaluation import LabelNorm, predict_rows
 from .models import display_name, list_models
 from .predict import load_trained
@@ -66,7 +67,7 @@ def visual_context(profile: str, results_dir: str = "results", data_root: str | 
     split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
     cfg = planned[0][0]
     size = max(getattr(m, "input_size", 224) for m in models.values())
-    store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, progress=False)
+    store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, False, cfg.data.store)
     test = np.asarray(split.test)
     order = test[np.argsort(manifest.df.label.to_numpy()[test])]        # spread over the labels, low to high
     rows = order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()

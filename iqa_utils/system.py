@@ -30,7 +30,12 @@ import torch
 from . import __version__
 
 
-CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (stores, stand-in weights); ~/.cache/iqa-kit
+CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (image stores, stand-in weights)
+
+
+def cache_dir(part: str) -> Path:
+    """<$IQA_KIT_CACHE or ~/.cache/iqa-kit>/<part>: where the kit keeps what it can rebuild."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/iqa-kit").expanduser() / part
 
 
 class KitError(Exception):

@@ -52,6 +52,16 @@ def working_size(h: int, w: int, *, parity_size=None, short_side=None, max_side=
     return h, w
 
 
+def resize_settings(manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
+                    min_side: int | None = 224) -> dict:
+    """The `working_size` keywords for a manifest read with `resize_mode` (step 1 of the module docstring)."""
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize_mode {resize_mode!r}; choose one of {RESIZE_MODES}")
+    parity = manifest.parity_size if resize_mode == "deiqt_parity" else None
+    short = manifest.keep_aspect_short_side if resize_mode == "keep_aspect" else None
+    return {"parity_size": parity, "short_side": short, "max_side": max_side, "min_side": min_side}
+
+
 def decode_image(path, size_fn=None) -> torch.Tensor:
     """One image file -> uint8 (3, H, W); size_fn(h, w) -> (H, W) resizes. DatasetError names the file.
     High-bit-depth, palette and alpha images become 8-bit RGB as images.rgb8 documents (16-bit scaled,
@@ -70,24 +80,28 @@ def decode_image(path, size_fn=None) -> torch.Tensor:
 
 
 class ImageStore:
-    """Every image of a manifest decoded once: `images[i]` is uint8 (3, H_i, W_i); `labels` float64 (N,)."""
+    """Every image of a manifest decoded once: `images[i]` is uint8 (3, H_i, W_i); `labels` float64 (N,).
 
-    def __init__(self, images: list[torch.Tensor], labels: torch.Tensor, paths: Sequence[str] = ()):
+    `images` is any sequence of such tensors: a list in RAM or on the GPU, or views of a memory-mapped
+    cache file (`cache.MappedImageStore`). `kind` says which; `reason` why `cache.open_store` chose it.
+    """
+    reason: str = ""
+
+    def __init__(self, images: Sequence[torch.Tensor], labels: torch.Tensor, paths: Sequence[str] = (),
+                 sizes=None):
         self.images = images
         self.labels = torch.as_tensor(labels, dtype=torch.float64)
         self.paths = list(paths)
         # sizes on the CPU: crop positions are drawn there and used as Python ints for slicing
-        self.sizes = torch.tensor([[im.shape[1], im.shape[2]] for im in images], dtype=torch.long).view(-1, 2)
+        if sizes is None:  # given by stores that know them without touching the pixels
+            sizes = [[im.shape[1], im.shape[2]] for im in images]
+        self.sizes = torch.tensor(sizes, dtype=torch.long).view(-1, 2)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
                       min_side: int | None = 224, device="cpu", progress: bool = True) -> "ImageStore":
-        if resize_mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize_mode {resize_mode!r}; choose one of {RESIZE_MODES}")
-        parity = manifest.parity_size if resize_mode == "deiqt_parity" else None
-        short = manifest.keep_aspect_short_side if resize_mode == "keep_aspect" else None
-        return cls.from_paths(list(manifest.df.path), manifest.df.label.to_numpy(dtype=np.float64),
-                              parity_size=parity, short_side=short, max_side=max_side, min_side=min_side,
+        size = resize_settings(manifest, resize_mode, max_side, min_side)
+        return cls.from_paths(list(manifest.df.path), manifest.df.label.to_numpy(dtype=np.float64), **size,
                               device=device, progress=progress, desc=f"decoding {manifest.name}")
 
     @classmethod
@@ -120,7 +134,11 @@ class ImageStore:
 
     @property
     def nbytes(self) -> int:
-        return sum(im.numel() for im in self.images)
+        return 3 * int((self.sizes[:, 0] * self.sizes[:, 1]).sum())
+
+    @property
+    def kind(self) -> str:
+        return "gpu" if self.device.type == "cuda" else "ram"
 
     def to(self, device) -> "ImageStore":
         """Move the pixels in place (and return self, so `store = store.to(d)` also works)."""
@@ -399,28 +417,3 @@ class CropSampler:
             raise ValueError(f"unknown test crop mode {mode!r}; choose seeded_random, grid or random")
         sizes = [size] * len(rep)
         return self.normalise(torch.stack(self._cut(rep, tops, lefts, sizes, sizes)))
-
-
-# ---- stores as runs use them ------------------------------------------------------------------------
-_RECENT: dict = {}
-
-
-def build_store(manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
-                min_side: int | None = 224, device="cpu", progress: bool = True, cache: bool = True) -> ImageStore:
-    """Decode once; on CUDA the pixels move to the GPU when they take under a third of its free memory.
-
-    The last two stores built are kept, so a sweep over seeds (or models) decodes a dataset once.
-    """
-    device = torch.device(device)
-    key = (manifest.name, hash(tuple(manifest.df.path)), resize_mode, max_side, min_side, str(device))
-    if cache and key in _RECENT:
-        return _RECENT[key]
-    store = ImageStore.from_manifest(manifest, resize_mode=resize_mode, max_side=max_side, min_side=min_side,
-                                     device="cpu", progress=progress)
-    if device.type == "cuda" and store.nbytes < torch.cuda.mem_get_info(device)[0] / 3:
-        store.to(device)
-    if cache:
-        while len(_RECENT) >= 2:                      # bound memory: a train and a test set
-            _RECENT.pop(next(iter(_RECENT)))
-        _RECENT[key] = store
-    return store

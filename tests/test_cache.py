@@ -1,0 +1,311 @@
+"""Store cache: memory-mapped pixels equal decoded ones; reused, rebuilt, checked; the automatic choice.
+
+Images are the coded ones of test_store (R = row, G = column, B = noise), a few KB each.
+"""
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import iqa_utils.data.cache as cache
+from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, MemoryBudget, default_cache_dir,
+                                  open_store, ram_available, read_index)
+from iqa_utils.data.manifest import DatasetError
+from iqa_utils.data.store import CropSampler, ImageStore, resize_settings
+from iqa_utils.system import KitError
+from test_store import SIZES, _coded_image, _manifest
+
+QUIET = {"resize_mode": "native", "min_side": None, "progress": False}
+
+
+def _images(tmp_path: Path, **kw):
+    (tmp_path / "img").mkdir()
+    return _manifest(tmp_path / "img", **kw)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A fresh manifest (tests change its files) and an empty cache folder."""
+    return _images(tmp_path), tmp_path / "cache"
+
+
+def _disk(manifest, cache_dir, **kw):
+    return open_store(manifest, cache_dir=cache_dir, **{**QUIET, "kind": "disk", **kw})
+
+
+def _ram(manifest, **kw):
+    return ImageStore.from_manifest(manifest, **{**QUIET, **kw})
+
+
+def _same_pixels(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a.images, b.images))
+
+
+def _files(folder: Path) -> list[str]:
+    """Every entry of the cache folder, hidden temporary files included."""
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The names of the files the cache module decodes (a counter: no timing)."""
+    calls, real = [], cache.decode_image
+
+    def counting(path, size_fn=None):
+        calls.append(Path(path).name)
+        return real(path, size_fn)
+
+    monkeypatch.setattr(cache, "decode_image", counting)
+    return calls
+
+
+def test_round_trip_equals_ram_store(tmp_path):
+    m = _images(tmp_path, keep_aspect_short_side=100)
+    kw = {"resize_mode": "keep_aspect", "max_side": 150, "min_side": None}
+    disk = _disk(m, tmp_path / "cache", **kw)
+    ram = _ram(m, **kw)
+    assert isinstance(disk, MappedImageStore) and disk.kind == "disk" and ram.kind == "ram"
+    assert _same_pixels(disk, ram) and all(im.dtype == torch.uint8 for im in disk.images)
+    assert torch.equal(disk.sizes, ram.sizes) and disk.nbytes == ram.nbytes
+    assert torch.equal(disk.labels, ram.labels) and disk.paths == ram.paths
+    assert disk.device == torch.device("cpu") and disk.to("cpu") is disk and disk.kind == "disk"
+    assert disk[-1].shape == ram[-1].shape
+
+
+def test_crops_equal_ram_crops(data):
+    m, cache_dir = data
+    disk, ram = (CropSampler(s) for s in (_disk(m, cache_dir), _ram(m)))
+    idx = torch.tensor([0, 1, 2, 3, 3, 1])
+
+    def crops(s):
+        g = torch.Generator().manual_seed(7)
+        return [s.random_crops(idx, 64, True, g), s.resized_crops(idx, 0.6, 32, True, g),
+                s.crops_with_boxes(idx, 3, 40, g, mode="multiscale")[0], s.test_crops(idx, 4, 48),
+                s.test_crops(idx, 4, 48, mode="grid"), s.global_views(idx, 32)]
+
+    assert all(torch.equal(a, b) for a, b in zip(crops(disk), crops(ram)))
+
+
+def test_reused_without_decoding(data, decodes):
+    m, cache_dir = data
+    first = _disk(m, cache_dir)
+    assert sorted(decodes) == sorted(Path(p).name for p in m.df.path)
+    built = first.path.stat().st_mtime_ns
+    again = _disk(m, cache_dir)
+    in_ram = open_store(m, cache_dir=cache_dir, kind="ram", **QUIET)
+    assert len(decodes) == len(m)  # no decoding after the first open
+    assert again.path == first.path and first.path.stat().st_mtime_ns == built
+    assert "reused" in again.reason and "read from cache" in in_ram.reason and in_ram.kind == "ram"
+    assert _same_pixels(again, first) and _same_pixels(in_ram, first)
+
+
+def test_rebuilt_when_a_source_changes(data, decodes, capsys):
+    m, cache_dir = data
+    before = _disk(m, cache_dir)
+    changed = Path(m.df.path[2])
+    PIL.Image.fromarray(_coded_image(*SIZES[2], seed=99)).save(changed)
+    os.utime(changed, ns=(time.time_ns(), changed.stat().st_mtime_ns + 10**9))
+    after = open_store(m, cache_dir=cache_dir, kind="disk", resize_mode="native", min_side=None)
+    assert len(decodes) == 2 * len(m) and "built" in after.reason
+    assert "out of date: 1 source images changed" in capsys.readouterr().out
+    assert after.path == before.path and _files(cache_dir) == [after.path.name]  # replaced in place
+    assert np.array_equal(after[2].permute(1, 2, 0).numpy(), _coded_image(*SIZES[2], seed=99))
+    assert _same_pixels(after, _ram(m))
+
+
+def test_rebuilt_when_the_decoder_changes(data, decodes, monkeypatch):
+    m, cache_dir = data
+    _disk(m, cache_dir)
+    monkeypatch.setattr(cache, "decoder_tag", lambda: "pillow 0, code changed")
+    assert "built" in _disk(m, cache_dir).reason and len(decodes) == 2 * len(m)
+
+
+def _truncate(p: Path):
+    p.write_bytes(p.read_bytes()[:-1000])
+
+
+def _garble_index(p: Path):
+    raw = bytearray(p.read_bytes())
+    raw[-100:-60] = b"#" * 40
+    p.write_bytes(bytes(raw))
+
+
+def _append(p: Path):
+    with open(p, "ab") as f:
+        f.write(b"\0" * 10)
+
+
+def _flip_first_pixel(p: Path):
+    raw = bytearray(p.read_bytes())
+    raw[0] ^= 0xFF
+    p.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _garble_index, _append, _flip_first_pixel])
+def test_corrupt_cache_is_named_and_rebuilt(data, damage):
+    m, cache_dir = data
+    path = _disk(m, cache_dir).path
+    damage(path)
+    with pytest.raises(CacheError, match=f"{path.name}: corrupt store cache"):
+        read_index(path)
+    with pytest.warns(UserWarning, match=f"{path.name}: corrupt store cache .*; rebuilding it"):
+        store = _disk(m, cache_dir)
+    assert "built" in store.reason and _same_pixels(store, _ram(m))
+    read_index(path)  # whole again
+
+
+def test_full_verification(data):
+    m, cache_dir = data
+    path = _disk(m, cache_dir).path
+    raw = bytearray(path.read_bytes())
+    raw[3 * SIZES[0][0] * SIZES[0][1] + 5] ^= 0xFF  # a pixel of image 1: not the spot-checked first or last
+    path.write_bytes(bytes(raw))
+    read_index(path)
+    with pytest.raises(CacheError, match=f"{path.name}: corrupt .*checksum mismatch in image 1 \\(img1.png\\)"):
+        read_index(path, verify=True)
+
+
+def test_killed_build_leaves_nothing(data, monkeypatch):
+    m, cache_dir = data
+    real, calls = cache.decode_image, []
+
+    def dies_on_third(path, size_fn=None):
+        calls.append(path)
+        if len(calls) == 3:
+            raise RuntimeError("killed mid-build")
+        return real(path, size_fn)
+
+    monkeypatch.setattr(cache, "decode_image", dies_on_third)
+    with pytest.raises(RuntimeError, match="killed"):
+        _disk(m, cache_dir)
+    assert _files(cache_dir) == []
+    monkeypatch.setattr(cache, "decode_image", real)
+    assert _same_pixels(_disk(m, cache_dir), _ram(m))
+
+
+def test_temp_files_of_killed_builds_are_swept(data):
+    m, cache_dir = data
+    path = CacheFile.locate(m, "native", resize_settings(m, "native", None, None), cache_dir).path
+    cache_dir.mkdir()
+    old, live = cache_dir / f".{path.name}.dead.tmp", cache_dir / f".{path.name}.live.tmp"
+    old.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * cache.STALE_TEMP_S,) * 2)
+    _disk(m, cache_dir)
+    assert not old.exists() and live.exists()
+
+
+def test_two_builds_at_once(data, monkeypatch):
+    m, cache_dir = data
+    real, meet = cache.decode_image, threading.Barrier(2, timeout=30)
+
+    def decode_together(path, size_fn=None):
+        if Path(path).name == "img0.png":
+            meet.wait()  # both builds are under way before either finishes
+        return real(path, size_fn)
+
+    monkeypatch.setattr(cache, "decode_image", decode_together)
+    stores, errors = [], []
+
+    def build():
+        try:
+            stores.append(_disk(m, cache_dir))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all("built" in s.reason for s in stores)
+    assert _files(cache_dir) == [stores[0].path.name]  # one whole cache, no temporary files
+    read_index(stores[0].path)
+    ram = _ram(m)
+    assert all(_same_pixels(s, ram) for s in stores) and _same_pixels(_disk(m, cache_dir), ram)
+
+
+def test_auto_choice(data, capsys):
+    m, cache_dir = data
+    n = sum(3 * h * w for h, w in SIZES)
+    small = open_store(m, cache_dir=cache_dir, budget=MemoryBudget(ram_available=4 * n - 1),
+                       resize_mode="native", min_side=None)
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("store coded")]
+    assert small.kind == "disk" and "of RAM available" in small.reason
+    assert out == [f"store coded: disk ({small.reason})"]
+    big = open_store(m, cache_dir=cache_dir, budget=MemoryBudget(ram_available=4 * n + 4), **QUIET)
+    assert big.kind == "ram" and _same_pixels(big, small)
+    gpu = torch.device("cuda")
+    assert MemoryBudget(ram_available=10**12, gpu_free=3 * n + 3).choose(n, gpu)[0] == "gpu"
+    assert MemoryBudget(ram_available=10**12, gpu_free=3 * n).choose(n, gpu)[0] == "ram"
+    kind, why = MemoryBudget(ram_available=0, gpu_free=0).choose(n, gpu)
+    assert kind == "disk" and "free on cuda" in why and "RAM" in why
+    assert MemoryBudget(ram_available=10**12, gpu_free=10**12).choose(n, "cpu")[0] == "ram"
+
+
+def test_bad_arguments_and_files(data, monkeypatch):
+    m, cache_dir = data
+    with pytest.raises(ValueError, match="kind"):
+        open_store(m, kind="ssd", cache_dir=cache_dir, **QUIET)
+    with pytest.raises(ValueError, match="CUDA"):
+        open_store(m, kind="gpu", device="cpu", cache_dir=cache_dir, **QUIET)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: SimpleNamespace(free=10))
+    with pytest.raises(KitError, match="needs .* only .* free.*IQA_KIT_CACHE"):
+        _disk(m, cache_dir)
+    Path(m.df.path[1]).unlink()
+    with pytest.raises(DatasetError, match="missing.*img1.png"):
+        _disk(m, cache_dir)
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path / "drive"))
+    assert default_cache_dir() == tmp_path / "drive" / "stores"      # the kit's cache folder, its stores part
+    monkeypatch.delenv("IQA_KIT_CACHE")
+    assert default_cache_dir() == Path("~/.cache/iqa-kit/stores").expanduser()
+
+
+@pytest.mark.parametrize("release_bytes", [1000, None])  # unmap after nearly every image, or never
+def test_released_pages_read_back(data, release_bytes):
+    m, cache_dir = data
+    store, ram = _disk(m, cache_dir, release_bytes=release_bytes), _ram(m)
+
+    def crops(s):
+        g = torch.Generator().manual_seed(0)
+        return [CropSampler(s).random_crops(torch.arange(4), 64, True, g) for _ in range(3)]
+
+    assert all(torch.equal(x, y) for x, y in zip(crops(store), crops(ram)))
+    assert (store.images.releases > 5) if release_bytes else store.images.releases == 0
+
+
+def test_no_warning_from_the_read_only_map(data):
+    m, cache_dir = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = _disk(m, cache_dir)
+        CropSampler(store).random_crops(torch.arange(4), 64, True, torch.Generator().manual_seed(0))
+
+
+def test_ram_available(tmp_path):
+    assert ram_available() > 0
+    (tmp_path / "memory.max").write_text("1000\n")
+    (tmp_path / "memory.current").write_text("600\n")
+    (tmp_path / "memory.stat").write_text("anon 500\ninactive_file 100\n")
+    assert ram_available(cgroup=tmp_path) == 500  # the container's limit, not the host's meminfo
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_store(data):
+    m, cache_dir = data
+    ram = _ram(m)
+    decoded = open_store(m, kind="gpu", device="cuda", cache_dir=cache_dir, **QUIET)
+    _disk(m, cache_dir)
+    copied = open_store(m, kind="gpu", device="cuda", cache_dir=cache_dir, **QUIET)
+    assert decoded.kind == copied.kind == "gpu" and "copied from cache" in copied.reason
+    assert _same_pixels(decoded.to("cpu"), ram) and _same_pixels(copied.to("cpu"), ram)
