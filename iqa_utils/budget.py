@@ -88,6 +88,7 @@ def run_crops(cfg: RunConfig, data: _Data) -> dict:
     t, d = cfg.train, cfg.data
     G = global_batch_for(cfg, d.dataset)
     E = steps_per_epoch(train, d.crops_train, G)
+    E = min(E, t.max_steps_per_epoch or E)
     evals = max(1, math.ceil(t.epochs / t.eval_every)) if t.epochs else 1
     return {"train_crops": t.epochs * E * (G + _extra_views(cfg, G)),
             "test_crops": evals * (test + val) * d.crops_test, "exact": exact}

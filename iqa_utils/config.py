@@ -97,6 +97,9 @@ class TrainConfig:
     eps: float = setting(1e-8, range="(0, 1)")
     schedule: str = decision(
         "deiqt_step", id="CSFIQA D20", source="DEIQT code", choices=["deiqt_step", "cosine"])
+    max_steps_per_epoch: int | None = setting(None, range="[1, 1000000]",
+                                              doc="a budget cap on an epoch's optimizer steps (rehearsals); "
+                                                  "None: the whole epoch, as DEIQT")
     global_batch: int | None = setting(None, range="[1, 1000000]",
                                        doc="None: the dataset's DEIQT global batch (docs/protocol.md)")
     micro_batch: int | None = setting(None, range="[1, 1000000]",
@@ -316,8 +319,10 @@ class RunConfig:
 # and figures are marked as a rehearsal; its records never answer for real runs (other data digest).
 FULL_SIZE = {"model.size": "small", "model.pretrained": True,
              "data.crops_train": 10, "data.crops_test": 10, "train.epochs": 9}
-# (8 training images x 2 crops: the 20 % data-efficiency subset still fills one batch of 4)
-REHEARSAL_BUDGET = {"train.epochs": 1, "train.global_batch": 4, "data.crops_train": 2, "data.crops_test": 2}
+# (one step of 4 crops per run; 2 crops per image, so the 20 % data-efficiency subset of 8 training
+# images still fills that batch)
+REHEARSAL_BUDGET = {"train.epochs": 1, "train.global_batch": 4, "train.max_steps_per_epoch": 1,
+                    "data.crops_train": 2, "data.crops_test": 2}
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         "model.size": "tiny", "model.pretrained": False,

@@ -123,6 +123,7 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     G = global_batch_for(cfg, manifest.name)
     train_rows = torch.as_tensor(split.train, dtype=torch.long)
     E = steps_per_epoch(len(train_rows), dc.crops_train, G)
+    E = min(E, tc.max_steps_per_epoch or E)
     if E == 0 and tc.epochs > 0:
         raise ValueError(f"{len(train_rows)} training images x {dc.crops_train} crops make less than one "
                          f"batch of {G}; lower train.global_batch")

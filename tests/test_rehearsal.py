@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from iqa_utils.cli import NOTEBOOKS
+from iqa_utils.data.registry import load_manifest
 from iqa_utils.config import PAPER_DATASETS
 from iqa_utils.report import REHEARSAL_MARK
 from native_fixtures import write_rehearsal_root
@@ -49,3 +50,20 @@ def test_paper_and_quick_rehearsals(tmp_path):
     quick = _reproduce("quick", data, pool, results, tmp_path / "cache")
     assert quick.returncode == 0, quick.stdout[-3000:] + quick.stderr[-3000:]
     assert "quick-rehearsal" in (results / "README.md").read_text()
+
+
+def test_rehearsal_data_is_a_handful_spread_over_the_labels(tmp_path):
+    """Ten images (or three references of three images) spread from low to high label; the release's count
+    is not checked; a real profile keeps the whole dataset."""
+    from iqa_utils.experiments import manifest_for
+    data, _ = write_rehearsal_root(tmp_path)
+    livec = manifest_for("paper-rehearsal", "LIVEC", data)
+    assert len(livec) == 10
+    tid = manifest_for("paper-rehearsal", "TID2013", data)
+    assert tid.df.ref.nunique() == 3 and len(tid) == 9
+    every = load_manifest("TID2013", data, check_count=False).df
+    for ref, kept in tid.df.groupby("ref"):                  # each reference's lowest and highest label kept
+        assert kept.label.min() == every[every.ref == ref].label.min()
+        assert kept.label.max() == every[every.ref == ref].label.max()
+    with pytest.raises(Exception, match="expected 10073"):
+        manifest_for("paper", "KonIQ-10k", data)
