@@ -272,18 +272,19 @@ class LMLIQA(IQAModel):
             rest = torch.arange(idx.numel())
         crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode)
         dev = crops.device
-        batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev), "idx": idx,
+        # host-to-device copies with non_blocking: a blocking one waits for the GPU to finish its queue
+        batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev, non_blocking=True), "idx": idx,
                  "glob": sampler.global_views(idx[pick], size)}
         # the regression crops (random crop + flip, as DEIQT)
         if rest.numel():
             batch["x"] = sampler.random_crops(idx[rest], size, flip=self.flip, generator=generator)
         else:
             batch["x"] = crops.new_zeros(0, 3, size, size)
-        batch["y"] = y[rest].to(dev)
+        batch["y"] = y[rest].to(dev, non_blocking=True)
         if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
             batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=self.flip, generator=generator)
         if lc.saliency == "random":
-            batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev)
+            batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev, non_blocking=True)
         return batch
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
