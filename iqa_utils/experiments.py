@@ -2,7 +2,8 @@
 
 Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
 re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
-across machines with `shard="i/N"`. Configs are built by overrides and never changed in place.
+across machines with `shard="i/N"`, or spread over several devices with device="cuda:0,cuda:1" (one
+worker process per device, pool.py). Configs are built by overrides and never changed in place.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from . import costs, tables
 from .config import RunConfig, make_config, override, plan
 from .data.registry import load_manifest
 from .models import create_model, display_name, list_models
+from .pool import parse_devices, run_on_pool
 from .runs import record_row, run_or_load, shard as take_shard
 from .system import resolve_device
 
@@ -48,16 +50,32 @@ def method_row(rec: dict, variant: str = "") -> dict:
     return row
 
 
+def _train_on_pool(cfgs: list[RunConfig], devices: list[str], results_dir, manifests: _Manifests) -> None:
+    """The runs trained by one worker per device; every dataset is parsed here first, so that a
+    synthetic set is built once, not by each worker."""
+    for cfg in cfgs:
+        manifests(cfg.data.dataset)
+        if cfg.test_dataset:
+            manifests(cfg.test_dataset)
+    run_on_pool(cfgs, devices, results_dir)
+
+
 def run_all(cfgs: list[RunConfig], results_dir: str = "results", data_root: str | None = None,
             shard: str | None = None, progress: bool = True, labels: list[str] | None = None,
             device: str | None = None) -> pd.DataFrame:
-    """Run (or load) every config; one row per run: method, variant, dataset, test_dataset, seed, metrics."""
+    """Run (or load) every config; one row per run: method, variant, dataset, test_dataset, seed, metrics.
+
+    device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
+    per device, and this process loads their records (and trains any run a dead worker left)."""
     pairs = take_shard(list(zip(cfgs, labels or [""] * len(cfgs))), shard)
     manifests = _Manifests(data_root)
-    where = {"data.data_root": data_root, **({"train.device": device} if device else {})}
+    devices = parse_devices(device)
+    where = {"data.data_root": data_root, **({"train.device": devices[0]} if devices else {})}
+    pairs = [(override(cfg, where), label) for cfg, label in pairs]
+    if len(devices) > 1:
+        _train_on_pool([cfg for cfg, _ in pairs], devices, results_dir, manifests)
     rows = []
     for cfg, label in pairs:
-        cfg = override(cfg, where)
         test_m = manifests(cfg.test_dataset) if cfg.test_dataset else None
         rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.data.dataset), test_manifest=test_m,
                           progress=progress)

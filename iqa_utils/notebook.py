@@ -18,6 +18,7 @@ from IPython.display import Markdown, display
 
 from . import report, tables
 from .config import plan
+from .pool import parse_devices
 
 
 @dataclass
@@ -26,9 +27,10 @@ class Session:
     profile: str
     results_dir: str
     data_root: str | None
-    device: str
+    device: str                     # the one device of cost tables and figures: the first of `devices`
     shard: str | None
     plan: dict = field(default_factory=dict)
+    devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
 
     def figure(self, path, caption: str) -> Path:
         """Log a figure a viz function wrote, with its caption, for results/README.md."""
@@ -48,7 +50,7 @@ class Session:
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.experiments functions."""
         return {"results_dir": self.results_dir, "data_root": self.data_root, "shard": self.shard,
-                "device": self.device}
+                "device": self.devices or self.device}
 
 
 def in_colab() -> bool:
@@ -64,6 +66,9 @@ def _mount_drive() -> None:
 def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results", data_root: str | None = None,
           device: str = "auto", shard: str | None = None, drive_dir: str | None = None) -> Session:
     """Resolve paths, mount Google Drive when asked (Colab), and log outputs to this notebook's name.
+
+    device may list several devices ("cuda:0,cuda:1", `iqa-kit reproduce --devices`): the notebook's
+    training runs are spread over them, one worker process each; the rest uses the first.
 
     With `drive_dir`, results (run records, checkpoints) and data live on Drive, so a Colab session that
     disconnects resumes where it stopped: finished runs are loaded from their records, an interrupted one
@@ -81,7 +86,9 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     report.context(notebook, profile, results_dir)
     if os.environ.get("IQA_KIT_THREADS"):
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
-    return Session(notebook, profile, results_dir, data_root, device, shard, dict(runs))
+    devices = parse_devices(device)
+    return Session(notebook, profile, results_dir, data_root, devices[0] if devices else device, shard,
+                   dict(runs), devices=device if len(devices) > 1 else None)
 
 
 def show(table, caption: str = ""):

@@ -2,11 +2,14 @@
 
     results/runs/<model>/<dataset>[-to-<test dataset>]/<cfg.key()>-s<split seed>.json   the record
     results/splits/<dataset>/<digest>.json                                               the split drawn
+    results/runs/<model>/<dataset>/<key>-s<split seed>.claim   while a process trains it (claims.py)
     results/work/<key>/checkpoint.pt                 while training (a rerun resumes; removed when done)
     results/checkpoints/<key>/model.safetensors      the final (selected) weights + config.json
 
 `run_or_load(cfg, results_dir)` trains only when the record is missing, so notebooks, a Colab session
 that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pick up where they stopped.
+A claim file keeps two processes (pool workers, or two commands started on one results folder) from
+training the same run; under torchrun, rank 0 claims and writes for the whole process group.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import engine
+from . import claims, distributed, engine
 from .checkpoint import CHECKPOINT
 from .config import RunConfig
 from .data.registry import load_manifest
@@ -61,19 +64,41 @@ def _publish_weights(work: Path, final_dir: Path) -> None:
         (work / name).replace(final_dir / name)
 
 
+CLAIMS_LOG = "claims.jsonl"
+
+
 def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
-                progress: bool = True) -> dict:
-    """The record of cfg: read from disk when done, else trained (resuming any checkpoint) and written."""
+                progress: bool = True, wait: bool = True) -> dict | None:
+    """The record of cfg: read from disk when done, else trained (resuming any checkpoint) and written.
+
+    When another live process holds the run's claim, wait for its record (wait=True), or return None
+    (wait=False: a pool worker moves on to the next run)."""
     results_dir = Path(results_dir)
     path = record_path(cfg, results_dir)
     if path.exists():
         return load_record(path)
+    dist = distributed.context(cfg.train.device)
+    claim = claims.claim_output(path, wait, results_dir / CLAIMS_LOG) if dist.main else None
+    if not dist.broadcast(claim is not None):            # rank 0 decides for its torchrun group
+        return load_record(path) if path.exists() else None
+    try:
+        return _train_and_record(cfg, results_dir, path, manifest, test_manifest, progress, dist)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _train_and_record(cfg: RunConfig, results_dir: Path, path: Path, manifest, test_manifest, progress: bool,
+                      dist: distributed.Dist) -> dict:
+    """Train cfg (resuming its checkpoint) and write its record; under torchrun only rank 0 writes."""
     manifest = manifest or load_manifest(cfg.data.dataset, cfg.data.data_root)
     if test_manifest is None and cfg.test_dataset and cfg.test_dataset != cfg.data.dataset:
         test_manifest = load_manifest(cfg.test_dataset, cfg.data.data_root)
     split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
                        cfg.data.val_fraction)
-    split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
+    split_file = results_dir / "splits" / manifest.name / f"{split.digest()}.json"
+    if dist.main:
+        split.save(split_file)
     key = run_key(cfg)
     work = results_dir / "work" / key
     result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
@@ -81,11 +106,13 @@ def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manif
     n_test = len(result["predictions"]["rows"])
     record = build_record(cfg, result, manifest, split, str(split_file.relative_to(results_dir)), n_test,
                           test_name)
-    _publish_weights(work, results_dir / "checkpoints" / key)
     record["checkpoint"] = str((results_dir / "checkpoints" / key).relative_to(results_dir))
-    atomic_write_json(record, path)
-    (work / CHECKPOINT).unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if dist.main:
+        _publish_weights(work, results_dir / "checkpoints" / key)
+        atomic_write_json(record, path)
+        (work / CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()                                       # the other ranks return once the record exists
     return record
 
 
