@@ -315,6 +315,13 @@ def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> d
     }
 
 
+def compile_run(run: Run) -> None:
+    """torch.compile in place: the forward (evaluation) and the whole loss (training: the models' loss()
+    does not go through forward, so compiling the forward alone would leave CSFIQA and LML-IQA eager)."""
+    run.model.compile()
+    run.loss_fn.compile()
+
+
 def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, progress: bool = True,
               store=None, test_store=None, stop_after_epoch: int | None = None) -> dict:
     """Train cfg's model on split.train, evaluate every cfg.train.eval_every epochs, return the result.
@@ -326,8 +333,7 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     run = setup(cfg, manifest, split, out_dir, test_manifest, store, test_store, progress)
     state, best_weights = resume(run)
     if cfg.train.compile:
-        run.model.compile()                  # in place: evaluation calls the compiled forward
-        run.loss_fn.compile()                # training: the whole loss (the models' loss() bypasses forward)
+        compile_run(run)
     run.model.train()
     if cfg.train.epochs == 0 and not state.history:      # the untrained model, evaluated once ("epoch 0")
         rec = {"epoch": 0, "step": 0}

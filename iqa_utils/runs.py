@@ -75,10 +75,10 @@ def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manif
     (wait=False: a pool worker moves on to the next run)."""
     results_dir = Path(results_dir)
     path = record_path(cfg, results_dir)
-    if path.exists():
-        return load_record(path)
     dist = distributed.context(cfg.train.device)
-    claim = claims.claim_output(path, wait, results_dir / CLAIMS_LOG) if dist.main else None
+    claim = None
+    if dist.main and not path.exists():
+        claim = claims.claim_output(path, wait, results_dir / CLAIMS_LOG)
     if not dist.broadcast(claim is not None):            # rank 0 decides for its torchrun group
         return load_record(path) if path.exists() else None
     try:

@@ -83,3 +83,20 @@ def test_two_commands_on_one_results_folder(data_root, tmp_path):
     assert tables[0] == tables[1] and len(tables[0]) == 4       # both see every run's record
     assert sorted(_trained(results).values()) == [1, 1, 1, 1]
     assert len(load_records(results)) == 4
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_run_over_two_processes(data_root, tmp_path):
+    """The command line under torchrun (gloo on the CPU): one record, written once, by a group of two."""
+    results = tmp_path / "results"
+    sets = [f"{k}={v}" for k, v in TINY.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "iqa_utils.cli", "train", "--dataset", "synthetic", "--data-root", str(data_root),
+           "--results-dir", str(results), "--device", "cpu", "--seeds", "0", "--set", *sets]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("DEIQT") == 1                      # rank 0 prints for the group
+    recs = load_records(results)
+    assert len(recs) == 1 and _trained(results) == Counter({recs.key[0]: 1})
+    rec = json.loads(Path(recs.path[0]).read_text())
+    assert rec["processes"] == 2 and rec["global_batch"] == 32 and rec["micro_batch"] == 16
