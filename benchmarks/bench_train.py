@@ -1,123 +1,236 @@
-"""Train and eval throughput (crops/s) of DEIQT, tiny and full size, through the engine's own code path.
+"""Training and evaluation throughput of DEIQT, CSFIQA and LML-IQA through the engine's own step.
 
-    python benchmarks/bench_train.py                      # CPU here, CUDA when present
-    python benchmarks/bench_train.py --sizes small --steps 20 --batch 64 --compile
+    python benchmarks/bench_train.py --size tiny                               # this CPU, in minutes
+    python benchmarks/bench_train.py --device cuda --size full --dataset KonIQ-10k [--compile] [--sync-debug]
 
-Data loading is included: crops are cut from an ImageStore by the CropSampler inside the timed loop
-(the store's one-time decode is timed separately). AMP rows: off, and bf16 (CPU/CUDA) or fp16 (CUDA).
-torch.compile is skipped on CPU unless --compile is given (compiling ViT-S for CPU takes minutes).
+One row per model and precision:
+  train crops/s    end to end: engine.optimize_step on the global batch, with the kit's data path (crops cut
+                   from the uint8 ImageStore by the CropSampler, on the GPU when the store fits there), LR,
+                   clipping, AdamW (fused on CUDA), EMA hooks
+  ceiling crops/s  the same optimize_step fed from tensors already on the device (the sampler answers every
+                   call with its first step's crops): the model-only ceiling
+  ratio            end to end / ceiling (target for DEIQT at 224, global batch 512, one H100: >= 0.90)
+                   (both: the best of --repeat blocks of --steps steps, the two measures alternated)
+  eval crops/s     evaluation.predict_rows on the test crops, data path included
+  peak MiB         torch.cuda.max_memory_allocated over the timed steps (n/a on the CPU)
+  GMACs            forward MACs per crop (costs.count_macs, the model's eval branch)
+  % bf16 peak      achieved share of the device's dense bf16 tensor FLOP/s, with training FLOPs per crop
+                   = 3 (forward + backward) x 2 x GMACs: a lower bound for CSFIQA's crop mode and LML-IQA,
+                   whose extra views and teacher passes are not counted. n/a on CPUs and unknown GPUs.
+
+Images: random smooth JPEGs at KonIQ-10k's working resolution (512x384; 160x128 for --size tiny).
+--size full builds the paper-size models with random weights (nothing downloaded); CSFIQA's LLaMA-7B layer
+is a random bf16 layer of the real shape unless --ic-weights points at the checkpoint.
+--sync-debug (CUDA): torch.cuda.set_sync_debug_mode("warn") during the timed steps: every operation that
+makes the host wait for the GPU prints a warning (there should be none).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
-from iqa_utils.data.store import CropSampler, ImageStore
-from iqa_utils.engine import amp_dtype, forward_backward, param_groups, predict_rows, resolve_device
-from iqa_utils.models.deiqt import DEIQT
+from iqa_utils import engine
+from iqa_utils.config import make_config
+from iqa_utils.costs import count_macs
+from iqa_utils.data.manifest import Manifest
+from iqa_utils.data.splits import make_split
+from iqa_utils.data.store import build_store
+from iqa_utils.evaluation import predict_rows
+from iqa_utils.models import concentrator, csfiqa
+from iqa_utils.optim import global_batch_for
+from iqa_utils.system import device_name, resolve_device
+
+# dense (no sparsity) tensor-core TFLOP/s in bf16, matched against torch.cuda.get_device_name in order;
+# T4 and V100 have no bf16: their fp16 figure
+PEAK_TFLOPS = [(r"H200", 989.4), (r"H100.*PCIe", 756.5), (r"H100 NVL", 835.5), (r"H100", 989.4),
+               (r"A100", 312.0), (r"L40S", 362.1), (r"\bL4\b", 121.0), (r"\bA10\b", 125.0),
+               (r"\bT4\b", 65.0), (r"V100", 125.0)]
+MODELS = {"deiqt": "DEIQT", "csfiqa": "CSFIQA", "lmliqa": "LML-IQA"}
 
 
-def make_images(folder: Path, n: int, hw=(384, 512)) -> list[Path]:
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf * 1e12 for pattern, tf in PEAK_TFLOPS if re.search(pattern, name)), None)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_manifest(folder: Path, n: int, hw: tuple[int, int], name: str) -> Manifest:
     rng = np.random.default_rng(0)
-    paths = []
+    rows = []
     for i in range(n):
         arr = rng.integers(0, 256, (hw[0] // 8, hw[1] // 8, 3), dtype=np.uint8)
-        img = Image.fromarray(arr).resize((hw[1], hw[0]), Image.BILINEAR)
-        paths.append(folder / f"{i:03d}.jpg")
-        img.save(paths[-1], quality=90)
-    return paths
+        path = folder / f"{i:04d}.jpg"
+        Image.fromarray(arr).resize((hw[1], hw[0]), Image.BILINEAR).save(path, quality=90)
+        rows.append({"path": str(path), "label": float(rng.uniform(0, 100)), "direction": "MOS", "ref": None,
+                     "distortion": None, "level": None})
+    return Manifest(name, folder, pd.DataFrame(rows), split_unit="image", label_range=(0.0, 100.0))
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+class FirstAnswers:
+    """A CropSampler that answers each kind of call with its first result: crops already on the device."""
+
+    def __init__(self, sampler):
+        self.sampler, self.cache = sampler, {}
+
+    def __getattr__(self, name):
+        fn = getattr(self.sampler, name)
+
+        def first(idx, *args, **kw):
+            key = (name, len(idx), args, tuple((k, v) for k, v in sorted(kw.items()) if k != "generator"))
+            if key not in self.cache:
+                self.cache[key] = fn(idx, *args, **kw)
+            return self.cache[key]
+        return first
 
 
-def bench(size, amp, compile_, store, device, batch, steps, eval_images, n_crops=10, warmup=2):
-    torch.manual_seed(0)
-    crop = 224 if size == "small" else 96
-    model = DEIQT(size, crop).to(device)
-    if compile_:
-        model.compile()
-    dtype = amp_dtype(amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4,
-                            **({"fused": True} if device.type == "cuda" else {}))
-    sampler = CropSampler(store, device=device)
-    gen = torch.Generator().manual_seed(0)
-    labels = torch.rand(len(store)) * 100
-    model.train()
-    t_compile = time.perf_counter()
-    for s in range(warmup + steps):
-        if s == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-            t_compile = t0 - t_compile
-        idx = torch.randint(0, len(store), (batch,), generator=gen)
-        forward_backward(model, sampler, idx, labels, gen, batch, device, dtype, scaler)
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-    sync(device)
-    train = steps * batch / (time.perf_counter() - t0)
-    rows = list(range(min(eval_images, len(store))))
-    predict_rows(model, sampler, rows[:max(1, batch // n_crops)], n_crops, crop, batch_size=batch, amp=dtype)
-    sync(device)
+def random_llama_ic(dim, mode="llama", *, weights=None, layer_idx=31, tiny=True, dtype="auto", num_heads=4,
+                    seed=0, device=None):
+    """build_concentrator, with a random LLaMA-7B layer of the real shape when no weights are given."""
+    if weights or tiny or not mode.startswith("llama") or str(device) == "meta":
+        return concentrator.build_concentrator(dim, mode, weights=weights, layer_idx=layer_idx, tiny=tiny,
+                                               dtype=dtype, num_heads=num_heads, seed=seed, device=device)
+    layer, norm = concentrator.build_llama_layer(concentrator.LLAMA_7B, layer_idx, seed, torch.bfloat16)
+    return concentrator.InformationConcentrator(dim, mode, layer, norm)
+
+
+def timed_steps(run, batches, sync_debug: bool = False) -> float:
+    """Seconds per optimizer step over `batches`."""
+    sync(run.device)
+    if sync_debug:
+        torch.cuda.set_sync_debug_mode("warn")
     t0 = time.perf_counter()
-    predict_rows(model, sampler, rows, n_crops, crop, batch_size=max(batch, n_crops), amp=dtype)
-    sync(device)
-    ev = len(rows) * n_crops / (time.perf_counter() - t0)
-    return train, ev, t_compile
+    for s, idx in enumerate(batches):
+        engine.optimize_step(run, idx, s)
+    sync(run.device)
+    if sync_debug:
+        torch.cuda.set_sync_debug_mode("default")
+    return (time.perf_counter() - t0) / len(batches)
+
+
+def train_rates(run, batches, a) -> tuple[float, float, float | None]:
+    """(end-to-end crops/s, ceiling crops/s, peak MiB): the best of `a.repeat` timed blocks of each,
+    alternated so that both see the same machine load."""
+    real, ceiling = run.sampler, FirstAnswers(run.sampler)
+    timed_steps(run, batches[:a.warmup])                    # compilation, allocator, cuDNN choices
+    run.sampler = ceiling
+    timed_steps(run, batches[:1])                           # the ceiling's crops cut once, untimed
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    best = {real: float("inf"), ceiling: float("inf")}
+    for r in range(a.repeat):
+        for sampler in (real, ceiling):
+            run.sampler = sampler
+            best[sampler] = min(best[sampler], timed_steps(run, batches[a.warmup:], a.sync_debug and r == 0))
+    peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None
+    run.sampler = real
+    return run.global_batch / best[real], run.global_batch / best[ceiling], peak
+
+
+def eval_rate(run, rows, n_crops: int) -> float:
+    kw = dict(mode="seeded_random", batch_size=max(run.global_batch, n_crops), amp=run.eval_dtype)
+    predict_rows(run.model, run.test_sampler, rows[:max(1, len(rows) // 8)], n_crops, run.size, **kw)
+    sync(run.device)
+    t0 = time.perf_counter()
+    predict_rows(run.model, run.test_sampler, rows, n_crops, run.size, **kw)
+    sync(run.device)
+    return len(rows) * n_crops / (time.perf_counter() - t0)
+
+
+def bench_row(model: str, amp: str, a, manifest, split, store, out: Path) -> dict:
+    over = {"data.dataset": manifest.name, "model.pretrained": False, "train.amp": amp, "train.device": a.device,
+            "train.compile": a.compile, "train.global_batch": a.batch,
+            "data.crops_train": max(10, -(-a.batch // len(split.train))),      # at least one step per epoch
+            **({"csfiqa.ic_weights": a.ic_weights} if a.ic_weights else {})}
+    cfg = make_config("smoke" if a.size == "tiny" else "paper", model, over)
+    run = engine.setup(cfg, manifest, split, out, store=store, test_store=store, progress=False)
+    if a.compile:
+        engine.compile_run(run)
+    run.model.train()
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.as_tensor(split.train)
+    batches = [rows[torch.randint(len(rows), (run.global_batch,), generator=gen)] for _ in range(a.warmup + a.steps)]
+    e2e, ceiling, peak_mib = train_rates(run, batches, a)
+    gmacs = count_macs(run.model)
+    peak = peak_flops(run.device)
+    return {"model": MODELS[model], "size": a.size, "crop": run.size, "batch": run.global_batch, "amp": amp,
+            "compile": "on" if a.compile else "off", "train crops/s": e2e, "ceiling crops/s": ceiling,
+            "ratio": e2e / ceiling, "eval crops/s": eval_rate(run, list(split.test), cfg.data.crops_test),
+            "peak MiB": peak_mib, "GMACs/crop": gmacs,
+            "% bf16 peak": 100 * 6e9 * gmacs * e2e / peak if peak else None}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--size", default="tiny", choices=["tiny", "full"])
+    p.add_argument("--amp", nargs="+", default=None, help="precisions (default: bf16 off on CUDA, off bf16 on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the forward and the loss (train.compile)")
+    p.add_argument("--dataset", default="KonIQ-10k", help="whose DEIQT global batch is the default --batch")
+    p.add_argument("--batch", type=int, default=None, help="crops per optimizer step (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; 2 at full size on the CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 10 with --compile)")
+    p.add_argument("--repeat", type=int, default=3, help="timed blocks per measure; the best is kept")
+    p.add_argument("--images", type=int, default=None, help="images in the store (default 128, 256 at full size)")
+    p.add_argument("--ic-weights", help="LLaMA-7B checkpoint for CSFIQA at full size (default: a random layer)")
+    p.add_argument("--sync-debug", action="store_true", help="CUDA: warn on every host synchronisation")
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    a.device = str(resolve_device(a.device))
+    cpu = a.device == "cpu"
+    a.amp = a.amp or (["off", "bf16"] if cpu else ["bf16", "off"])
+    a.steps = a.steps or (2 if cpu and a.size == "full" else 20)
+    a.warmup = a.warmup if a.warmup is not None else (10 if a.compile else 1 if cpu and a.size == "full" else 3)
+    a.images = a.images or (256 if a.size == "full" else 128)
+    a.sync_debug = a.sync_debug and not cpu
+    return a
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--sizes", nargs="+", default=["tiny", "small"])
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 tiny, 3 small on CPU)")
-    p.add_argument("--batch", type=int, default=None, help="crops per step (default: 32; 8 for small on CPU)")
-    p.add_argument("--images", type=int, default=48)
-    p.add_argument("--compile", action="store_true", help="also time torch.compile on CPU")
-    p.add_argument("--threads", type=int, default=None)
-    a = p.parse_args(argv)
+    a = parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = resolve_device(a.device)
-    cpu = device.type == "cpu"
+    warnings.filterwarnings("ignore", message=".*plcc_logistic.*")
+    csfiqa.build_concentrator = random_llama_ic          # full-size CSFIQA without the 7B download
+    device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_images(Path(tmp), a.images)
+        hw = (384, 512) if a.size == "full" else (128, 160)
+        manifest = make_manifest(Path(tmp), a.images, hw, a.dataset)
+        split = make_split(manifest, 0)
+        min_side = 240 if a.size == "full" else 96
         t0 = time.perf_counter()
-        store = ImageStore.from_paths(paths, short_side=384, min_side=224, progress=False)
+        store = build_store(manifest, min_side=min_side, device=device, progress=False, cache=False)
         decode = time.perf_counter() - t0
-    store.to(device) if device.type == "cuda" else None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; store: {len(store)} images decoded in {decode:.2f} s "
-          f"({len(store) / decode:.0f} img/s)")
-    amps = ["off", "bf16"] + ([] if cpu else ["fp16"])
-    compiles = [False] + ([True] if (not cpu or a.compile) else [])
-    if cpu and not a.compile:
-        print("torch.compile: skipped on CPU (compiling takes minutes on a few cores); --compile to time it")
-    print(f"\n| size | crop | amp | compile | batch | steps | train crops/s | eval crops/s (10 crops/img) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for size in a.sizes:
-        big = size == "small"
-        steps = a.steps or (3 if big and cpu else 20)
-        batch = a.batch or (8 if big and cpu else 32)
-        for amp in amps:
-            for comp in compiles:
-                train, ev, tc = bench(size, amp, comp, store, device, batch, steps,
-                                      eval_images=4 if big and cpu else 32)
-                note = f" (compile+warm-up {tc:.0f} s)" if comp else ""
-                print(f"| {size} | {224 if big else 96} | {amp} | {'on' if comp else 'off'}{note} | {batch} | "
-                      f"{steps} | {train:.1f} | {ev:.1f} |", flush=True)
+        a.batch = a.batch or global_batch_for(make_config("paper", "deiqt"), a.dataset)
+        print(f"device: {device_name(device)}; torch {torch.__version__}; {a.images} images {hw[1]}x{hw[0]} decoded "
+              f"in {decode:.1f} s, store on {store.device}; global batch {a.batch} ({a.dataset} recipe "
+              f"unless --batch); "
+              f"{a.steps} timed steps after {a.warmup}")
+        rows = []
+        for model in a.models:
+            for amp in a.amp:
+                try:
+                    rows.append(bench_row(model, amp, a, manifest, split, store, Path(tmp) / f"{model}-{amp}"))
+                except Exception as e:                          # e.g. out of memory: say so, go on
+                    rows.append({"model": MODELS[model], "size": a.size, "amp": amp,
+                                 "train crops/s": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}"})
+                print(pd.DataFrame(rows[-1:]).to_markdown(index=False, floatfmt=".3g"), flush=True)
+        print("\n" + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g", missingval="n/a"))
 
 
 if __name__ == "__main__":

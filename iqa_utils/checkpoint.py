@@ -3,7 +3,9 @@
 A checkpoint holds the run's identity (config key, split digest, test set), the model and optimizer
 state, the loss scaler, the loop's state (epoch, step, history, selection), the selected epoch's weights
 (when selection is not "last") and every RNG, as tensors and plain types so that
-`torch.load(weights_only=True)` reads it back.
+`torch.load(weights_only=True)` reads it back. Training crops need no RNG state: they are a pure function
+of (seed, step, position) (data.store.CropStream). Nothing in it depends on the number of processes, so a
+run checkpointed by one process may resume under torchrun and the other way round.
 """
 from __future__ import annotations
 
@@ -34,12 +36,12 @@ def state_dict_cpu(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def rng_state(crop_gen: torch.Generator, shuffle_gen: torch.Generator) -> dict:
+def rng_state(shuffle_gen: torch.Generator) -> dict:
     """Every RNG as tensors and plain types."""
     np_state = np.random.get_state()
     py_state = random.getstate()
     return {
-        "crop": crop_gen.get_state(), "shuffle": shuffle_gen.get_state(), "torch": torch.get_rng_state(),
+        "shuffle": shuffle_gen.get_state(), "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
@@ -47,8 +49,7 @@ def rng_state(crop_gen: torch.Generator, shuffle_gen: torch.Generator) -> dict:
     }
 
 
-def set_rng_state(s: dict, crop_gen: torch.Generator, shuffle_gen: torch.Generator) -> None:
-    crop_gen.set_state(s["crop"])
+def set_rng_state(s: dict, shuffle_gen: torch.Generator) -> None:
     shuffle_gen.set_state(s["shuffle"])
     torch.set_rng_state(s["torch"])
     if s["cuda"] and torch.cuda.is_available():
@@ -59,11 +60,11 @@ def set_rng_state(s: dict, crop_gen: torch.Generator, shuffle_gen: torch.Generat
 
 
 def save_checkpoint(path, *, ident: dict, model, opt, scaler, state: dict, best_weights: dict | None,
-                    gens: tuple[torch.Generator, torch.Generator]) -> Path:
+                    shuffle_gen: torch.Generator) -> Path:
     return atomic_save({"ident": ident, "model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                         "state": state, "best_weights": best_weights or {},
-                        "rng": rng_state(*gens)}, path)
+                        "rng": rng_state(shuffle_gen)}, path)
 
 
 def read_checkpoint(path) -> dict:

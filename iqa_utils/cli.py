@@ -19,6 +19,7 @@ from .budget import plan_table
 from .config import PROFILES, ConfigError, decisions_table, is_rehearsal, make_config, rehearsal_of
 from .data.images import check_images
 from .data.registry import load_manifest
+from .distributed import is_main_process
 from .experiments import llama_layers, run_all
 from .models import list_models
 from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
@@ -130,7 +131,8 @@ def train(args) -> int:
     data_root = str(_data_root(args.data_root, not synthetic)) if args.data_root else None
     check_writable(args.results_dir)
     df = run_all(planned, args.results_dir, data_root, shard=args.shard, device=args.device)
-    print(df.to_string(index=False))
+    if is_main_process():                            # under torchrun, rank 0 speaks for the group
+        print(df.to_string(index=False))
     return 0
 
 
@@ -206,6 +208,8 @@ def _reproduce_parser(sub) -> None:
     r.add_argument("--results-dir", default="results")
     r.add_argument("--notebooks", nargs="*", help="subset, by number or name (e.g. 00 03)")
     r.add_argument("--device", default="auto")
+    r.add_argument("--devices", dest="device", metavar="DEV,DEV,...",
+                   help="train the notebooks' runs on several devices at once, e.g. cuda:0,cuda:1 or cuda:all")
     r.add_argument("--shard", help="i/N: run only this share of every sweep")
     r.add_argument("--kernel", default="python3")
     r.add_argument("--verbose", action="store_true", help="stream the notebooks' output")
@@ -226,6 +230,8 @@ def _train_parser(sub) -> None:
     t.add_argument("--data-root")
     t.add_argument("--results-dir", default="results")
     t.add_argument("--device")
+    t.add_argument("--devices", dest="device", metavar="DEV,DEV,...",
+                   help="one worker per device, each training runs of --seeds in turn (e.g. cuda:0,cuda:1)")
     t.add_argument("--shard")
     t.set_defaults(fn=train)
 

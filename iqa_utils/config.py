@@ -494,6 +494,14 @@ def _check_allowed(name: str, meta, value):
     return value
 
 
+def in_batch_contrastive(cfg: RunConfig) -> bool:
+    """Whether the model's loss builds positives and negatives within a step's batch (so the batch
+    cannot be split into micro-batches or across processes without changing the loss)."""
+    m = cfg.model.name
+    return (m == "csfiqa" and cfg.csfiqa.scl and cfg.csfiqa.lam > 0) or \
+        (m == "lmliqa" and cfg.lmliqa.lambda_con > 0)
+
+
 def check_consistency(cfg: RunConfig) -> RunConfig:
     """Rules that tie fields together; each error names the fields involved."""
     d, t, c, m = cfg.data, cfg.train, cfg.csfiqa, cfg.model
@@ -508,8 +516,7 @@ def check_consistency(cfg: RunConfig) -> RunConfig:
     if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
         raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
                           "checkpoint trained first (two-stage)")
-    contrastive = (m.name == "csfiqa" and c.scl and c.lam > 0) or (m.name == "lmliqa" and cfg.lmliqa.lambda_con > 0)
-    if contrastive and t.micro_batch and t.micro_batch < (t.global_batch or t.micro_batch + 1):
+    if in_batch_contrastive(cfg) and t.micro_batch and t.micro_batch < (t.global_batch or t.micro_batch + 1):
         raise ConfigError(f"train.micro_batch: {m.name}'s contrastive loss builds its positives and negatives "
                           f"within a step's batch, so accumulating micro-batches would shrink them; train with "
                           f"the whole global batch at once (no train.micro_batch)")

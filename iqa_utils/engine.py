@@ -10,9 +10,14 @@ metrics. The learning rate is the pure function `optim.lr_at`, as in nanoGPT.
 
 One "epoch" lists every training image crops_train times (DEIQT's PATCH_NUM), shuffled, and cuts the
 batches of global_batch crops from that list (drop_last); micro_batch splits a batch into exact
-gradient-accumulation chunks. Everything random comes from cfg.train.seed, and every epoch ends with an
-atomic checkpoint holding the RNG states, so an interrupted run resumes to the same numbers. A loss or a
-metric that becomes NaN or infinite stops the run (NonFiniteError) before anything is saved.
+gradient-accumulation chunks. Everything random comes from cfg.train.seed; a training crop is a pure
+function of (seed, step, the sample's position in the global batch) (data.store.CropStream), so neither
+micro-batches nor torchrun processes change which crop a sample gets. Every epoch ends with an atomic
+checkpoint, so an interrupted run resumes to the same numbers. A loss or a metric that becomes NaN or
+infinite stops the run (NonFiniteError) before anything is saved.
+
+Under torchrun (iqa_utils.distributed) every rank runs this same loop on its share of each batch, with
+the gradients averaged by DDP; evaluation is split over the ranks and gathered; rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -24,15 +29,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
-from .config import RunConfig
+from .config import RunConfig, in_batch_contrastive
 from .data.cache import build_store
-from .data.store import CropSampler
+from .data.store import CropSampler, CropStream
+from .distributed import Dist, accumulate
 from .evaluation import LabelNorm, NonFiniteError, evaluate, final_metrics, require_finite
 from .models import create_model
 from .optim import global_batch_for, lr_at, make_optimizer, set_lr, steps_per_epoch
 from .predict import save_trained
-from .system import amp_dtype, autocast, resolve_device
+from .system import KitError, amp_dtype, autocast
 
 
 class TrainingInterrupted(RuntimeError):
@@ -72,14 +79,15 @@ class Run:
     train_rows: torch.Tensor
     all_labels: torch.Tensor        # normalised regression targets of every row of the training store
     global_batch: int
-    micro: int
+    micro: int                      # chunk of this process's share of a batch (gradient accumulation)
     steps: int                      # optimizer steps per epoch
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
     eval_dtype: torch.dtype | None
-    crop_gen: torch.Generator
     shuffle_gen: torch.Generator
+    dist: Dist                      # this process's rank among torchrun's (a world of one without it)
+    loss_fn: torch.nn.Module        # model.loss as a module, DDP-wrapped under torchrun
     ident: dict
     out_dir: Path
     progress: bool
@@ -98,49 +106,62 @@ def _stores(cfg, manifest, test_manifest, store, test_store, device, min_side, p
     return store, test_store or build(test_manifest)
 
 
+def _batching(cfg: RunConfig, dataset: str, n_train: int, dist: Dist) -> tuple[int, int, int]:
+    """(global batch, optimizer steps per epoch, micro-batch of this process's share)."""
+    G = global_batch_for(cfg, dataset)
+    E = steps_per_epoch(n_train, cfg.data.crops_train, G)
+    E = min(E, cfg.train.max_steps_per_epoch or E)
+    if E == 0 and cfg.train.epochs > 0:
+        raise ValueError(f"{n_train} training images x {cfg.data.crops_train} crops make less than one "
+                         f"batch of {G}; lower train.global_batch")
+    if dist.world > 1 and in_batch_contrastive(cfg):
+        raise KitError(f"torchrun: {cfg.model.name}'s contrastive loss builds its positives and negatives "
+                       f"within a step's batch, which {dist.world} processes would split; train it with one "
+                       f"GPU per run (iqa-kit train --devices cuda:0,cuda:1,... runs several runs at once)")
+    if G % dist.world:
+        raise KitError(f"train.global_batch: {G} does not split evenly over {dist.world} torchrun processes")
+    share = G // dist.world
+    return G, E, min(cfg.train.micro_batch or share, share)
+
+
 def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=None, test_store=None,
           progress: bool = True) -> Run:
     """The model (from the training seed, as DEIQT seeds after drawing the split), data, optimizer."""
     tc, dc = cfg.train, cfg.data
-    device = resolve_device(tc.device)
+    dist = distributed.context(tc.device)
+    device = dist.device
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if tc.selection == "val" and not split.val:
         raise ValueError("selection='val' needs a validation split: set data.val_fraction > 0")
+    G, E, micro = _batching(cfg, manifest.name, len(split.train), dist)
     seed_all(tc.seed)
     model = create_model(cfg).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = model.input_size
     store, test_store = _stores(cfg, manifest, test_manifest, store, test_store, device,
-                                max(size, dc.crop_size), progress)
+                                max(size, dc.crop_size), progress and dist.main)
     sampler = CropSampler(store, device=device)
     test_sampler = sampler if test_store is store else CropSampler(test_store, device=device)
     test_rows = list(range(len(test_manifest))) if test_manifest is not None else list(split.test)
     norm = LabelNorm(tc.label_norm, manifest.label_range)
     if hasattr(model, "label_range") and manifest.label_range:
         model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
-    G = global_batch_for(cfg, manifest.name)
-    train_rows = torch.as_tensor(split.train, dtype=torch.long)
-    E = steps_per_epoch(len(train_rows), dc.crops_train, G)
-    E = min(E, tc.max_steps_per_epoch or E)
-    if E == 0 and tc.epochs > 0:
-        raise ValueError(f"{len(train_rows)} training images x {dc.crops_train} crops make less than one "
-                         f"batch of {G}; lower train.global_batch")
     dtype = amp_dtype(tc.amp, device)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,
                test_labels=_labels(test_store, test_rows), val_rows=list(split.val),
-               val_labels=_labels(store, split.val), norm=norm, train_rows=train_rows,
-               all_labels=norm(store.labels.float()), global_batch=G, micro=min(tc.micro_batch or G, G),
+               val_labels=_labels(store, split.val), norm=norm,
+               train_rows=torch.as_tensor(split.train, dtype=torch.long),
+               all_labels=norm(store.labels.float()), global_batch=G, micro=micro,
                steps=E, opt=make_optimizer(model, tc, device),
                scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype=dtype,
                eval_dtype=amp_dtype(tc.eval_amp or tc.amp, device),
-               crop_gen=torch.Generator().manual_seed(tc.seed),
-               shuffle_gen=torch.Generator().manual_seed(tc.seed + 1),
+               shuffle_gen=torch.Generator().manual_seed(tc.seed + 1), dist=dist, loss_fn=dist.wrap(model),
                ident={"key": cfg.key(), "split": split.digest(),
                       "test": test_manifest.name if test_manifest is not None else None},
-               out_dir=Path(out_dir), progress=progress)
+               out_dir=Path(out_dir), progress=progress and dist.main)
 
 
 def resume(run: Run) -> tuple[LoopState, dict | None]:
@@ -152,28 +173,40 @@ def resume(run: Run) -> tuple[LoopState, dict | None]:
     run.opt.load_state_dict(ck["optimizer"])
     if ck["scaler"]:
         run.scaler.load_state_dict(ck["scaler"])
-    set_rng_state(ck["rng"], run.crop_gen, run.shuffle_gen)
+    set_rng_state(ck["rng"], run.shuffle_gen)
     return LoopState(**ck["state"]), ck.get("best_weights") or None
 
 
+def crop_streams(seed: int, step: int, start: int = 0):
+    """(offset, n) -> the CropStream of the chunk at `offset` of a share of step `step`'s global batch
+    that begins at position `start` (a torchrun rank's share; 0 in a single process)."""
+    return lambda offset, n: CropStream(seed, step, start + offset, n)
+
+
 def forward_backward(model, sampler, idx, labels, generator, micro: int, device, dtype=None, scaler=None,
-                     channels_last: bool = False, flip: bool = True) -> tuple[torch.Tensor, dict]:
+                     channels_last: bool = False, loss_fn=None) -> tuple[torch.Tensor, dict]:
     """Gradients of the mean loss over the batch idx, accumulated over chunks of `micro` entries.
 
     Each chunk's loss is scaled by its share of the batch, so the sum of the chunks' gradients is the
-    batch's gradient (exact for per-sample losses; the random crops are drawn per chunk, from the same
-    distribution). Returns the batch loss and the batch mean of the model's logs, as tensors on the
-    device: nothing here waits for the GPU.
+    batch's gradient. `generator`: a torch.Generator the chunks draw from in turn, or `crop_streams(...)`,
+    which gives each chunk the crops of its samples' positions (exact accumulation for per-sample
+    losses). loss_fn: model.loss, or the DDP-wrapped LossModule, which all-reduces on the last chunk.
+    Returns the batch loss and the batch mean of the model's logs, as tensors on the device: nothing
+    here waits for the GPU.
     """
-    total, logs_sum = 0.0, {}
-    for chunk in idx.split(micro):
-        batch = model.train_batch(sampler, chunk, labels[chunk], generator)
+    total, logs_sum, loss_fn = 0.0, {}, loss_fn or model.loss
+    chunks, offset = idx.split(micro), 0
+    for i, chunk in enumerate(chunks):
+        gen = generator(offset, len(chunk)) if callable(generator) else generator
+        offset += len(chunk)
+        batch = model.train_batch(sampler, chunk, labels[chunk], gen)
         if channels_last and isinstance(batch.get("x"), torch.Tensor) and batch["x"].dim() == 4:
             batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            loss, logs = model.loss(batch)
         w = len(chunk) / len(idx)
-        (scaler.scale(loss * w) if scaler is not None else loss * w).backward()
+        with accumulate(loss_fn, last=i == len(chunks) - 1):
+            with autocast(device, dtype):
+                loss, logs = loss_fn(batch)
+            (scaler.scale(loss * w) if scaler is not None else loss * w).backward()
         total = total + loss.detach().double() * w
         for k, v in logs.items():
             logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * w
@@ -182,11 +215,14 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
 
 
 def optimize_step(run: Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-    """One optimizer step on the batch idx: LR, gradients (accumulated), clipping, update, EMA hooks."""
+    """One optimizer step on the batch idx (this process's share of it under torchrun): LR, gradients
+    (accumulated, averaged over the ranks), clipping, update, EMA hooks."""
     tc = run.cfg.train
     set_lr(run.opt, lr_at(step, run.steps, tc))
-    loss, logs = forward_backward(run.model, run.sampler, idx, run.all_labels, run.crop_gen, run.micro,
-                                  run.device, run.dtype, run.scaler, tc.channels_last)
+    share = run.dist.share(len(idx))
+    loss, logs = forward_backward(run.model, run.sampler, idx[share], run.all_labels,
+                                  crop_streams(tc.seed, step, share.start), run.micro, run.device, run.dtype,
+                                  run.scaler, tc.channels_last, run.loss_fn)
     run.scaler.unscale_(run.opt)
     if tc.clip_grad:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
@@ -209,21 +245,22 @@ def train_epoch(run: Run, state: LoopState, epoch: int) -> dict:
         losses.append(loss)
         for k, v in logs.items():
             logs_sum[k] = logs_sum.get(k, 0.0) + v
-    mean_loss = float(torch.stack(losses).mean()) if losses else float("nan")   # one sync per epoch
+    # one host sync per epoch; the mean over the torchrun ranks, so every rank stops on a NaN together
+    mean_loss = float(run.dist.mean(torch.stack(losses).mean())) if losses else float("nan")
     if not np.isfinite(mean_loss):
         raise NonFiniteError(f"{run.name}: the training loss became NaN or infinite in epoch {epoch + 1} "
                              f"(try a lower train.lr; check the labels); no record written")
     state.train_s += time.perf_counter() - t0
     state.train_crops += E * G
     return {"epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step - 1, E, run.cfg.train),
-            "train_loss": mean_loss, **{k: float(v) / E for k, v in logs_sum.items()}}
+            "train_loss": mean_loss, **{k: float(run.dist.mean(v)) / E for k, v in logs_sum.items()}}
 
 
 def _eval(run: Run, state: LoopState, rows, labels, sampler):
     dc, t0 = run.cfg.data, time.perf_counter()        # seeded_random/grid crops: the same every epoch
     m, pred = evaluate(run.model, sampler, rows, labels, dc.crops_test, run.size, dc.test_crops,
                        run.cfg.train.seed, max(run.global_batch, run.micro), run.eval_dtype,
-                       run.cfg.train.channels_last, run.norm.inverse)
+                       run.cfg.train.channels_last, run.norm.inverse, map_rows=run.dist.map_rows)
     require_finite(m, f"{run.name}, epoch {state.epoch}")
     state.eval_s += time.perf_counter() - t0
     state.eval_crops += len(rows) * dc.crops_test
@@ -260,11 +297,13 @@ def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> d
     final = None
     if run.test_rows and state.best_preds is not None:
         final = final_metrics(np.asarray(state.best_preds), run.test_labels, run.name)
-    save_trained(run.model, run.cfg, manifest, run.out_dir, min_side=max(run.size, run.cfg.data.crop_size),
-                 selected_epoch=state.best_epoch)
+    if run.dist.main:
+        save_trained(run.model, run.cfg, manifest, run.out_dir, min_side=max(run.size, run.cfg.data.crop_size),
+                     selected_epoch=state.best_epoch)
     dtype = run.dtype
     return {
         "global_batch": run.global_batch, "micro_batch": run.micro, "steps_per_epoch": run.steps,
+        "processes": run.dist.world,
         "epochs": state.history, "final": final,
         "selection": run.cfg.train.selection, "selected_epoch": state.best_epoch,
         "time_s": state.train_s + state.eval_s, "train_time_s": state.train_s, "eval_time_s": state.eval_s,
@@ -278,6 +317,13 @@ def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> d
     }
 
 
+def compile_run(run: Run) -> None:
+    """torch.compile in place: the forward (evaluation) and the whole loss (training: the models' loss()
+    does not go through forward, so compiling the forward alone would leave CSFIQA and LML-IQA eager)."""
+    run.model.compile()
+    run.loss_fn.compile()
+
+
 def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, progress: bool = True,
               store=None, test_store=None, stop_after_epoch: int | None = None) -> dict:
     """Train cfg's model on split.train, evaluate every cfg.train.eval_every epochs, return the result.
@@ -289,14 +335,14 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     run = setup(cfg, manifest, split, out_dir, test_manifest, store, test_store, progress)
     state, best_weights = resume(run)
     if cfg.train.compile:
-        run.model.compile()                  # in place: the model's own methods call the compiled forward
+        compile_run(run)
     run.model.train()
     if cfg.train.epochs == 0 and not state.history:      # the untrained model, evaluated once ("epoch 0")
         rec = {"epoch": 0, "step": 0}
         best_weights = evaluate_and_select(run, state, rec, best_weights)
         state.history.append(rec)
     epochs = tqdm(range(state.epoch, cfg.train.epochs), desc=run.name, unit="epoch", initial=state.epoch,
-                  total=cfg.train.epochs, disable=not progress)
+                  total=cfg.train.epochs, disable=not run.progress)
     for epoch in epochs:
         rec = train_epoch(run, state, epoch)
         state.epoch = epoch + 1
@@ -306,9 +352,11 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
             if "test" in rec:
                 epochs.set_postfix(srcc=f"{rec['test']['srcc']:.3f}", plcc=f"{rec['test']['plcc']:.3f}")
         state.history.append(rec)
-        save_checkpoint(run.out_dir / CHECKPOINT, ident=run.ident, model=run.model, opt=run.opt,
-                        scaler=run.scaler, state=asdict(state), best_weights=best_weights,
-                        gens=(run.crop_gen, run.shuffle_gen))
+        if run.dist.main:
+            save_checkpoint(run.out_dir / CHECKPOINT, ident=run.ident, model=run.model, opt=run.opt,
+                            scaler=run.scaler, state=asdict(state), best_weights=best_weights,
+                            shuffle_gen=run.shuffle_gen)
+        run.dist.barrier()                   # the ranks leave an epoch together, its checkpoint written
         if stop_after_epoch is not None and state.epoch == stop_after_epoch and not last:
             raise TrainingInterrupted(f"stopped after epoch {state.epoch} (checkpoint {run.out_dir / CHECKPOINT})")
     return finish(run, state, best_weights, manifest)

@@ -59,12 +59,17 @@ def predict_rows(model, sampler, rows, n_crops: int, size: int, mode: str = "see
 
 def evaluate(model, sampler, rows, labels, n_crops: int, size: int, mode: str = "seeded_random",
              seed: int = 0, batch_size: int = 64, amp: torch.dtype | str | None = None,
-             channels_last: bool = False, denorm=None, logistic: bool = False, progress: bool = False):
-    """(metrics on the per-image means, per-image predictions). amp: a dtype, "off"/"fp32" or None."""
+             channels_last: bool = False, denorm=None, logistic: bool = False, progress: bool = False,
+             map_rows=None):
+    """(metrics on the per-image means, per-image predictions). amp: a dtype, "off"/"fp32" or None.
+    map_rows(fn, rows): how the rows are scored, e.g. split over torchrun ranks (Dist.map_rows)."""
     if isinstance(amp, str):
         amp = amp_dtype(amp, next(model.parameters()).device)
-    pred = predict_rows(model, sampler, rows, n_crops, size, mode, seed, batch_size, amp, channels_last,
-                        progress)
+
+    def predict(part):
+        return predict_rows(model, sampler, part, n_crops, size, mode, seed, batch_size, amp, channels_last,
+                            progress)
+    pred = map_rows(predict, rows) if map_rows else predict(rows)
     if denorm is not None:
         pred = denorm(pred)
     return all_metrics(pred, labels, logistic=logistic), pred

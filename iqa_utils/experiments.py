@@ -2,7 +2,8 @@
 
 Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
 re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
-across machines with `shard="i/N"`. Configs are built by overrides and never changed in place.
+across machines with `shard="i/N"`, or spread over several devices with device="cuda:0,cuda:1" (one
+worker process per device, pool.py). Configs are built by overrides and never changed in place.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from . import costs, tables
 from .config import RunConfig, make_config, override, plan
 from .data.registry import load_manifest
 from .models import create_model, display_name, list_models
+from .pool import parse_devices, run_on_pool
 from .runs import record_row, run_or_load, shard as take_shard
 from .system import resolve_device
 
@@ -81,15 +83,22 @@ Planned = list[tuple[RunConfig, str]]         # (config, variant label) pairs, i
 
 def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
             shard: str | None = None, progress: bool = True, device: str | None = None) -> pd.DataFrame:
-    """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics."""
+    """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics.
+
+    device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
+    per device (pool.py), and this process loads their records (and trains any run a dead worker left)."""
+    pairs = take_shard(planned, shard)
     manifests = _Manifests(data_root)
-    where = {"data.data_root": data_root, **({"train.device": device} if device else {})}
+    devices = parse_devices(device)
+    where = {"data.data_root": data_root, **({"train.device": devices[0]} if devices else {})}
+    pairs = [(override(cfg, where), label) for cfg, label in pairs]
+    jobs = [(cfg, manifests(cfg.profile, cfg.data.dataset),
+             manifests(cfg.profile, cfg.test_dataset) if cfg.test_dataset else None) for cfg, _ in pairs]
+    if len(devices) > 1:
+        run_on_pool(jobs, devices, results_dir)
     rows = []
-    for cfg, label in take_shard(planned, shard):
-        cfg = override(cfg, where)
-        test_m = manifests(cfg.profile, cfg.test_dataset) if cfg.test_dataset else None
-        rec = run_or_load(cfg, results_dir, manifest=manifests(cfg.profile, cfg.data.dataset),
-                          test_manifest=test_m, progress=progress)
+    for (cfg, manifest, test_manifest), (_, label) in zip(jobs, pairs):
+        rec = run_or_load(cfg, results_dir, manifest=manifest, test_manifest=test_manifest, progress=progress)
         rows.append(method_row(rec, label))
     return pd.DataFrame(rows)
 

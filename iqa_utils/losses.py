@@ -52,7 +52,8 @@ def info_nce(anchors: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, neg:
     uses soft ones). Leading dims are independent problems (regional NSM: one per region).
     multi_positive: L_i = -sum_p w_p log[e^{s_ip} / (e^{s_ip} + sum_n w_n e^{s_in})] / sum_p w_p;
     supcon: the denominator holds every positive and negative.
-    Mean over anchors with at least one positive and one negative; returns (loss, number of anchors)."""
+    Mean over anchors with at least one positive and one negative; returns (loss, number of anchors as a
+    0-d tensor: nothing here reads a value back to the host, so a GPU step never waits on it)."""
     pos, neg = pos.float(), neg.float()
     s = anchors @ cands.transpose(-2, -1) / tau                              # (..., B, M)
     m = s.detach().masked_fill((pos + neg) == 0, float("-inf")).amax(-1, keepdim=True)
@@ -68,10 +69,9 @@ def info_nce(anchors: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, neg:
     log_p = (s - m) - torch.log(denom.clamp_min(1e-30))
     wsum = pos.sum(-1)
     valid = (wsum > 0) & (neg.sum(-1) > 0)
-    if not valid.any():
-        return anchors.sum() * 0.0, 0
-    per_anchor = -(pos * log_p).sum(-1)[valid] / wsum[valid]
-    return per_anchor.mean(), int(valid.sum())
+    per_anchor = torch.where(valid, -(pos * log_p).sum(-1) / wsum.clamp_min(1e-12), 0.0)
+    n = valid.sum()
+    return per_anchor.sum() / n.clamp_min(1), n         # 0 (with a graph) when no anchor is valid
 
 
 def nsm_pooled(z_small: torch.Tensor, z_large: torch.Tensor) -> torch.Tensor:
@@ -274,8 +274,9 @@ def local_manifold_two_term(crops: torch.Tensor, pos_index: torch.Tensor, pos_au
     is_sal = k_of == pos_index[img]
     total = crops.new_zeros(())
     # pull: rows = non-salient crops; columns = the B salient crops then every crop
-    rows = (~is_sal).nonzero().view(-1)
-    if rows.numel() and inter:
+    # the B*(K-1) non-salient crops in order; a stable sort instead of nonzero(), which waits for the GPU
+    rows = torch.argsort(is_sal.to(torch.uint8), stable=True)[:B * (K - 1)]
+    if K > 1 and inter:
         sal = crops[torch.arange(B, device=dev), pos_index]                   # (B, D)
         cols = torch.cat([sal, flat])                                          # (B + B*K, D)
         logits = flat[rows] @ cols.t() / tau

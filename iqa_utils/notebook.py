@@ -19,6 +19,7 @@ from IPython.display import Markdown, display
 from . import report, tables, viz
 from .config import is_rehearsal, plan
 from .experiments import paper_versions
+from .pool import parse_devices
 
 
 @dataclass
@@ -27,9 +28,10 @@ class Session:
     profile: str
     results_dir: str
     data_root: str | None
-    device: str
+    device: str                     # the one device of cost tables and figures: the first of `devices`
     shard: str | None
     plan: dict = field(default_factory=dict)
+    devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
 
     @property
     def rehearsal(self) -> bool:
@@ -62,7 +64,7 @@ class Session:
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.experiments functions."""
         return {"results_dir": self.results_dir, "data_root": self.data_root, "shard": self.shard,
-                "device": self.device}
+                "device": self.devices or self.device}
 
 
 def in_colab() -> bool:
@@ -78,6 +80,9 @@ def _mount_drive() -> None:
 def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results", data_root: str | None = None,
           device: str = "auto", shard: str | None = None, drive_dir: str | None = None) -> Session:
     """Resolve paths, mount Google Drive when asked (Colab), and log outputs to this notebook's name.
+
+    device may list several devices ("cuda:0,cuda:1", `iqa-kit reproduce --devices`): the notebook's
+    training runs are spread over them, one worker process each; the rest uses the first.
 
     With `drive_dir`, results (run records, checkpoints) and data live on Drive, so a Colab session that
     disconnects resumes where it stopped: finished runs are loaded from their records, an interrupted one
@@ -96,7 +101,9 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     viz.set_stamp(report.REHEARSAL_MARK if is_rehearsal(profile) else None)
     if os.environ.get("IQA_KIT_THREADS"):
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
-    return Session(notebook, profile, results_dir, data_root, device, shard, dict(runs))
+    devices = parse_devices(device)
+    return Session(notebook, profile, results_dir, data_root, devices[0] if devices else device, shard,
+                   dict(runs), devices=device if len(devices) > 1 else None)
 
 
 def show(table, caption: str = ""):

@@ -1,12 +1,16 @@
 """Run records: one JSON file per (model config, dataset, split seed, protocol); what is done is skipped.
 
-    results/runs/<model>/<dataset>[-to-<test dataset>]/<cfg.key()>-s<split seed>.json   the record
-    results/splits/<dataset>/<digest>.json                                               the split drawn
+    results/runs/<model>/<dataset>[-to-<test dataset>]/<run key>.json   the record; run key =
+                             <cfg.key()>-s<split seed>-d<data digest>  (config, split, the data itself)
+    results/splits/<dataset>/<digest>.json                              the split drawn
+    results/runs/<model>/<dataset>/<run key>.claim   while a process trains it (claims.py)
     results/work/<key>/checkpoint.pt                 while training (a rerun resumes; removed when done)
     results/checkpoints/<key>/model.safetensors      the final (selected) weights + config.json
 
 `run_or_load(cfg, results_dir)` trains only when the record is missing, so notebooks, a Colab session
 that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pick up where they stopped.
+A claim file keeps two processes (pool workers, or two commands started on one results folder) from
+training the same run; under torchrun, rank 0 claims and writes for the whole process group.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import engine
+from . import claims, distributed, engine
 from .checkpoint import CHECKPOINT
 from .config import RunConfig
 from .data.registry import load_manifest
@@ -81,36 +85,71 @@ def _publish_weights(work: Path, final_dir: Path) -> None:
         (work / name).replace(final_dir / name)
 
 
-def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
-                progress: bool = True) -> dict:
-    """The record of cfg on this data: read from disk when done, else trained (resuming any checkpoint)
-    and written. Records of the same config made on other data are never reused (a warning says so)."""
-    results_dir = Path(results_dir)
+CLAIMS_LOG = "claims.jsonl"
+
+
+def _manifests(cfg: RunConfig, manifest, test_manifest):
     manifest = manifest or load_manifest(cfg.data.dataset, cfg.data.data_root)
     if test_manifest is None and cfg.test_dataset and cfg.test_dataset != cfg.data.dataset:
         test_manifest = load_manifest(cfg.test_dataset, cfg.data.data_root)
+    return manifest, test_manifest
+
+
+def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
+                progress: bool = True, wait: bool = True) -> dict | None:
+    """The record of cfg on this data: read from disk when done, else trained (resuming any checkpoint)
+    and written. Records of the same config made on other data are never reused (a warning says so).
+
+    When another live process holds the run's claim, wait for its record (wait=True), or return None
+    (wait=False: a pool worker moves on to the next run)."""
+    results_dir = Path(results_dir)
+    manifest, test_manifest = _manifests(cfg, manifest, test_manifest)
     data = data_digest(manifest, test_manifest)
     path = record_path(cfg, results_dir, data)
-    if path.exists():
-        return load_record(path)
+    dist = distributed.context(cfg.train.device)
+    claim = None
+    if dist.main and not path.exists():
+        claim = claims.claim_output(path, wait)
+    if not dist.broadcast(claim is not None):            # rank 0 decides for its torchrun group
+        return load_record(path) if path.exists() else None
+    try:
+        record = _train_and_record(cfg, results_dir, data, manifest, test_manifest, progress, dist)
+        if claim is not None:                            # the log lists runs trained, not attempts
+            claim.log(results_dir / CLAIMS_LOG, path.stem)
+        return record
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _warn_other_data(cfg: RunConfig, results_dir: Path, data: str, manifest) -> None:
     stale = records_on_other_data(cfg, results_dir, data)
     if stale:
         warnings.warn(f"{cfg.model.name} on {manifest.name}, split seed {cfg.split_seed}: {len(stale)} record(s) "
                       f"of this run were made on other data (a changed label file or image, or another copy of "
                       f"the dataset), e.g. {stale[0].name}; training on the data as it is now")
+
+
+def _train_and_record(cfg: RunConfig, results_dir: Path, data: str, manifest, test_manifest, progress: bool,
+                      dist: distributed.Dist) -> dict:
+    """Train cfg (resuming its checkpoint) and write its record; under torchrun only rank 0 writes."""
+    _warn_other_data(cfg, results_dir, data, manifest)
     split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
                        cfg.data.val_fraction)
     key = run_key(cfg, data)
     work = results_dir / "work" / key
     result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
-    # written with the record, so a run that fails leaves nothing but its resumable checkpoint behind
-    split_file = split.save(results_dir / "splits" / manifest.name / f"{split.digest()}.json")
+    # the split is written with the record, so a run that fails leaves nothing but its resumable checkpoint
+    split_file = results_dir / "splits" / manifest.name / f"{split.digest()}.json"
     record = build_record(cfg, result, manifest, test_manifest, split, str(split_file.relative_to(results_dir)))
-    _publish_weights(work, results_dir / "checkpoints" / key)
     record["checkpoint"] = str((results_dir / "checkpoints" / key).relative_to(results_dir))
-    atomic_write_json(record, path)
-    (work / CHECKPOINT).unlink(missing_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if dist.main:
+        split.save(split_file)
+        _publish_weights(work, results_dir / "checkpoints" / key)
+        atomic_write_json(record, record_path(cfg, results_dir, data))
+        (work / CHECKPOINT).unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()                                       # the other ranks return once the record exists
     return record
 
 

@@ -9,12 +9,13 @@ PKG = Path(__file__).resolve().parent.parent / "iqa_utils"
 # floor -> modules (a package name covers its modules); read bottom-up, as docs/architecture.md draws it
 FLOORS = [
     ["system", "metrics", "losses", "viz", "reference"],
-    ["config", "data"],
+    ["config", "data", "distributed", "claims"],
     ["models", "report"],
     ["optim", "checkpoint", "evaluation", "costs", "tables", "weights"],
     ["predict"],
     ["engine"],
     ["runs"],
+    ["pool"],
     ["experiments"],
     ["figures", "notebook", "budget"],
     ["cli"],

@@ -166,6 +166,45 @@ def _hash_uniform(seed: int, index: np.ndarray, counter: np.ndarray) -> np.ndarr
     return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
+class CropStream(torch.Generator):
+    """Training-crop randomness that does not depend on how a step's batch is split.
+
+    The engine hands the sampler one stream per chunk of a step's global batch (the whole batch, a
+    micro-batch, or a DDP rank's share); entry i of the chunk is sample `start + i` of the step. A draw
+    of `rows` numbers for each of n = r * n_entries crops (r adjacent crops per entry) hashes (seed,
+    step, sample, draw, row, crop) as `test_crops` does, so a sample gets the same crop whichever chunk
+    or process cuts it: one process, micro-batches and torchrun ranks train on the same crops. Any other
+    draw (another shape, or a model's own `torch.rand(..., generator=stream)`) uses the stream as a
+    torch.Generator seeded from (seed, step, start): deterministic, but not split-invariant.
+    """
+
+    def __new__(cls, seed: int, step: int, start: int, n_entries: int):
+        return super().__new__(cls, "cpu")
+
+    def __init__(self, seed: int, step: int, start: int, n_entries: int):
+        keys = _hash_uniform(seed, np.array([step, step]), np.array([0, 1 + start]))
+        self.key, self.start, self.n, self.draws = int(keys[0] * 2**53), start, n_entries, 0
+        self.manual_seed(int(keys[1] * 2**53))
+
+    def uniform(self, rows: int, count: int) -> torch.Tensor:
+        """(rows, count) float64 uniforms in [0, 1) for `count` crops."""
+        self.draws += 1
+        if not self.n or count % self.n:
+            return torch.rand(rows, count, generator=self, dtype=torch.float64)
+        r = count // self.n
+        sample = np.repeat(np.arange(self.start, self.start + self.n, dtype=np.int64), r)
+        base = (self.draws << 40) + np.tile(np.arange(r, dtype=np.int64), self.n)
+        return torch.from_numpy(np.stack([_hash_uniform(self.key, sample, base + (row << 20))
+                                          for row in range(rows)]))
+
+
+def _uniform(generator, rows: int, n: int, dtype=torch.float64) -> torch.Tensor:
+    """(rows, n) uniforms: per sample from a CropStream, else in turn from a torch.Generator."""
+    if isinstance(generator, CropStream):
+        return generator.uniform(rows, n)
+    return torch.rand(rows, n, generator=generator, dtype=dtype)
+
+
 def _grid_shape(n: int, h: int, w: int) -> tuple[int, int]:
     """(rows, cols) with rows * cols == n, as square as possible, more positions along the longer side."""
     a = max(d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0)
@@ -212,7 +251,8 @@ def spread_boxes(boxes: list, n: int, k: int, tries: int, max_iou: float) -> lis
 class CropSampler:
     """Crops from an ImageStore as float32 tensors normalised by mean/std, on `device`.
 
-    `idx` is a 1-D LongTensor of store indices; random positions come from `generator` (CPU).
+    `idx` is a 1-D LongTensor of store indices; random positions come from `generator`: a CPU
+    torch.Generator drawn in turn, or a CropStream (per sample, whatever the batch split).
     """
 
     def __init__(self, store: ImageStore, device="cpu", mean=IMAGENET_MEAN, std=IMAGENET_STD):
@@ -260,7 +300,7 @@ class CropSampler:
 
     @staticmethod
     def _draw_flips(n: int, flip: bool, generator) -> list[bool] | None:
-        return (torch.rand(n, generator=generator) < 0.5).tolist() if flip else None
+        return (_uniform(generator, 1, n, torch.float32)[0] < 0.5).tolist() if flip else None
 
     def _resize_group(self, crops: list[torch.Tensor], size: int) -> torch.Tensor:
         """Resize uint8 crops of any sizes to (size, size): one interpolate call per distinct shape."""
@@ -273,13 +313,14 @@ class CropSampler:
             if shape != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                                   antialias=shape[0] > size or shape[1] > size)
-            out[ks] = x
+            # index_copy_ with a device index: out[list] = x would copy the list to the GPU and wait for it
+            out.index_copy_(0, torch.tensor(ks).to(self.device, non_blocking=True), x)
         return out.mul_(self._scale).add_(self._shift)
 
     def _random_pos(self, h, w, ch, cw, generator):
         """Uniform top/left so that a (ch, cw) crop fits: as ints."""
         n = h.numel()
-        u = torch.rand(2, n, generator=generator, dtype=torch.float64)
+        u = _uniform(generator, 2, n)
         tops = (u[0] * (h - ch + 1)).floor().long().clamp_(min=0)
         lefts = (u[1] * (w - cw + 1)).floor().long().clamp_(min=0)
         return tops.tolist(), lefts.tolist()
@@ -371,7 +412,7 @@ class CropSampler:
         if mode == "native":
             side = torch.full_like(h, size)
         else:
-            frac = 0.3 + 0.7 * torch.rand(len(rep), generator=generator, dtype=torch.float64)
+            frac = 0.3 + 0.7 * _uniform(generator, 1, len(rep))[0]
             side = (torch.minimum(h, w).double() * frac).round().long().clamp_(min=1)
         tops, lefts = self._random_pos(h, w, side, side, generator)
         sides = side.tolist()
@@ -382,7 +423,8 @@ class CropSampler:
         crops = self._cut(rep, tops, lefts, sides, sides, self._draw_flips(len(rep), flip, generator))
         x = self.normalise(torch.stack(crops)) if mode == "native" else self._resize_group(crops, size)
         boxes = torch.stack([torch.tensor(tops) / h, torch.tensor(lefts) / w, side / h, side / w], 1)
-        return x.view(len(idx), k, 3, size, size), boxes.float().view(len(idx), k, 4).to(self.device)
+        boxes = boxes.float().view(len(idx), k, 4).to(self.device, non_blocking=True)
+        return x.view(len(idx), k, 3, size, size), boxes
 
     def test_crops(self, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
         """n crops per image, rows i*n .. i*n+n-1 for image idx[i]: (N * n, 3, size, size).

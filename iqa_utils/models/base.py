@@ -33,7 +33,8 @@ class IQAModel(nn.Module):
 
     def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
         x = sampler.random_crops(idx, self.input_size, flip=self.flip, generator=generator)
-        return {"x": x, "y": y.to(x.device), "idx": idx}
+        # non_blocking: a blocking host-to-device copy would wait for the GPU to finish its queue
+        return {"x": x, "y": y.to(x.device, non_blocking=True), "idx": idx}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         pred = self(batch["x"])

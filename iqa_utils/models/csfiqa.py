@@ -97,15 +97,22 @@ def crossvit_key_map(encoder: nn.Module):
 def topk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: int | None,
                    return_weights: bool = False):
     """softmax(TopK(QK^T / sqrt(d))) V over (..., N, d): per query, scores outside the `keep` largest are
-    set to -inf before the softmax (keep=None or >= N: dense attention)."""
-    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
-    n = s.shape[-1]
+    set to -inf before the softmax (keep=None or >= N: dense attention).
+
+    Computed by PyTorch's scaled-dot-product attention with a boolean mask of the kept keys (fused
+    kernels on CUDA; flash attention when dense). The mask is a selection made without gradient; the
+    gradient flows through the kept scores as in the explicit formula, which return_weights uses."""
+    n = k.shape[-2]
+    mask = None
     if keep is not None and keep < n:
-        kth = s.topk(keep, dim=-1).values[..., -1:]            # the keep-th largest score per query
-        s = s.masked_fill(s < kth, float("-inf"))
-    a = s.softmax(-1)
-    out = a @ v
-    return (out, a) if return_weights else out
+        with torch.no_grad():
+            s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+            mask = s >= s.topk(keep, dim=-1).values[..., -1:]     # ties with the keep-th score are kept
+    if not return_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+    a = (s if mask is None else s.masked_fill(~mask, float("-inf"))).softmax(-1)
+    return a @ v, a
 
 
 class SelectiveAttention(nn.Module):
@@ -317,7 +324,7 @@ class CSFIQA(IQAModel):
         else:
             xs = sampler.resized_crops(idx, c.crop_ratio_small, s, flip=self.flip, generator=generator)
             xl = sampler.resized_crops(idx, c.crop_ratio_large, s, flip=self.flip, generator=generator)
-        return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device), "idx": idx}
+        return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device, non_blocking=True), "idx": idx}
 
     def _scl_layer(self) -> int:
         n = len(self.encoder.blocks)

@@ -310,20 +310,21 @@ class LMLIQA(IQAModel):
         crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode,
                                                 flip=flip, max_iou=lc.max_iou)
         dev = crops.device
-        batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev), "idx": idx,
-                 "idx_con": idx[pick].to(dev), "glob": sampler.global_views(idx[pick], size)}
+        # host-to-device copies with non_blocking: a blocking one waits for the GPU to finish its queue
+        batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev, non_blocking=True), "idx": idx,
+                 "idx_con": idx[pick].to(dev, non_blocking=True), "glob": sampler.global_views(idx[pick], size)}
         # the regression crops (random crop + flip, as DEIQT)
         if rest.numel():
             batch["x"] = sampler.random_crops(idx[rest], size, flip=self.flip, generator=generator)
         else:
             batch["x"] = crops.new_zeros(0, 3, size, size)
-        batch["y"] = y[rest].to(dev)
+        batch["y"] = y[rest].to(dev, non_blocking=True)
         if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
             batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=self.flip, generator=generator)
         elif lc.anchor == "native_crop":
             batch.update(self._native_anchor(sampler, idx[pick], batch["glob"], flip, generator))
         if lc.saliency == "random":
-            batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev)
+            batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev, non_blocking=True)
         return batch
 
     def _native_anchor(self, sampler, idx, glob, flip: bool, generator) -> dict:

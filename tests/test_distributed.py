@@ -1,0 +1,120 @@
+"""One run over several processes (torchrun's environment, gloo on the CPU) trains as one process does.
+
+What makes the two match: every rank lists the same shuffled epoch and takes its share of each step's
+global batch; a sample's crop depends only on (seed, step, its position in the global batch)
+(CropStream), so the ranks cut the crops a single process cuts; DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from iqa_utils import engine
+from iqa_utils.config import make_config
+from iqa_utils.data.splits import make_split
+from iqa_utils.data.store import CropSampler, CropStream, ImageStore
+from iqa_utils.distributed import Dist
+from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.system import KitError
+from test_engine import tiny_cfg, tiny_manifest
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
+
+
+# ---- crops that do not depend on the split -------------------------------------------------------
+def test_crop_streams_give_a_sample_its_crop_whatever_the_split(data):
+    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+    idx = torch.tensor([3, 0, 7, 3, 11, 5, 2, 9])
+    whole = sampler.random_crops(idx, 32, flip=True, generator=CropStream(7, 12, 0, 8))
+    halves = [sampler.random_crops(idx[s:s + 4], 32, flip=True, generator=CropStream(7, 12, s, 4)) for s in (0, 4)]
+    assert torch.equal(whole, torch.cat(halves))
+    assert not torch.equal(whole[0], whole[3])                # the same image twice: two crops
+    assert not torch.equal(whole, sampler.random_crops(idx, 32, True, CropStream(7, 13, 0, 8)))   # next step
+    boxes = [sampler.crops_with_boxes(idx[s:s + n], 3, 32, CropStream(1, 0, s, n), mode="multiscale")[1]
+             for s, n in ((0, 8), (0, 2), (2, 6))]
+    torch.testing.assert_close(boxes[0], torch.cat(boxes[1:]))
+
+
+def test_accumulation_cuts_the_same_crops(data):
+    """Real random crops (not fixed ones): micro-batches of 3 give the gradient of the whole batch."""
+    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+    idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(data))
+    grads = []
+    for micro in (8, 3):
+        torch.manual_seed(0)
+        model = DEIQT("tiny", 32)
+        engine.forward_backward(model, sampler, idx, labels, engine.crop_streams(0, 5), micro, torch.device("cpu"))
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
+
+
+# ---- what torchrun may and may not split ---------------------------------------------------------
+def test_shares_and_refusals():
+    assert [Dist(r, 4).share(16) for r in range(4)] == [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)]
+    two = Dist(1, 2)
+    assert engine._batching(tiny_cfg(), "tiny", 20, two) == (8, 10, 4)
+    assert engine._batching(tiny_cfg(**{"train.micro_batch": 2}), "tiny", 20, two)[2] == 2
+    with pytest.raises(KitError, match="does not split evenly"):
+        engine._batching(tiny_cfg(**{"train.global_batch": 9}), "tiny", 20, two)
+    for model in ("csfiqa", "lmliqa"):
+        with pytest.raises(KitError, match="contrastive loss"):
+            engine._batching(make_config("smoke", model), "synthetic", 400, two)
+    assert engine._batching(make_config("smoke", "csfiqa", {"csfiqa.scl": False}), "synthetic", 400, two)
+
+
+# ---- two processes --------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, cfg, manifest, split, out: str) -> None:
+    """One torchrun process: the environment torchrun sets, then a run interrupted after epoch 1 and
+    resumed (rank 0 writes the checkpoint; every rank reads it back)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        engine.train_run(cfg, manifest, split, out, progress=False, stop_after_epoch=1)
+    except engine.TrainingInterrupted:
+        pass
+    result = engine.train_run(cfg, manifest, split, out, progress=False)
+    with open(os.path.join(out, f"result{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+def test_two_processes_train_like_one_with_accumulation(data, tmp_path):
+    split = make_split(data, 1)
+    over = {"train.selection": "max_test_plcc", "train.global_batch": 8, "train.epochs": 2,
+            "data.crops_train": 2, "train.decay_epochs": 1}            # 3 steps per epoch: a short test
+    single = engine.train_run(tiny_cfg(**over, **{"train.micro_batch": 4}), data, split, tmp_path / "one",
+                              progress=False)
+    mp.spawn(_rank, args=(2, _free_port(), tiny_cfg(**over), data, split, str(tmp_path / "ddp")), nprocs=2)
+    ranks = [json.loads((tmp_path / "ddp" / f"result{r}.json").read_text()) for r in range(2)]
+    timings = ("time_s", "train_time_s", "eval_time_s", "train_crops_per_s", "eval_crops_per_s")
+    same = [{k: v for k, v in r.items() if k not in timings} for r in ranks]
+    assert same[0] == same[1]                                     # every rank holds the same result
+    ddp = ranks[0]
+    assert ddp["processes"] == 2 and single["processes"] == 1
+    assert ddp["micro_batch"] == single["micro_batch"] == 4 and ddp["global_batch"] == 8
+    assert [e["epoch"] for e in ddp["epochs"]] == [1, 2] and ddp["selected_epoch"] == single["selected_epoch"]
+    for a, b in zip(ddp["epochs"], single["epochs"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test"] == pytest.approx(b["test"], rel=1e-3, abs=1e-4)
+    np.testing.assert_allclose(ddp["predictions"]["pred"], single["predictions"]["pred"], rtol=1e-3, atol=1e-3)
+    assert ddp["final"]["srcc"] == pytest.approx(single["final"]["srcc"], abs=1e-6)
+    files = sorted(p.name for p in (tmp_path / "ddp").iterdir())     # rank 0's files, written once
+    assert files == ["checkpoint.pt", "config.json", "model.safetensors", "result0.json", "result1.json"]
