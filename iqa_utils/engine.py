@@ -352,7 +352,7 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
             if "test" in rec:
                 epochs.set_postfix(srcc=f"{rec['test']['srcc']:.3f}", plcc=f"{rec['test']['plcc']:.3f}")
         state.history.append(rec)
-        if run.dist.main:
+        if run.dist.main and not last:       # after the last epoch `finish` writes the weights and the record
             save_checkpoint(run.out_dir / CHECKPOINT, ident=run.ident, model=run.model, opt=run.opt,
                             scaler=run.scaler, state=asdict(state), best_weights=best_weights,
                             shuffle_gen=run.shuffle_gen)

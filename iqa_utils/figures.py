@@ -270,7 +270,8 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
               for k in ("deiqt", "lmliqa")}
     table = viz.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
     path = viz.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
-    record_output(path, "figure", "gMAD competition, DEIQT vs LML-IQA")
+    record_output(path, "figure", f"gMAD competition, DEIQT vs LML-IQA: {len(table)} pairs from a pool of "
+                                  f"{len(paths)} images")
     return path
 
 

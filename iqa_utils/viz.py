@@ -450,7 +450,14 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
     """LML-IQA Fig. 3 layout: rows = defender levels, low to high; columns 1-2 = the first defender
     held fixed (second model attacks: its better / worse pick), columns 3-4 = roles reversed.
     Under each image: the attacker's score (and the defender's, in brackets).
-    images: indexable by pool index -> (H, W, 3) array or image path."""
+    images: indexable by pool index -> (H, W, 3) array or image path. A table without pairs (a pool too
+    small for any level to hold two near-equal images) gives a figure that says so."""
+    if table.empty:
+        fig, ax = plt.subplots(figsize=(6, 1.6))
+        _blank(ax)
+        ax.text(0.5, 0.5, "gMAD: no level holds two images the defender scores alike;\nuse a larger pool",
+                ha="center", va="center")
+        return _save(fig, path)
     defenders = list(dict.fromkeys(table["defender"]))
     levels = sorted(table["level"].unique())
     n_cols = 2 * len(defenders)

@@ -142,3 +142,10 @@ def test_plots_write_pngs(tmp_path, tiny, images):
                            for e in range(1, 5)]} for k, m in enumerate(["deiqt", "csfiqa"])]
     assert set(viz.curves_frame(records)["metric"]) == {"srcc", "plcc", "loss"}
     assert _is_png(viz.plot_training_curves(records, tmp_path / "curves.png"))
+
+
+def test_gmad_without_pairs_says_so(tmp_path):
+    """A pool too small for any level to hold two near-equal images: no pairs, and a figure saying so."""
+    table = viz.gmad_pairs(np.array([0.0, 1.0]), np.array([1.0, 0.0]), n_levels=4)
+    assert table.empty
+    assert _is_png(viz.plot_gmad([np.zeros((8, 8, 3), np.uint8)] * 2, table, tmp_path / "none.png"))
