@@ -385,5 +385,5 @@ def test_load_manifest_names_paths_and_errors(data_root, tmp_path, monkeypatch):
         load_manifest("LIVEC")
     calls = []
     fake = types.SimpleNamespace(load=lambda name, root: calls.append((name, root)) or "synthetic manifest")
-    monkeypatch.setitem(sys.modules, "iqa_utils.data.synthetic", fake)
+    monkeypatch.setattr("iqa_utils.data.registry.synthetic", fake)
     assert load_manifest("synthetic_b", "/x") == "synthetic manifest" and calls == [("synthetic_b", "/x")]

@@ -75,7 +75,7 @@ def meta_sampler(tmp_path_factory):
 
 
 STEPS = [("deiqt", {}), ("csfiqa", {}), ("csfiqa", {"csfiqa.nsm": "regional"}),
-         ("csfiqa", {"csfiqa.scale_mode": "crop"}), ("lmliqa", {}), ("lmliqa", {"lmliqa.loss_form": "two_term"}),
+         ("csfiqa", {"csfiqa.scale_mode": "crop", "csfiqa.nsm": "pooled"}), ("lmliqa", {}), ("lmliqa", {"lmliqa.loss_form": "two_term"}),
          ("lmliqa", {"lmliqa.crop_mode": "multiscale", "lmliqa.saliency": "random"}),
          ("lmliqa", {"lmliqa.mutual": "pred_consistency", "lmliqa.anchor": "train_crop"})]
 

@@ -15,11 +15,11 @@ from iqa_utils.models.pretrained import WEIGHTS_ENV, WeightsError
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    return weights.write_stand_ins(tmp_path_factory.mktemp("w"), llama_layers=(31,))
+    return weights.write_stand_ins(tmp_path_factory.mktemp("w"), llama_layers=(15, 31))   # the paper plan's
 
 
 def test_stand_ins_pass_the_check_and_load_through_the_profiles(stand_ins, monkeypatch):
-    assert weights.check(stand_ins, (31,)) == []
+    assert weights.check(stand_ins, (15, 31)) == []
     assert (stand_ins / "deit3_small_patch16_224.fb_in1k" / "deit_3_small_224_1k.pth").is_file()   # DeiT's own
     index = json.loads((stand_ins / "llama-7b" / weights.INDEX).read_text())["weight_map"]
     assert len(index) > 280                                   # every layer listed, one shard written
@@ -37,10 +37,10 @@ def test_check_names_what_is_wrong(stand_ins, tmp_path):
     shard = bad / "llama-7b" / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])                       # truncated
     (bad / "crossvit_small_240.in1k" / "model.safetensors").unlink()
-    problems = weights.check(bad, (31,))
+    problems = weights.check(bad, (15, 31))
     assert any(str(shard) in p for p in problems)
     assert any("crossvit_small_240.in1k" in p and "does not exist" in p for p in problems)
-    assert any("layers.15" in p for p in weights.check(stand_ins, (15, 31)))   # a layer the shard lacks
+    assert any("layers.7" in p for p in weights.check(stand_ins, (7, 31)))     # a layer the shard lacks
 
 
 def test_download_from_the_hub_records_checksums(stand_ins, tmp_path, monkeypatch, capsys):

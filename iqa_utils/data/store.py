@@ -370,7 +370,7 @@ class CropSampler:
         rel = torch.stack([h, w, h, w], 1).double()
         boxes = torch.stack([torch.stack([torch.tensor(s_tops), torch.tensor(s_lefts), small, small], 1) / rel,
                              torch.stack([torch.tensor(tops), torch.tensor(lefts), big, big], 1) / rel], 1)
-        return xs, xl, boxes.float().to(self.device)
+        return xs, xl, boxes.float().to(self.device, non_blocking=True)
 
     def crops_at(self, idx, centres: torch.Tensor, size: int, flip: bool = False,
                  generator: torch.Generator | None = None):
