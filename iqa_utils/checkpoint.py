@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .models.pretrained import kit_state
 from .system import KitError, atomic_save, os_error
 
 CHECKPOINT = "checkpoint.pt"
@@ -33,7 +34,7 @@ def seed_all(seed: int) -> None:
 
 
 def state_dict_cpu(model) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in kit_state(model).items()}
 
 
 def rng_state(shuffle_gen: torch.Generator) -> dict:
@@ -61,7 +62,7 @@ def set_rng_state(s: dict, shuffle_gen: torch.Generator) -> None:
 
 def save_checkpoint(path, *, ident: dict, model, opt, scaler, state: dict, best_weights: dict | None,
                     shuffle_gen: torch.Generator) -> Path:
-    return atomic_save({"ident": ident, "model": model.state_dict(), "optimizer": opt.state_dict(),
+    return atomic_save({"ident": ident, "model": kit_state(model), "optimizer": opt.state_dict(),
                         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
                         "state": state, "best_weights": best_weights or {},
                         "rng": rng_state(shuffle_gen)}, path)

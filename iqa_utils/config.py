@@ -348,7 +348,8 @@ PAPER_DATASETS = ["LIVE", "CSIQ", "TID2013", "KADID-10k", "LIVEC", "KonIQ-10k", 
 #                            KonIQ-10k, where a change can show; LIVE's SRCC is saturated near 0.98)
 #   fraction_datasets, fractions   data-efficient learning (the group's later paper: KonIQ-10k and LIVEC
 #                            at 20/40/60 % of the training split; docs/lmliqa.md D18)
-#   sweep_values             "all" the values of a sweep, or "default_and_one" (a budget)
+#   sweep_values             "all" the values of a sweep, "default_and_one" or "default" (budgets; the sweep's
+#                            code path and table are the same)
 #   images                   a rehearsal's images per dataset (None: all of them)
 #   cost                     batch sizes and repetitions of the timing in notebook 05
 FULL_COST = {"batch": 8, "train_batch": 8, "warmup": 3, "iters": 10}
@@ -368,10 +369,13 @@ PROFILE_PLAN: dict[str, dict[str, Any]] = {
               "ablation_datasets": ["LIVEC", "KonIQ-10k"], "fraction_datasets": ["KonIQ-10k", "LIVEC"],
               "fractions": (0.2, 0.4, 0.6), "sweep_values": "all", "images": None, "cost": FULL_COST},
 }
-REHEARSAL_PLAN = {"seeds": [0], "sweep_values": "default_and_one", "images": 10, "ablation_datasets": ["LIVEC"],
+REHEARSAL_PLAN = {"seeds": [0], "sweep_values": "default", "images": 10, "ablation_datasets": ["LIVEC"],
                   "fraction_datasets": ["LIVEC"], "cost": {"batch": 1, "train_batch": 2, "warmup": 0, "iters": 1}}
 for _name in ("quick", "paper"):
     PROFILE_PLAN[f"{_name}-rehearsal"] = {**PROFILE_PLAN[_name], **REHEARSAL_PLAN}
+# a rehearsal's cross-dataset pairs: an authentic, a synthetic and a large-to-small pair stand for all
+PROFILE_PLAN["paper-rehearsal"]["cross_pairs"] = [("LIVEFB", "KonIQ-10k"), ("LIVE", "CSIQ"),
+                                                  ("KADID-10k", "TID2013")]
 
 
 def is_rehearsal(profile: str) -> bool:

@@ -37,6 +37,7 @@ from .data.store import CropSampler, CropStream
 from .distributed import Dist, accumulate
 from .evaluation import LabelNorm, NonFiniteError, evaluate, final_metrics, require_finite
 from .models import create_model
+from .models.pretrained import load_kit_state
 from .optim import global_batch_for, lr_at, make_optimizer, set_lr, steps_per_epoch
 from .predict import save_trained
 from .system import KitError, amp_dtype, autocast
@@ -169,7 +170,7 @@ def resume(run: Run) -> tuple[LoopState, dict | None]:
     ck = load_checkpoint(run.out_dir / CHECKPOINT, run.ident)
     if ck is None:
         return LoopState(), None
-    run.model.load_state_dict(ck["model"])
+    load_kit_state(run.model, ck["model"], run.out_dir / CHECKPOINT)
     run.opt.load_state_dict(ck["optimizer"])
     if ck["scaler"]:
         run.scaler.load_state_dict(ck["scaler"])
@@ -293,7 +294,7 @@ def evaluate_and_select(run: Run, state: LoopState, rec: dict, best_weights: dic
 def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> dict:
     """Save the selected weights; the result: history, final metrics, selection, predictions, timings."""
     if run.cfg.train.selection != "last" and best_weights:
-        run.model.load_state_dict(best_weights)
+        load_kit_state(run.model, best_weights, "the selected epoch's weights")
     final = None
     if run.test_rows and state.best_preds is not None:
         final = final_metrics(np.asarray(state.best_preds), run.test_labels, run.name)

@@ -246,7 +246,8 @@ def getattr_dotted(obj, dotted: str):
 
 
 def sweep_values(profile: str, model: str, name: str) -> list:
-    """A sweep's values: all of them, or (a smaller budget) the default and the first other value."""
+    """A sweep's values: all of them, or (smaller budgets) the default and the first other value, or the
+    default alone."""
     fields, values = SWEEPS[model][name]
     if plan(profile)["sweep_values"] == "all":
         return values
@@ -254,7 +255,7 @@ def sweep_values(profile: str, model: str, name: str) -> list:
     default = tuple(getattr_dotted(make_config(profile, model), f) for f in tied)
     default = default[0] if isinstance(fields, str) else default
     others = [v for v in values if v != default]
-    return [default, others[0]]
+    return [default] if plan(profile)["sweep_values"] == "default" else [default, others[0]]
 
 
 def named_sweep_configs(profile: str, model: str, name: str) -> Planned:

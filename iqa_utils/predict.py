@@ -11,15 +11,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import save_model
 
 from .checkpoint import read_checkpoint
 from .config import RunConfig, config_from_dict, override
 from .data.store import CropSampler, ImageStore
 from .evaluation import LabelNorm, predict_rows
 from .models import create_model
-from .models.pretrained import load_weights
-from .system import KitError, MissingFile, amp_dtype, atomic_save, atomic_write_text, read_json, resolve_device
+from .models.pretrained import load_kit_state, load_weights, save_weights
+from .system import KitError, MissingFile, amp_dtype, atomic_write_text, read_json, resolve_device
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -28,7 +27,7 @@ CONFIG = "config.json"
 def save_trained(model, cfg: RunConfig, manifest, out_dir, min_side: int, selected_epoch=None) -> Path:
     """model.safetensors + config.json: all `iqa-kit predict` needs (working resolution, label scale)."""
     out_dir = Path(out_dir)
-    atomic_save(model, out_dir / WEIGHTS, lambda m, p: save_model(getattr(m, "_orig_mod", m), p))
+    save_weights(model, out_dir / WEIGHTS)
     meta = {"config": cfg.to_dict(), "dataset": manifest.name, "selected_epoch": selected_epoch,
             "label_range": list(manifest.label_range) if manifest.label_range else None,
             "direction": manifest.direction,
@@ -55,7 +54,7 @@ def load_trained(path, device: str | None = "cpu"):
     if path.is_dir() or path.suffix == ".safetensors":
         load_weights(model, path / WEIGHTS if path.is_dir() else path)
     else:
-        model.load_state_dict(read_checkpoint(path)["model"])
+        load_kit_state(model, read_checkpoint(path)["model"], path)
     model.kit_meta = meta
     return model.to(resolve_device(device)).eval(), cfg
 

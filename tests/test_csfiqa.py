@@ -345,3 +345,23 @@ def test_new_choices_are_checked_where_the_config_is_made():
                 {"csfiqa.nsm": "regional_weight", "csfiqa.scale_mode": "crop"}, {"csfiqa.nsm_weight": -1.0}):
         with pytest.raises(ConfigError):
             make_config("smoke", "csfiqa", bad)
+
+
+def test_weights_files_leave_out_the_frozen_llama_layer(tmp_path):
+    """A run's weights hold what it trained; the frozen LLaMA layer (0.4 GB at full size) is rebuilt from
+    its source when the model is built, so it is not written once per run. Loading stays strict."""
+    from safetensors.torch import load_file, save_file
+    from iqa_utils.models.pretrained import WeightsError, load_weights, save_weights
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa"))
+    path = save_weights(m, tmp_path / "model.safetensors")
+    saved = load_file(str(path))
+    assert not [k for k in saved if k.startswith("ic.llama")] and "ic.w1.weight" in saved
+    torch.manual_seed(1)
+    other = create_model(make_config("smoke", "csfiqa"))
+    load_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), other.state_dict().values()))
+    del saved["ic.w1.weight"]
+    save_file(saved, str(tmp_path / "short.safetensors"))
+    with pytest.raises(WeightsError, match="ic.w1.weight"):
+        load_weights(other, tmp_path / "short.safetensors")

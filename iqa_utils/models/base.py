@@ -48,6 +48,11 @@ class IQAModel(nn.Module):
         """Parameter names kept out of weight decay besides every 1-D tensor (DEIQT: pos/cls tokens)."""
         return set()
 
+    def source_state_keys(self) -> set[str]:
+        """State entries rebuilt from their source whenever the model is built and never trained (CSFIQA's
+        frozen LLaMA layer): the kit's checkpoints and weights files leave them out (models.pretrained)."""
+        return set()
+
 
 def deiqt_init_(module: nn.Module) -> None:
     """DEIQT's init: trunc-normal(0.02) Linear weights with zero bias, LayerNorm (1, 0)."""

@@ -391,6 +391,10 @@ class CSFIQA(IQAModel):
         logs["loss"] = total.detach()
         return total, logs
 
+    def source_state_keys(self) -> set[str]:
+        """The frozen LLaMA layer and its norm: read again from ic_weights (or, tiny, rebuilt from its seed)."""
+        return {f"ic.{k}" for k in self.ic.state_dict() if k.startswith(("llama.", "llama_norm."))}
+
     def no_weight_decay(self) -> set[str]:
         return {f"encoder.{n}" for n in ("cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1")}
 

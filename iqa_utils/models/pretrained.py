@@ -12,10 +12,10 @@ from pathlib import Path
 import huggingface_hub
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..system import KitError, MissingFile
+from ..system import KitError, MissingFile, atomic_write
 
 
 class WeightsError(KitError, RuntimeError):
@@ -88,6 +88,34 @@ def resolve_weights(source: str, filename: str = "model.safetensors") -> Path:
                            f"({type(e).__name__}); {HOW_TO_DOWNLOAD}.") from e
 
 
+def kit_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state a kit checkpoint or weights file holds: everything but what the model rebuilds from its
+    source (`source_state_keys`: CSFIQA's frozen 0.4 GB LLaMA layer is read again, not saved per run)."""
+    model = getattr(model, "_orig_mod", model)
+    skip = model.source_state_keys() if hasattr(model, "source_state_keys") else set()
+    return {k: v for k, v in model.state_dict().items() if k not in skip}
+
+
+def load_kit_state(model: nn.Module, sd: dict, where) -> None:
+    """kit_state's counterpart, strict: every other entry must be there, nothing may be left over."""
+    model = getattr(model, "_orig_mod", model)
+    own = model.state_dict()
+    skip = model.source_state_keys() if hasattr(model, "source_state_keys") else set()
+    missing = sorted(set(own) - set(sd) - skip)
+    unexpected = sorted(set(sd) - set(own))
+    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise WeightsError(f"{where}: not the weights of this model (missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]}, wrong shape {wrong[:3]})")
+    model.load_state_dict(sd, strict=False)
+
+
+def save_weights(model: nn.Module, path) -> Path:
+    """kit_state(model) as safetensors, atomically."""
+    state = {k: v.detach().contiguous() for k, v in kit_state(model).items()}
+    return atomic_write(path, lambda tmp: save_file(state, tmp))
+
+
 def load_weights(model: nn.Module, path) -> Path:
     """A kit run's model.safetensors (or the run folder holding it) into model, strictly; a missing,
     truncated or mismatched file is one KitError naming it."""
@@ -96,10 +124,10 @@ def load_weights(model: nn.Module, path) -> Path:
     if not path.is_file():
         raise MissingFile(f"{path}: weights file missing; the run may not have finished")
     try:
-        load_model(model, str(path), strict=True)
+        sd = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise WeightsError(f"{path}: unreadable or not the weights of this model "
-                           f"({str(e).splitlines()[0][:160]})") from None
+        raise WeightsError(f"{path}: unreadable weights file ({str(e).splitlines()[0][:160]})") from None
+    load_kit_state(model, sd, path)
     return path
 
 
