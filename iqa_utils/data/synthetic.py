@@ -19,7 +19,8 @@ Recipe (RECIPE_VERSION; every number is in `recipe.json` next to the images):
 - Size: 18 refs x 8 types x 4 levels = 576 PNGs of 160x160 (about 45 MiB decoded); split unit = ref.
 
 Layout of the built folder: refs/<ref>.png, images/<ref>_<distortion>_<level>.png, labels.csv
-(image, ref, distortion, level, mos, ssim, msssim, psnr, sha1), recipe.json.
+(image, ref, distortion, level, mos, ssim, msssim, psnr, sha1), recipe.json; and, once a smoke model has
+been made, pretrained/ (the tiny encoders' proxy pretraining, models/proxy.py; kept across a rebuild).
 """
 from __future__ import annotations
 
@@ -75,13 +76,15 @@ LABEL_COLUMNS = ["image", "ref", "distortion", "level", "mos", "ssim", "msssim",
 
 
 # ---- pixels --------------------------------------------------------------------------------------------
-def _photo(name: str) -> np.ndarray:
+def photo(name: str) -> np.ndarray:
+    """A skimage.data photo as uint8 (H, W, 3) (grey ones repeated, alpha dropped, binary ones 0/255)."""
     import skimage.data as skd
+    from skimage.util import img_as_ubyte
 
     if name.startswith("stereo_motorcycle["):
         im = skd.stereo_motorcycle()[int(name[-2])]
     else:
-        im = getattr(skd, name)()
+        im = img_as_ubyte(getattr(skd, name)())
     if im.ndim == 2:
         im = np.stack([im] * 3, -1)
     return np.ascontiguousarray(im[..., :3])
@@ -89,7 +92,7 @@ def _photo(name: str) -> np.ndarray:
 
 def make_reference(source) -> np.ndarray:
     name, top, left, side = source
-    im = _photo(name)
+    im = photo(name)
     box = im[top:top + side, left:left + side]
     if box.shape[:2] != (side, side):
         raise ValueError(f"box {source} does not fit {name} {im.shape[:2]}")
@@ -232,6 +235,8 @@ def build_synthetic(out_dir, force: bool = False, progress: bool = True, n_refs:
                                  "msssim": round(m["msssim"], 6), "psnr": round(m["psnr"], 4), "sha1": sha})
         pd.DataFrame(rows, columns=LABEL_COLUMNS).to_csv(tmp / "labels.csv", index=False)
         (tmp / "recipe.json").write_text(json.dumps(_recipe(n_refs), indent=1))
+        if (out_dir / "pretrained").is_dir():   # the proxy-pretrained encoders (models/proxy.py) stay
+            (out_dir / "pretrained").rename(tmp / "pretrained")
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(old)

@@ -29,14 +29,14 @@ from dataclasses import replace
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from timm.models.crossvit import CrossVit
 from torch import nn
 
 from .base import IQAModel, regression_loss
 from .concentrator import build_concentrator
 from .deiqt import PanelDecoder
-from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, load_encoder_weights, weights_source
+from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
+from .proxy import SIZE as PROXY_SIZE, encoder_source
 from .registry import register_model
 from .. import losses as L
 
@@ -83,9 +83,8 @@ def crossvit_key_map(encoder: nn.Module):
                 continue
             if "pos_embed" in k or "cls_token" in k:
                 k = k.replace(".", "_")
-            if k.startswith("pos_embed_") and k in own and own[k].shape != v.shape:
-                side = math.isqrt(own[k].shape[1] - 1)
-                v = resample_abs_pos_embed(v, new_size=[side, side], num_prefix_tokens=1)
+            if k.startswith("pos_embed_") and k in own:
+                v = fit_pos_embed(v, own[k])
             out[k] = v
         return out
     return key_map
@@ -417,7 +416,8 @@ def csfiqa(cfg) -> CSFIQA:
     if c.ic.startswith("llama") and cfg.model.size != "tiny" and not c.ic_weights:
         c = replace(c, ic_weights=weights_source(LLAMA_HUB_ID))     # the kit's default LLaMA-7B source
     model = CSFIQA(c, cfg.model.size, cfg.train.regression_loss)
-    if cfg.model.pretrained:
-        src = cfg.model.weights or weights_source(crossvit_hub_id(c.encoder))
+    if cfg.model.pretrained:      # ImageNet's CrossViT (small) or the proxy pretraining's (tiny)
+        src = encoder_source(cfg, "crossvit_tiny", lambda: build_crossvit("tiny", c.encoder, PROXY_SIZE),
+                             crossvit_hub_id(c.encoder))
         load_encoder_weights(model.encoder, src, crossvit_key_map(model.encoder))
     return model

@@ -11,12 +11,14 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .base import IQAModel, deiqt_init_
 from .registry import register_model
-from .pretrained import DEIT_HUB_ID, load_encoder_weights, weights_source
+from .pretrained import DEIT_HUB_ID, load_encoder_weights, vit_key_map
+from .proxy import SIZE as PROXY_SIZE, encoder_source
 
 # name -> ViT arguments (timm's deit3_small_patch16_224 for `small`).
-# `tiny` (smoke profile, random init) uses 8-px patches and LayerScale 0.1: with 16-px patches and
-# DEIQT's 1e-4 LayerScale (a value the pretrained checkpoint overwrites) a from-scratch tiny model
-# barely moves in a few hundred steps on the synthetic set (test SRCC 0.32 vs 0.69; see the issue notes).
+# `tiny` (smoke profile) uses 8-px patches and LayerScale 0.1, chosen when smoke trained from scratch: with
+# 16-px patches and DEIQT's 1e-4 LayerScale (a value the pretrained checkpoint overwrites) a from-scratch
+# tiny model barely moved in a few hundred steps on the synthetic set (test SRCC 0.32 vs 0.69). Its
+# pretrained weights come from the proxy pretraining (models/proxy.py).
 ENCODER_SIZES = {
     "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, init_values=1e-4),
     "tiny": dict(patch_size=8, embed_dim=48, depth=2, num_heads=3, init_values=0.1),
@@ -97,5 +99,12 @@ def tokens_to_grid(tokens: torch.Tensor, vit: VisionTransformer) -> torch.Tensor
 def deiqt(cfg) -> DEIQT:
     model = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
     if cfg.model.pretrained:
-        load_encoder_weights(model.encoder, cfg.model.weights or weights_source(DEIT_HUB_ID))
+        load_vit_weights(model.encoder, cfg)
     return model
+
+
+def load_vit_weights(encoder: VisionTransformer, cfg):
+    """The pretrained DeiT-III encoder of DEIQT and LML-IQA's student: ImageNet's (small) or the proxy
+    pretraining's (tiny), strictly, the position embedding resampled to the crop size when it differs."""
+    src = encoder_source(cfg, "vit_tiny", lambda: build_vit("tiny", PROXY_SIZE), DEIT_HUB_ID)
+    return load_encoder_weights(encoder, src, vit_key_map(encoder))

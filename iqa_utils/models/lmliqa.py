@@ -40,8 +40,8 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchvision.transforms.functional import gaussian_blur
 
 from .base import IQAModel, deiqt_init_, regression_loss
-from .deiqt import DEIQT, build_vit, PanelDecoder, tokens_to_grid  # noqa: F401 (re-exported)
-from .pretrained import DEIT_HUB_ID, WeightsError, load_encoder_weights, read_state_dict, weights_source
+from .deiqt import DEIQT, build_vit, PanelDecoder, load_vit_weights, tokens_to_grid  # noqa: F401 (re-exported)
+from .pretrained import WeightsError, read_state_dict
 from .registry import register_model
 from ..losses import local_manifold_loss, local_manifold_two_term
 
@@ -406,7 +406,7 @@ class LMLIQA(IQAModel):
 def lmliqa(cfg) -> LMLIQA:
     student = DEIQT(cfg.model.size, cfg.data.crop_size, cfg.train.regression_loss)
     if cfg.model.pretrained:
-        load_encoder_weights(student.encoder, cfg.model.weights or weights_source(DEIT_HUB_ID))
+        load_vit_weights(student.encoder, cfg)
     model = LMLIQA(student, cfg.lmliqa, cfg.train.regression_loss)
     if cfg.lmliqa.teacher_init == "checkpoint":            # the config made sure a path is given
         model.load_teacher(cfg.lmliqa.teacher_checkpoint)

@@ -4,6 +4,7 @@ Never `trust_remote_code`; `torch.load` only with weights_only=True; safetensors
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -13,6 +14,7 @@ import huggingface_hub
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from ..system import KitError, MissingFile, atomic_write
@@ -140,6 +142,30 @@ def map_deit_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         k = k.replace(".gamma_1", ".ls1.gamma").replace(".gamma_2", ".ls2.gamma")
         out[k] = v
     return out
+
+
+def fit_pos_embed(v: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """A (1, prefix + g*g, D) position embedding resampled (timm's resample_abs_pos_embed) to the grid of
+    `own`, the encoder's; prefix tokens (a CLS, or none with no_embed_class) are kept as they are."""
+    if v.shape == own.shape or v.dim() != 3 or v.shape[-1] != own.shape[-1]:
+        return v                                   # anything else is the strict loader's to report
+    n = own.shape[1]
+    prefix = n - math.isqrt(n) ** 2
+    side = math.isqrt(n - prefix)
+    return resample_abs_pos_embed(v, new_size=[side, side], num_prefix_tokens=prefix)
+
+
+def vit_key_map(encoder: nn.Module):
+    """DeiT-III names -> timm names (map_deit_keys), then the position embedding resampled when the
+    encoder's input size differs from the checkpoint's (as timm does when it loads pretrained weights)."""
+    own = encoder.state_dict()
+
+    def key_map(sd):
+        out = map_deit_keys(sd)
+        if "pos_embed" in out and "pos_embed" in own:
+            out["pos_embed"] = fit_pos_embed(out["pos_embed"], own["pos_embed"])
+        return out
+    return key_map
 
 
 def load_encoder_weights(encoder: nn.Module, source: str, key_map=map_deit_keys) -> Path:

@@ -1,0 +1,30 @@
+"""What each profile runs: the main tables over `seeds`, the other tables over `side_seeds`."""
+import pytest
+
+from iqa_utils import experiments as E
+from iqa_utils.config import PROFILE_PLAN, plan
+
+
+@pytest.mark.parametrize("profile", list(PROFILE_PLAN))
+def test_every_plan_names_its_side_seeds(profile):
+    p = plan(profile)
+    assert p["side_seeds"] and set(p["side_seeds"]) <= set(p["seeds"])
+
+
+def test_smoke_main_tables_take_three_seeds_and_the_others_one():
+    p = plan("smoke")
+    assert p["seeds"] == [0, 1, 2] and p["side_seeds"] == [0]
+    seeds = lambda planned: sorted({c.split_seed for c, _ in planned})
+    assert seeds(E.main_configs("smoke")) == [0, 1, 2]
+    assert seeds(E.untrained_configs("smoke", "csfiqa")) == [0, 1, 2]
+    assert seeds(E.variant_configs("smoke", "csfiqa", E.ABLATIONS["csfiqa"])) == [0]
+    assert seeds(E.named_sweep_configs("smoke", "lmliqa", "tau")) == [0]
+    assert seeds(E.fraction_configs("smoke", ("deiqt",))) == [0]
+    assert seeds(E.cross_configs("smoke", ("deiqt",))) == [0]
+
+
+def test_notebooks_run_the_main_tables_on_every_seed():
+    nb = E.notebook_plan("smoke")
+    for notebook, models in (("01_train_csfiqa", ("deiqt", "csfiqa")), ("02_train_lmliqa", ("deiqt", "lmliqa"))):
+        keys = {(c.key(), c.split_seed) for c, _ in nb[notebook]}
+        assert {(c.key(), c.split_seed) for c, _ in E.main_configs("smoke", models)} <= keys

@@ -1,0 +1,131 @@
+"""Proxy pretraining of the tiny encoders: deterministic, disjoint from the synthetic references, cached,
+loaded strictly, and what the smoke profile's models start from."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from iqa_utils.config import RunConfig, make_config
+from iqa_utils.data import synthetic as syn
+from iqa_utils.models import create_model, proxy
+from iqa_utils.models.csfiqa import build_crossvit, crossvit_key_map
+from iqa_utils.models.deiqt import build_vit
+from iqa_utils.models.pretrained import load_encoder_weights, vit_key_map
+from iqa_utils.system import KitError
+
+FAST = {"steps": 3, "batch": 6, "warmup_steps": 1}       # the recipes' code path at a test's budget
+
+
+@pytest.fixture(autouse=True)
+def fast_recipes(monkeypatch):
+    for name, recipe in proxy.RECIPES.items():
+        monkeypatch.setitem(proxy.RECIPES, name, {**recipe, **FAST})
+
+
+def vit():
+    return build_vit("tiny", proxy.SIZE)
+
+
+def crossvit():
+    return build_crossvit("tiny", "crossvit_small_240", proxy.SIZE)
+
+
+def test_photos_supply_no_synthetic_reference():
+    refs = {name for name, *_ in syn.SOURCES[:syn.DEFAULT_N_REFS]}
+    assert refs and not set(proxy.PHOTOS) & refs
+    with pytest.raises(KitError, match="astronaut"):
+        proxy.check_disjoint(proxy.PHOTOS + ("astronaut",))
+
+
+def test_a_build_reads_only_the_proxy_photos(monkeypatch, tmp_path):
+    seen = []
+    real = proxy.photo
+    monkeypatch.setattr(proxy, "photo", lambda name: seen.append(name) or real(name))
+    proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    assert seen == list(proxy.PHOTOS)
+
+
+@pytest.mark.parametrize("recipe", list(proxy.RECIPES))
+def test_batches_are_seeded_and_labelled(recipe):
+    photos, r = proxy.load_photos(), proxy.RECIPES[recipe]
+    x, y = proxy.sample_batch(photos, r, torch.Generator().manual_seed(1))
+    x2, y2 = proxy.sample_batch(photos, r, torch.Generator().manual_seed(1))
+    assert x.shape == (r["batch"], 3, proxy.SIZE, proxy.SIZE) and torch.isfinite(x).all()
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert 0 <= int(y.min()) and int(y.max()) < proxy.n_classes(r)
+
+
+@pytest.mark.parametrize("build", [vit, crossvit])
+def test_pretraining_is_deterministic_and_leaves_the_caller_alone(build):
+    torch.manual_seed(5)
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    a, log = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
+    b, _ = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
+    assert len(log) == FAST["steps"] and all(torch.isfinite(torch.tensor(step)).all() for step in log)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
+    init = build().state_dict()                  # the training moved the encoder
+    assert any(not torch.equal(init[k], a[k]) for k in a)
+
+
+def test_cache_is_reused_and_loads_strictly(tmp_path):
+    for name, build, key_map in (("vit_tiny", vit, vit_key_map), ("crossvit_tiny", crossvit, crossvit_key_map)):
+        path = proxy.proxy_weights(name, build, tmp_path)
+        assert path == syn.default_root(tmp_path) / "pretrained" / proxy.DEFAULT_RECIPE / f"{name}.safetensors"
+        again = tmp_path / "again"
+        assert path.read_bytes() == proxy.proxy_weights(name, build, again).read_bytes()   # same bytes
+        stamp = path.stat().st_mtime_ns
+        assert proxy.proxy_weights(name, build, tmp_path) == path and path.stat().st_mtime_ns == stamp
+        enc = build()
+        load_encoder_weights(enc, str(path), key_map(enc))
+        saved = load_file(str(path))
+        assert all(torch.equal(v, saved[k]) for k, v in enc.state_dict().items())
+
+
+def test_a_changed_recipe_or_a_damaged_file_rebuilds(tmp_path, monkeypatch):
+    path = proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    meta = path.with_suffix(".json")
+    assert json.loads(meta.read_text())["identity"]["version"] == 1
+    monkeypatch.setitem(proxy.RECIPES, proxy.DEFAULT_RECIPE,
+                        {**proxy.RECIPES[proxy.DEFAULT_RECIPE], "version": 2})
+    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+    proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    assert json.loads(meta.read_text())["identity"]["version"] == 2
+    path.write_bytes(path.read_bytes()[:-8])                       # truncated
+    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+    proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    assert proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+
+
+def test_the_config_names_the_recipes():
+    f = {f.name: f for f in RunConfig.__dataclass_fields__["model"].default_factory.__dataclass_fields__.values()}
+    assert set(f["proxy_pretraining"].metadata["choices"]) == set(proxy.RECIPES)
+    assert f["proxy_pretraining"].default == proxy.DEFAULT_RECIPE
+    smoke = make_config("smoke")
+    assert smoke.model.pretrained and smoke.model.size == "tiny"
+
+
+def _encoders(model):
+    return [model.encoder] if hasattr(model, "encoder") else [model.student.encoder, model.teacher.encoder]
+
+
+@pytest.mark.parametrize("name,weights", [("deiqt", "vit_tiny"), ("lmliqa", "vit_tiny"), ("csfiqa", "crossvit_tiny")])
+def test_smoke_models_start_from_the_proxy_weights(tmp_path, name, weights):
+    model = create_model(make_config("smoke", name, {"data.data_root": str(tmp_path)}))
+    saved = load_file(str(proxy.folder(tmp_path) / f"{weights}.safetensors"))
+    for enc in _encoders(model):
+        own = enc.state_dict()
+        assert own.keys() == saved.keys() and all(torch.equal(own[k], saved[k]) for k in own)
+    scratch = create_model(make_config("smoke", name, {"data.data_root": str(tmp_path / "none"),
+                                                       "model.pretrained": False}))
+    assert not (tmp_path / "none").exists()               # from scratch builds nothing
+    own = _encoders(scratch)[0].state_dict()
+    assert any(not torch.equal(own[k], saved[k]) for k in own)
+
+def test_other_crop_sizes_resample_the_positions(tmp_path):
+    model = create_model(make_config("smoke", "deiqt", {"data.data_root": str(tmp_path), "data.crop_size": 32}))
+    saved = load_file(str(proxy.folder(tmp_path) / "vit_tiny.safetensors"))
+    own = model.encoder.state_dict()
+    assert own["pos_embed"].shape == (1, 16, 48) and saved["pos_embed"].shape == (1, 144, 48)
+    assert all(torch.equal(own[k], saved[k]) for k in own if k != "pos_embed")
