@@ -30,7 +30,8 @@ import torch
 from . import __version__
 
 
-CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (image stores, stand-in weights)
+CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (synthetic set, image stores, stand-in weights)
+DATA_ROOT_ENV = "IQA_KIT_DATA"       # the datasets' folder when no data_root is given
 
 
 def cache_dir(part: str) -> Path:

@@ -139,7 +139,10 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("IQA_KIT_DATA", str(tmp_path / "env"))
     assert syn.default_root() == tmp_path / "env" / "synthetic"
     monkeypatch.delenv("IQA_KIT_DATA")
+    monkeypatch.delenv("IQA_KIT_CACHE", raising=False)
     assert syn.default_root() == Path("~/.cache/iqa-kit/synthetic").expanduser()
+    monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path / "cache"))      # the kit's one cache folder
+    assert syn.default_root() == tmp_path / "cache" / "synthetic"
 
 
 def test_all_sources_fit():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..system import DATA_ROOT_ENV
 from . import csiq, kadid, koniq, live, livec, livefb, spaq, synthetic, tid2013
 from .manifest import DatasetError, Manifest
 
@@ -50,7 +51,6 @@ DEIQT_GLOBAL_BATCH = {
     "LIVEC": 64, "KonIQ-10k": 512, "SPAQ": 512, "LIVEFB": 2048,
 }
 
-DATA_ROOT_ENV = "IQA_KIT_DATA"     # used when no data_root is given (as synthetic.py does)
 _ALIASES = {"kadid": "KADID-10k", "kadid10k": "KADID-10k", "koniq": "KonIQ-10k", "koniq10k": "KonIQ-10k",
             "flive": "LIVEFB", "clive": "LIVEC", "livechallenge": "LIVEC", "tid": "TID2013"}
 

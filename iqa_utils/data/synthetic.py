@@ -37,6 +37,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..system import DATA_ROOT_ENV, cache_dir
 from .manifest import DatasetError, Manifest
 
 RECIPE_VERSION = 1
@@ -282,13 +283,12 @@ def parse(root, verify: bool = True) -> Manifest:
 
 
 def default_root(data_root=None) -> Path:
-    """data_root/synthetic, else $IQA_KIT_DATA/synthetic, else ~/.cache/iqa-kit/synthetic."""
+    """data_root/synthetic, else $IQA_KIT_DATA/synthetic, else the kit's cache folder's
+    (<$IQA_KIT_CACHE or ~/.cache/iqa-kit>/synthetic): it is rebuilt from the recipe when missing."""
     if data_root is not None:
         return Path(data_root).expanduser() / "synthetic"
-    env = os.environ.get("IQA_KIT_DATA")
-    if env:
-        return Path(env).expanduser() / "synthetic"
-    return Path("~/.cache/iqa-kit/synthetic").expanduser()
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env).expanduser() / "synthetic" if env else cache_dir("synthetic")
 
 
 def load(name: str = "synthetic", data_root=None, progress: bool = True, n_refs: int = DEFAULT_N_REFS) -> Manifest:
