@@ -29,7 +29,7 @@ from torchvision import transforms
 
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.store import IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore
-from iqa_utils.data.synthetic import _photo
+from iqa_utils.data.synthetic import photo
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle[0]", "stereo_motorcycle[1]",
           "hubble_deep_field", "immunohistochemistry", "retina", "camera"]
@@ -40,7 +40,7 @@ def make_images(folder: Path, n: int, side: int) -> Manifest:
 
     The boxes are drawn in order first, so the files do not depend on the threads that write them."""
     rng = np.random.default_rng(0)
-    photos = [_photo(p) for p in PHOTOS]
+    photos = [photo(p) for p in PHOTOS]
     boxes = []
     for i in range(n):
         im = photos[i % len(photos)]

@@ -43,7 +43,7 @@ from iqa_utils.config import make_config
 from iqa_utils.costs import count_macs
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.store import build_store
+from iqa_utils.data.cache import open_store
 from iqa_utils.evaluation import predict_rows
 from iqa_utils.models import concentrator, csfiqa
 from iqa_utils.optim import global_batch_for
@@ -98,14 +98,15 @@ class FirstAnswers:
         return first
 
 
-def random_llama_ic(dim, mode="llama", *, weights=None, layer_idx=31, tiny=True, dtype="auto", num_heads=4,
-                    seed=0, device=None):
+def random_llama_ic(dim, mode="llama", *, weights=None, layer_idx=31, tiny=True, device=None, **kw):
     """build_concentrator, with a random LLaMA-7B layer of the real shape when no weights are given."""
     if weights or tiny or not mode.startswith("llama") or str(device) == "meta":
         return concentrator.build_concentrator(dim, mode, weights=weights, layer_idx=layer_idx, tiny=tiny,
-                                               dtype=dtype, num_heads=num_heads, seed=seed, device=device)
-    layer, norm = concentrator.build_llama_layer(concentrator.LLAMA_7B, layer_idx, seed, torch.bfloat16)
-    return concentrator.InformationConcentrator(dim, mode, layer, norm)
+                                               device=device, **kw)
+    layer, norm = concentrator.build_llama_layer(concentrator.LLAMA_7B, layer_idx, kw.get("seed", 0),
+                                                 torch.bfloat16)
+    return concentrator.InformationConcentrator(dim, mode, layer, norm,
+                                                ic_norm=kw.get("ic_norm", "reference"))
 
 
 def timed_steps(run, batches, sync_debug: bool = False) -> float:
@@ -126,7 +127,8 @@ def train_rates(run, batches, a) -> tuple[float, float, float | None]:
     """(end-to-end crops/s, ceiling crops/s, peak MiB): the best of `a.repeat` timed blocks of each,
     alternated so that both see the same machine load."""
     real, ceiling = run.sampler, FirstAnswers(run.sampler)
-    timed_steps(run, batches[:a.warmup])                    # compilation, allocator, cuDNN choices
+    if a.warmup:
+        timed_steps(run, batches[:a.warmup])                # compilation, allocator, cuDNN choices
     run.sampler = ceiling
     timed_steps(run, batches[:1])                           # the ceiling's crops cut once, untimed
     if run.device.type == "cuda":
@@ -214,7 +216,9 @@ def main(argv=None):
         split = make_split(manifest, 0)
         min_side = 240 if a.size == "full" else 96
         t0 = time.perf_counter()
-        store = build_store(manifest, min_side=min_side, device=device, progress=False, cache=False)
+        kind = "gpu" if device.type == "cuda" else "ram"            # the fastest store each device has
+        store = open_store(manifest, min_side=min_side, device=device, kind=kind, cache_dir=Path(tmp) / "cache",
+                           progress=False)
         decode = time.perf_counter() - t0
         a.batch = a.batch or global_batch_for(make_config("paper", "deiqt"), a.dataset)
         print(f"device: {device_name(device)}; torch {torch.__version__}; {a.images} images {hw[1]}x{hw[0]} decoded "

@@ -59,12 +59,18 @@ def test_batches_are_seeded_and_labelled(recipe):
 @pytest.mark.parametrize("build", [vit, crossvit])
 def test_pretraining_is_deterministic_and_leaves_the_caller_alone(build):
     torch.manual_seed(5)
+    before = torch.get_num_threads()
+    torch.set_num_threads(proxy.THREADS + 1)                # a count the build must not leave behind
     rng, threads = torch.get_rng_state(), torch.get_num_threads()
-    a, log = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
-    b, _ = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
+    try:
+        a, log = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
+        b, _ = proxy.pretrain(build, proxy.RECIPES[proxy.DEFAULT_RECIPE])
+    finally:
+        after = torch.get_num_threads()
+        torch.set_num_threads(before)
     assert len(log) == FAST["steps"] and all(torch.isfinite(torch.tensor(step)).all() for step in log)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.equal(torch.get_rng_state(), rng) and torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), rng) and after == threads
     init = build().state_dict()                  # the training moved the encoder
     assert any(not torch.equal(init[k], a[k]) for k in a)
 

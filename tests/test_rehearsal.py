@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _reproduce(profile, data, pool, results, cache):
     cmd = [sys.executable, "-m", "iqa_utils.cli", "reproduce", "--profile", profile, "--rehearse",
            "--data-root", str(data), "--pool-dir", str(pool), "--results-dir", str(results)]
-    env = {**os.environ, "IQA_KIT_CACHE": str(cache), "IQA_KIT_THREADS": "2"}
+    env = {**os.environ, "IQA_KIT_CACHE": str(cache)}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, env=env)
 
 

@@ -98,14 +98,21 @@ def kit_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in skip}
 
 
+def state_mismatch(own: dict, sd: dict, skip=frozenset()) -> tuple[list, list, list]:
+    """What keeps `sd` from loading strictly into a module whose state is `own`: the keys missing (but
+    those in skip), the keys left over, the keys of another shape."""
+    missing = sorted(set(own) - set(sd) - set(skip))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = sorted(k for k in sd if k in own and sd[k].shape != own[k].shape)
+    return missing, unexpected, wrong
+
+
 def load_kit_state(model: nn.Module, sd: dict, where) -> None:
     """kit_state's counterpart, strict: every other entry must be there, nothing may be left over."""
     model = getattr(model, "_orig_mod", model)
     own = model.state_dict()
     skip = model.source_state_keys() if hasattr(model, "source_state_keys") else set()
-    missing = sorted(set(own) - set(sd) - skip)
-    unexpected = sorted(set(sd) - set(own))
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    missing, unexpected, wrong = state_mismatch(own, sd, skip)
     if missing or unexpected or wrong:
         raise WeightsError(f"{where}: not the weights of this model (missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]}, wrong shape {wrong[:3]})")
@@ -172,10 +179,7 @@ def load_encoder_weights(encoder: nn.Module, source: str, key_map=map_deit_keys)
     """Load strictly: every encoder tensor must come from the file, and nothing in it may be left over."""
     path = resolve_weights(source)
     sd = key_map(read_state_dict(path))
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    bad_shape = [k for k in own if k in sd and own[k].shape != sd[k].shape]
+    missing, unexpected, bad_shape = state_mismatch(encoder.state_dict(), sd)
     if missing or unexpected or bad_shape:
         raise WeightsError(f"{path} does not match the encoder: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}, wrong shape {bad_shape[:5]}")
