@@ -330,7 +330,8 @@ def test_livefb_patch_sizes_come_from_boxes(data_root):
 def test_livefb_patch_list_and_missing_patch_file(tmp_path):
     root = nf.write_livefb(tmp_path / "FLIVE_Database", patches="list")
     (root / "database/patches/img_002.jpg_patch_3.jpg").unlink()     # tolerated: 9 are missing in the wild
-    p = nf.load_fixture("LIVEFB", root).extras["patches"]
+    with pytest.warns(UserWarning, match=r"LIVEFB: 1 of 18 listed patch files are missing .*img_002.jpg_patch_3"):
+        p = nf.load_fixture("LIVEFB", root).extras["patches"]
     assert p.rel_area.isna().all() and p.image[0] == "blur_dataset/img_000.jpg"
     assert p.exists.sum() == 17 and not p.exists[8]
     nopatch = nf.write_livefb(tmp_path / "bare", patches=None)
