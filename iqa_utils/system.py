@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -150,6 +151,15 @@ def atomic_write_text(text: str, path) -> Path:
 
 def atomic_write_json(obj, path) -> Path:
     return atomic_write_text(json.dumps(obj, indent=1, default=str), path)
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file, read in 4 MiB blocks (weight shards are gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json(path, what: str = "JSON file") -> dict:

@@ -13,7 +13,6 @@ Point the profiles at the folder with IQA_KIT_WEIGHTS=<folder> (models.pretraine
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from .models.csfiqa import build_crossvit, crossvit_key_map
 from .models.deiqt import build_vit
 from .models.pretrained import (DEIT_HUB_ID, LLAMA_HUB_ID, WeightsError, crossvit_hub_id, map_deit_keys,
                                 read_state_dict, resolve_weights)
-from .system import atomic_save, atomic_write_json, atomic_write_text, read_json
+from .system import atomic_save, atomic_write_json, atomic_write_text, file_sha256, read_json
 
 CHECKSUMS = "iqa-kit-weights.json"
 INDEX = "model.safetensors.index.json"
@@ -39,14 +38,6 @@ DEFAULT_ENCODER = "crossvit_small_240"
 
 def folder_of(root, hub_id: str) -> Path:
     return Path(root).expanduser() / hub_id.split("/")[-1]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _llama_tensors(layers, n_layers: int = 32) -> dict[str, str]:
@@ -89,7 +80,7 @@ def download(root, llama_layers=(31,), encoder: str = DEFAULT_ENCODER, llama_rep
         if repo == llama_repo:
             paths += [_fetch(repo, f, folder) for f in _needed_shards(folder / INDEX, llama_layers)]
         for p in tqdm(paths, desc=f"checksums {repo}", leave=False):
-            sums[str(p.relative_to(root))] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            sums[str(p.relative_to(root))] = {"sha256": file_sha256(p), "bytes": p.stat().st_size}
     atomic_write_json({"files": sums, "llama_layers": sorted(llama_layers)}, root / CHECKSUMS)
     return root
 
@@ -170,7 +161,7 @@ def _check_sums(root: Path) -> list[str]:
         p = root / rel
         if not p.is_file():
             problems.append(f"{p}: missing (recorded at download)")
-        elif p.stat().st_size != want["bytes"] or _sha256(p) != want["sha256"]:
+        elif p.stat().st_size != want["bytes"] or file_sha256(p) != want["sha256"]:
             problems.append(f"{p}: checksum differs from the one recorded at download (damaged copy?)")
     return problems
 

@@ -20,7 +20,6 @@ from iqa_utils.config import make_config
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, CropStream, ImageStore
 from iqa_utils.distributed import Dist
-from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.system import KitError
 from test_engine import tiny_cfg, tiny_manifest
 
@@ -44,20 +43,6 @@ def test_crop_streams_give_a_sample_its_crop_whatever_the_split(data):
     boxes = [sampler.crops_with_boxes(idx[s:s + n], 3, 32, CropStream(1, 0, s, n), mode="multiscale")[1]
              for s, n in ((0, 8), (0, 2), (2, 6))]
     torch.testing.assert_close(boxes[0], torch.cat(boxes[1:]))
-
-
-def test_accumulation_cuts_the_same_crops(data):
-    """Real random crops (not fixed ones): micro-batches of 3 give the gradient of the whole batch."""
-    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
-    idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(data))
-    grads = []
-    for micro in (8, 3):
-        torch.manual_seed(0)
-        model = DEIQT("tiny", 32)
-        engine.forward_backward(model, sampler, idx, labels, engine.crop_streams(0, 5), micro, torch.device("cpu"))
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-    for k in grads[0]:
-        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-4, atol=1e-6)
 
 
 # ---- what torchrun may and may not split ---------------------------------------------------------

@@ -35,7 +35,6 @@ and part of the run key, so runs from other weights get other records.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..data.synthetic import DEFAULT_N_REFS, SOURCES, default_root, photo
-from ..system import KitError, atomic_save, atomic_write_json, read_json
+from ..system import KitError, atomic_save, atomic_write_json, file_sha256, read_json
 from .pretrained import weights_source
 
 # skimage.data photos inside the wheel (no download) that are no source of the synthetic set's references
@@ -268,10 +267,6 @@ def folder(data_root=None, recipe: str = DEFAULT_RECIPE) -> Path:
     return default_root(data_root) / "pretrained" / recipe
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _identity(name: str, recipe: str) -> dict:
     """What decides the weights; the JSON beside them must match it."""
     if recipe not in RECIPES:
@@ -287,7 +282,7 @@ def is_current(weights: Path, name: str, recipe: str) -> bool:
         info = read_json(meta, "proxy pretraining record")
     except KitError:
         return False
-    return info.get("identity") == _identity(name, recipe) and info.get("sha256") == _sha256(weights)
+    return info.get("identity") == _identity(name, recipe) and info.get("sha256") == file_sha256(weights)
 
 
 def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, recipe: str = DEFAULT_RECIPE) -> Path:
@@ -300,7 +295,7 @@ def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, rec
     state, log = pretrain(build, RECIPES[recipe])
     atomic_save(state, path, lambda sd, p: save_file(sd, p))
     n = max(1, len(log) // 10)                # the last tenth of the steps
-    atomic_write_json({"identity": _identity(name, recipe), "sha256": _sha256(path),
+    atomic_write_json({"identity": _identity(name, recipe), "sha256": file_sha256(path),
                        "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
                        "final_loss": float(np.mean([l for l, _ in log[-n:]])),
                        "final_accuracy": float(np.mean([a for _, a in log[-n:]]))}, path.with_suffix(".json"))
