@@ -38,16 +38,16 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from iqa_utils import engine
-from iqa_utils.config import make_config
-from iqa_utils.costs import count_macs
+from iqa_utils.config.check import make_config
+from iqa_utils.data.cache import open_store
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.cache import open_store
-from iqa_utils.evaluation import predict_rows
 from iqa_utils.models import concentrator, csfiqa
-from iqa_utils.optim import global_batch_for
+from iqa_utils.models.costs import count_macs
 from iqa_utils.system import device_name, resolve_device
+from iqa_utils.training import engine
+from iqa_utils.training.evaluation import predict_rows
+from iqa_utils.training.optim import global_batch_for
 
 # dense (no sparsity) tensor-core TFLOP/s in bf16, matched against torch.cuda.get_device_name in order;
 # T4 and V100 have no bf16: their fp16 figure

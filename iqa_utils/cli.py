@@ -14,18 +14,19 @@ from pathlib import Path
 
 import papermill as pm
 
-from . import weights
-from .budget import plan_table
-from .config import PROFILES, ConfigError, decisions_table, is_rehearsal, make_config, rehearsal_of
+from .config.check import decisions_table, make_config
+from .config.fields import ConfigError
+from .config.profiles import PROFILES, is_rehearsal, rehearsal_of
 from .data.images import check_images
 from .data.registry import load_manifest
-from .distributed import is_main_process
-from .experiments import llama_layers, run_all
-from .models import list_models
+from .models import list_models, weights
 from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
-from .predict import load_trained, predict_images
-from .report import write_index
+from .reporting.index import write_index
+from .runs.budget import plan_table
+from .runs.experiments import llama_layers, run_all
 from .system import KitError, cache_dir, check_writable, os_error
+from .training.distributed import is_main_process
+from .training.predict import load_trained, predict_images
 
 NOTEBOOKS = ["00_data_prep", "01_train_csfiqa", "02_train_lmliqa", "03_ablations", "04_cross_dataset",
              "05_cost_analysis", "06_visualizations"]

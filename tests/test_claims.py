@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from iqa_utils import claims
+from iqa_utils.runs import claims
 from iqa_utils.system import read_jsonl
 
 

@@ -6,10 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from iqa_utils.config import make_config
+from iqa_utils.config.check import make_config
 from iqa_utils.models import create_model
-from iqa_utils.models.concentrator import (TINY_LLAMA, InformationConcentrator, WeightsError,
-                                           build_concentrator, build_llama_layer, load_llama_layer)
+from iqa_utils.models.concentrator import (
+    TINY_LLAMA,
+    InformationConcentrator,
+    WeightsError,
+    build_concentrator,
+    build_llama_layer,
+    load_llama_layer,
+)
 
 
 def _ic(mode="llama", dim=24):
@@ -140,7 +146,7 @@ def test_hub_loader_fetches_only_needed_shards(tiny_ckpt, monkeypatch):
 
 
 def test_llama_frozen_while_maps_train():
-    from iqa_utils.config import make_config
+    from iqa_utils.config.check import make_config
     from iqa_utils.models import create_model
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa"))

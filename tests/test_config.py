@@ -2,7 +2,8 @@ import dataclasses
 
 import pytest
 
-from iqa_utils.config import RunConfig, decisions_table, make_config, override
+from iqa_utils.config.check import decisions_table, make_config, override
+from iqa_utils.config.fields import RunConfig
 
 
 def test_override_unknown_field_is_an_error():

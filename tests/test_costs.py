@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from iqa_utils import costs, system
-from iqa_utils.config import make_config
-from iqa_utils.models import create_model
+from iqa_utils import system
+from iqa_utils.config.check import make_config
+from iqa_utils.models import costs, create_model
 from iqa_utils.models.deiqt import DEIQT
 
 DEIQT_PARAMS = 24_043_776          # docs/protocol.md §1

@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iqa_utils import losses as L
-from iqa_utils.config import ConfigError, make_config
+from iqa_utils.config.check import make_config
+from iqa_utils.config.fields import ConfigError
 from iqa_utils.models import create_model
-from iqa_utils.costs import csfiqa_cost
-from iqa_utils.models.csfiqa import topk_attention, SelectiveAttention
+from iqa_utils.models import losses as L
+from iqa_utils.models.costs import csfiqa_cost
+from iqa_utils.models.csfiqa import SelectiveAttention, topk_attention
 
 
 # ---- Eq. 1-2: distances and masks ------------------------------------------------------------------
@@ -315,8 +316,9 @@ def test_features_and_cam():
 
 def test_crossvit_hub_weights_load_strictly(tmp_path):
     from safetensors.torch import save_file
+
     from iqa_utils.models.csfiqa import build_crossvit, crossvit_key_map
-    from iqa_utils.models.pretrained import load_encoder_weights, WeightsError
+    from iqa_utils.models.pretrained import WeightsError, load_encoder_weights
     src = build_crossvit("tiny", input_size=120)           # a "checkpoint" at another input size
     sd = {k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v.clone()
           for k, v in src.state_dict().items()}               # hub naming
@@ -351,6 +353,7 @@ def test_weights_files_leave_out_the_frozen_llama_layer(tmp_path):
     """A run's weights hold what it trained; the frozen LLaMA layer (0.4 GB at full size) is rebuilt from
     its source when the model is built, so it is not written once per run. Loading stays strict."""
     from safetensors.torch import load_file, save_file
+
     from iqa_utils.models.pretrained import WeightsError, load_weights, save_weights
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa"))

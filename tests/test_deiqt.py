@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from iqa_utils.config import make_config
+from iqa_utils.config.check import make_config
 from iqa_utils.models.deiqt import DEIQT, build_vit
 from iqa_utils.models.pretrained import WeightsError, load_encoder_weights
 from iqa_utils.models.registry import create_model

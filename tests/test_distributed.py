@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_engine import tiny_cfg, tiny_manifest
 
-from iqa_utils import engine
-from iqa_utils.config import make_config
+from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, CropStream, ImageStore
-from iqa_utils.distributed import Dist
 from iqa_utils.system import KitError
-from test_engine import tiny_cfg, tiny_manifest
+from iqa_utils.training import engine
+from iqa_utils.training.distributed import Dist
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
 

@@ -11,20 +11,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from iqa_utils.config import TrainConfig, make_config
+from iqa_utils import system
+from iqa_utils.config.check import config_from_dict, make_config
+from iqa_utils.config.fields import TrainConfig
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
-from iqa_utils import engine, system
-from iqa_utils.config import config_from_dict
-from iqa_utils.engine import TrainingInterrupted, train_run
-from iqa_utils.evaluation import LabelNorm, evaluate
-from iqa_utils.optim import lr_at, param_groups
-from iqa_utils.predict import load_trained, predict_images
-from iqa_utils.system import atomic_save
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
-
+from iqa_utils.system import atomic_save
+from iqa_utils.training import engine
+from iqa_utils.training.engine import TrainingInterrupted, train_run
+from iqa_utils.training.evaluation import LabelNorm, evaluate
+from iqa_utils.training.optim import lr_at, param_groups
+from iqa_utils.training.predict import load_trained, predict_images
 
 # tiny test splits (4 images) cannot carry a logistic fit; the engine says so in a warning
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_engine import tiny_manifest
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from iqa_utils import engine
-from iqa_utils.config import make_config
+from iqa_utils.config.check import make_config
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models import create_model
 from iqa_utils.models.csfiqa import topk_attention
-from test_engine import tiny_manifest
+from iqa_utils.training import engine
 
 aten = torch.ops.aten
 

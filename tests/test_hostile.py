@@ -12,18 +12,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import native_fixtures as nf
+import pytest
+from test_engine import tiny_cfg, tiny_manifest
+
 from iqa_utils import system
 from iqa_utils.cli import main
 from iqa_utils.data.registry import DATASET_FOLDERS, load_manifest
-from iqa_utils.engine import train_run
-from iqa_utils.evaluation import NonFiniteError
+from iqa_utils.data.splits import make_split
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
-from iqa_utils.data.splits import make_split
-from test_engine import tiny_cfg, tiny_manifest
+from iqa_utils.training.engine import train_run
+from iqa_utils.training.evaluation import NonFiniteError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["train.epochs=1", "data.crops_train=1", "data.crops_test=2", "train.warmup_epochs=0"]
@@ -144,7 +144,7 @@ def test_truncated_resume_checkpoint(tmp_path):
 
 
 def test_torn_outputs_log_and_timings(trained, tmp_path):
-    from iqa_utils.report import write_index
+    from iqa_utils.reporting.index import write_index
     res = tmp_path / "res"
     res.mkdir()
     (res / "outputs.jsonl").write_text('{"path": "tables/a.md", "kind": "table"}\n{"path": "tab')

@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iqa_utils.config import ConfigError, make_config
+from iqa_utils.config.check import make_config
+from iqa_utils.config.fields import ConfigError
 from iqa_utils.data.splits import make_split
-from iqa_utils.engine import TrainingInterrupted, train_run
-from iqa_utils.losses import local_manifold_loss, local_manifold_two_term
 from iqa_utils.models.deiqt import DEIQT
-from iqa_utils.models.lmliqa import (LMLIQA, cls_attention, decoder_attention, salient_crop,
-                                     spectral_residual)
+from iqa_utils.models.lmliqa import LMLIQA, cls_attention, decoder_attention, salient_crop, spectral_residual
+from iqa_utils.models.losses import local_manifold_loss, local_manifold_two_term
 from iqa_utils.models.registry import create_model
+from iqa_utils.training.engine import TrainingInterrupted, train_run
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine import tiny_manifest  # noqa: E402

@@ -1,8 +1,8 @@
 """What each profile runs: the main tables over `seeds`, the other tables over `side_seeds`."""
 import pytest
 
-from iqa_utils import experiments as E
-from iqa_utils.config import PROFILE_PLAN, plan
+from iqa_utils.config.profiles import PROFILE_PLAN, plan
+from iqa_utils.runs import experiments as E
 
 
 @pytest.mark.parametrize("profile", list(PROFILE_PLAN))

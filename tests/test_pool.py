@@ -12,14 +12,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from iqa_utils.data.synthetic import build_synthetic
-from iqa_utils.experiments import configs, run_all
-from iqa_utils.pool import parse_devices
-from iqa_utils.data.registry import load_manifest
-from iqa_utils.runs import CLAIMS_LOG, data_digest, load_records, record_path, run_key
-from iqa_utils.system import read_jsonl
 from test_claims import _dead_pid, _plant
+
+from iqa_utils.data.registry import load_manifest
+from iqa_utils.data.synthetic import build_synthetic
+from iqa_utils.runs.experiments import configs, run_all
+from iqa_utils.runs.pool import parse_devices
+from iqa_utils.runs.records import CLAIMS_LOG, data_digest, load_records, record_path, run_key
+from iqa_utils.system import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"train.epochs": 1, "data.crops_train": 1, "data.crops_test": 1, "train.warmup_epochs": 0,
@@ -63,8 +63,8 @@ def test_two_workers_train_every_run_once(data_root, tmp_path):
 SCRIPT = """
 import json, sys
 import torch
-from iqa_utils import claims
-from iqa_utils.experiments import configs, run_all
+from iqa_utils.runs import claims
+from iqa_utils.runs.experiments import configs, run_all
 claims.POLL_S = 0.2                        # wait for the other process's runs without dawdling
 torch.set_num_threads(1)
 results, data_root, tiny, seeds = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])

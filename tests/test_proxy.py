@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from iqa_utils.config import RunConfig, make_config
+from iqa_utils.config.check import make_config
+from iqa_utils.config.fields import RunConfig
 from iqa_utils.data import synthetic as syn
 from iqa_utils.models import create_model, proxy
 from iqa_utils.models.csfiqa import build_crossvit, crossvit_key_map

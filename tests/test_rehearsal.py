@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from native_fixtures import write_rehearsal_root
 
 from iqa_utils.cli import NOTEBOOKS
+from iqa_utils.config.profiles import PAPER_DATASETS
 from iqa_utils.data.registry import load_manifest
-from iqa_utils.config import PAPER_DATASETS
-from iqa_utils.report import REHEARSAL_MARK
-from native_fixtures import write_rehearsal_root
+from iqa_utils.reporting.index import REHEARSAL_MARK
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def test_paper_and_quick_rehearsals(tmp_path):
 def test_rehearsal_data_is_a_handful_spread_over_the_labels(tmp_path):
     """Ten images (or three references of three images) spread from low to high label; the release's count
     is not checked; a real profile keeps the whole dataset."""
-    from iqa_utils.experiments import manifest_for
+    from iqa_utils.runs.experiments import manifest_for
     data, _ = write_rehearsal_root(tmp_path)
     livec = manifest_for("paper-rehearsal", "LIVEC", data)
     assert len(livec) == 10

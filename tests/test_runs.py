@@ -6,14 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
-
-from iqa_utils import engine
-from iqa_utils.data.splits import Split
-from iqa_utils.config import override
-from iqa_utils.runs import data_digest, load_records, record_path, run_key, run_or_load, shard
-from iqa_utils.system import git_commit
 from test_engine import tiny_cfg, tiny_manifest
 
+from iqa_utils.config.check import override
+from iqa_utils.data.splits import Split
+from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load, shard
+from iqa_utils.system import git_commit
+from iqa_utils.training import engine
 
 # tiny test splits (4 images) cannot carry a logistic fit; the engine says so in a warning
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")

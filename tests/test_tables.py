@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from iqa_utils import tables
+from iqa_utils.reporting import tables
 
 
 def test_reported_numbers_have_provenance():

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from iqa_utils import viz
 from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.reporting import plots
 
 SIZE = 96          # smoke crop size
 
@@ -33,7 +33,7 @@ def images():
 # ---------------------------------------------------------------- Grad-CAM
 
 def test_gradcam_shapes_values_and_input_dependence(tiny, images):
-    cams = viz.gradcam_maps({"DEIQT": tiny}, images)["DEIQT"]
+    cams = plots.gradcam_maps({"DEIQT": tiny}, images)["DEIQT"]
     assert cams.shape == (3, SIZE, SIZE) and np.isfinite(cams).all()
     assert cams.min() >= 0 and cams.max() <= 1 + 1e-5
     assert not np.allclose(cams[1], cams[2])                        # different inputs, different maps
@@ -44,7 +44,7 @@ def test_gradcam_shapes_values_and_input_dependence(tiny, images):
 
 def test_gradcam_resizes_to_model_input_and_back(tiny, images):
     big = torch.nn.functional.interpolate(images[:2], size=(120, 150), mode="bilinear")
-    cams = viz.gradcam_maps({"m": tiny}, big)["m"]
+    cams = plots.gradcam_maps({"m": tiny}, big)["m"]
     assert cams.shape == (2, 120, 150)
 
 
@@ -61,7 +61,7 @@ def test_gradcam_prefers_model_hooks(tiny, images):
             return tokens[:, 1:].reshape(len(tokens), 6, 6, -1).permute(0, 3, 1, 2)
 
     torch.manual_seed(0)
-    cams = viz.gradcam_maps({"h": Hooked("tiny", img_size=SIZE)}, images[:1])["h"]
+    cams = plots.gradcam_maps({"h": Hooked("tiny", img_size=SIZE)}, images[:1])["h"]
     assert cams.shape == (1, SIZE, SIZE) and calls[0] == "layers" and "reshape" in calls
 
 
@@ -70,11 +70,11 @@ def test_gradcam_prefers_model_hooks(tiny, images):
 def test_token_maps_norm_and_pca():
     tok = torch.zeros(2, 1 + 4, 3)
     tok[:, 1:, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])          # one prefix token, 2x2 grid
-    m = viz.token_maps(tok, "norm", prefix_tokens=1)
+    m = plots.token_maps(tok, "norm", prefix_tokens=1)
     np.testing.assert_allclose(m[0], [[1, 2], [3, 4]])
-    p = viz.token_maps(tok, "pca", prefix_tokens=1)
+    p = plots.token_maps(tok, "pca", prefix_tokens=1)
     assert p.shape == (2, 2, 2) and p[0, 1, 1] > p[0, 0, 0]      # sign follows the norm
-    chw = viz.token_maps(torch.randn(2, 5, 3, 4))                  # (N, D, h, w) input
+    chw = plots.token_maps(torch.randn(2, 5, 3, 4))                  # (N, D, h, w) input
     assert chw.shape == (2, 3, 4)
 
 
@@ -82,13 +82,13 @@ def test_tsne_shape_and_determinism(tmp_path):
     rng = np.random.default_rng(0)
     mos = rng.uniform(0, 100, 40)
     feats = np.c_[mos[:, None] / 10, rng.normal(size=(40, 7))]
-    p1, df1 = viz.tsne_features(feats, mos, tmp_path / "a.png", bins=4)
-    _, df2 = viz.tsne_features(feats, mos, tmp_path / "b.png", bins=4)
+    p1, df1 = plots.tsne_features(feats, mos, tmp_path / "a.png", bins=4)
+    _, df2 = plots.tsne_features(feats, mos, tmp_path / "b.png", bins=4)
     assert df1.shape[0] == 40 and {"x", "y", "mos", "mos_range"} <= set(df1)
     assert df1["mos_range"].nunique() == 4
     np.testing.assert_allclose(df1[["x", "y"]], df2[["x", "y"]])
     assert _is_png(p1)
-    p3, df3 = viz.tsne_features({"DEIQT": feats, "LML-IQA": feats[:, ::-1]}, mos, tmp_path / "c.png")
+    p3, df3 = plots.tsne_features({"DEIQT": feats, "LML-IQA": feats[:, ::-1]}, mos, tmp_path / "c.png")
     assert len(df3) == 80 and _is_png(p3)
 
 
@@ -96,7 +96,7 @@ def test_gmad_picks_constructed_pair():
     # defender A: 0..100 in 5 bins of width 20 -> centres 10, 30, ...; tol = 5
     a = np.array([0, 100, 29, 31, 30, 36, 70, 71, 69])
     b = np.array([50, 50, 40, 90, 10, 60, 55, 54, 56])
-    t = viz.gmad_pairs(a, b, n_levels=5, names=("A", "B"))
+    t = plots.gmad_pairs(a, b, n_levels=5, names=("A", "B"))
     row = t[(t.defender == "A") & (t.level == 1)].iloc[0]         # centre 30: images 2, 3, 4 (36 is out)
     assert row.n_candidates == 3 and (row.img_high, row.img_low) == (3, 4)
     assert row.attacker_gap == pytest.approx(80)
@@ -107,14 +107,14 @@ def test_gmad_picks_constructed_pair():
 # ---------------------------------------------------------------- every plot writes a PNG
 
 def test_plots_write_pngs(tmp_path, tiny, images):
-    cams = viz.gradcam_maps({"DEIQT": tiny, "DEIQT-2": tiny}, images)
+    cams = plots.gradcam_maps({"DEIQT": tiny, "DEIQT-2": tiny}, images)
     scores = {"MOS": [20.0, 50.5, 80.0], "DEIQT": [1.0, 2.0, 3.0], "DEIQT-2": [3.0, 2.0, 1.0]}
     tokens = torch.randn(3, 1 + 36, 48)
-    extra = [("large", viz.token_maps(tokens, prefix_tokens=1))]
-    assert _is_png(viz.plot_gradcam_grid(images, cams, tmp_path / "cam.png", scores=scores, extra_rows=extra))
-    assert _is_png(viz.plot_feature_maps({"large": tokens, "small": torch.randn(3, 1 + 64, 48)},
+    extra = [("large", plots.token_maps(tokens, prefix_tokens=1))]
+    assert _is_png(plots.plot_gradcam_grid(images, cams, tmp_path / "cam.png", scores=scores, extra_rows=extra))
+    assert _is_png(plots.plot_feature_maps({"large": tokens, "small": torch.randn(3, 1 + 64, 48)},
                                          tmp_path / "feat.png", images=images, method="pca", prefix_tokens=1))
-    assert _is_png(viz.plot_attention_maps([("before SFA", np.random.rand(3, 6, 6)),
+    assert _is_png(plots.plot_attention_maps([("before SFA", np.random.rand(3, 6, 6)),
                                             ("after SFA", np.random.rand(3, 8, 8))], tmp_path / "attn.png",
                                            images=images))
 
@@ -122,30 +122,30 @@ def test_plots_write_pngs(tmp_path, tiny, images):
     small = rng.uniform(0, 100, 200)
     scale_df = pd.DataFrame({"mos_small": small, "mos_large": small + rng.normal(3, 5, 200),
                              "mos_image": small + 2})
-    assert _is_png(viz.plot_scale_mos(scale_df, tmp_path / "scale.png"))
+    assert _is_png(plots.plot_scale_mos(scale_df, tmp_path / "scale.png"))
 
     a, b = rng.uniform(0, 100, 60), rng.uniform(0, 100, 60)
-    table = viz.gmad_pairs(a, b, n_levels=3, names=("DEIQT", "LML-IQA"))
+    table = plots.gmad_pairs(a, b, n_levels=3, names=("DEIQT", "LML-IQA"))
     pool = [rng.integers(0, 255, (40 + i % 3, 50, 3), dtype=np.uint8) for i in range(60)]
-    assert _is_png(viz.plot_gmad(pool, table, tmp_path / "gmad.png"))
+    assert _is_png(plots.plot_gmad(pool, table, tmp_path / "gmad.png"))
 
     manifest = pd.DataFrame({"path": [f"img{i}.png" for i in range(24)], "label": rng.uniform(0, 100, 24),
                              "direction": "MOS", "distortion": ["blur", "noise", "jpeg"] * 8,
                              "level": [1, 2, 3, 4] * 6})
-    assert _is_png(viz.plot_mos_histograms({"synthetic": manifest, "authentic": manifest.drop(columns="distortion")},
+    assert _is_png(plots.plot_mos_histograms({"synthetic": manifest, "authentic": manifest.drop(columns="distortion")},
                                            tmp_path / "hist.png"))
     store_like = [torch.randint(0, 255, (3, 60, 80), dtype=torch.uint8).numpy() for _ in range(24)]
-    assert _is_png(viz.plot_examples_per_distortion(manifest, tmp_path / "ex.png", images=store_like, n_per_type=3))
+    assert _is_png(plots.plot_examples_per_distortion(manifest, tmp_path / "ex.png", images=store_like, n_per_type=3))
 
     records = [{"model": m, "dataset": "synthetic", "seed": 0,
                 "epochs": [{"epoch": e, "srcc": 0.1 * e + k, "plcc": 0.1 * e, "loss": 1.0 / (e + 1)}
                            for e in range(1, 5)]} for k, m in enumerate(["deiqt", "csfiqa"])]
-    assert set(viz.curves_frame(records)["metric"]) == {"srcc", "plcc", "loss"}
-    assert _is_png(viz.plot_training_curves(records, tmp_path / "curves.png"))
+    assert set(plots.curves_frame(records)["metric"]) == {"srcc", "plcc", "loss"}
+    assert _is_png(plots.plot_training_curves(records, tmp_path / "curves.png"))
 
 
 def test_gmad_without_pairs_says_so(tmp_path):
     """A pool too small for any level to hold two near-equal images: no pairs, and a figure saying so."""
-    table = viz.gmad_pairs(np.array([0.0, 1.0]), np.array([1.0, 0.0]), n_levels=4)
+    table = plots.gmad_pairs(np.array([0.0, 1.0]), np.array([1.0, 0.0]), n_levels=4)
     assert table.empty
-    assert _is_png(viz.plot_gmad([np.zeros((8, 8, 3), np.uint8)] * 2, table, tmp_path / "none.png"))
+    assert _is_png(plots.plot_gmad([np.zeros((8, 8, 3), np.uint8)] * 2, table, tmp_path / "none.png"))

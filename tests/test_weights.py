@@ -6,10 +6,9 @@ import shutil
 import pytest
 import torch
 
-from iqa_utils import weights
 from iqa_utils.cli import main
-from iqa_utils.config import make_config
-from iqa_utils.models import create_model
+from iqa_utils.config.check import make_config
+from iqa_utils.models import create_model, weights
 from iqa_utils.models.pretrained import WEIGHTS_ENV, WeightsError
 
 
@@ -53,8 +52,9 @@ def test_download_from_the_hub_records_checksums(stand_ins, tmp_path, monkeypatc
     def fake(repo, filename, local_dir=None, **kw):
         src = stand_ins / (hub[repo] or "") / filename
         if hub[repo] is None:                                     # DeiT: serve the .pth as model.safetensors
-            from iqa_utils.models.pretrained import read_state_dict
             from safetensors.torch import save_file
+
+            from iqa_utils.models.pretrained import read_state_dict
             sd = read_state_dict(stand_ins / "deit3_small_patch16_224.fb_in1k" / "deit_3_small_224_1k.pth")
             src = tmp_path / "deit.safetensors"
             save_file({k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma"): v.contiguous()

@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from timm.models.crossvit import CrossVit
 from torch import nn
 
+from . import losses as L
 from .base import IQAModel, regression_loss
 from .concentrator import build_concentrator
 from .deiqt import PanelDecoder
 from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
-from .proxy import SIZE as PROXY_SIZE, encoder_source
+from .proxy import SIZE as PROXY_SIZE
+from .proxy import encoder_source
 from .registry import register_model
-from .. import losses as L
 
 # tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
 # CLS cross-attention), narrow enough to train in seconds on a CPU.

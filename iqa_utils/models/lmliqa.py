@@ -40,12 +40,10 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torchvision.transforms.functional import gaussian_blur
 
 from .base import IQAModel, deiqt_init_, regression_loss
-from .deiqt import DEIQT, build_vit, PanelDecoder, load_vit_weights, tokens_to_grid  # noqa: F401 (re-exported)
+from .deiqt import DEIQT, PanelDecoder, build_vit, load_vit_weights, tokens_to_grid  # noqa: F401 (re-exported)
+from .losses import local_manifold_loss, local_manifold_two_term
 from .pretrained import WeightsError, read_state_dict
 from .registry import register_model
-from ..losses import local_manifold_loss, local_manifold_two_term
-
-
 
 # ---------------------------------------------------------------------------------------------------
 # Saliency: maps on a grid of the global view, and the crop that covers the most of it

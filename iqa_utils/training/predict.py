@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.check import config_from_dict, override
+from ..config.fields import RunConfig
+from ..data.store import CropSampler, ImageStore
+from ..models import create_model
+from ..models.pretrained import load_kit_state, load_weights, save_weights
+from ..system import KitError, MissingFile, amp_dtype, atomic_write_text, read_json, resolve_device
 from .checkpoint import read_checkpoint
-from .config import RunConfig, config_from_dict, override
-from .data.store import CropSampler, ImageStore
 from .evaluation import LabelNorm, predict_rows
-from .models import create_model
-from .models.pretrained import load_kit_state, load_weights, save_weights
-from .system import KitError, MissingFile, amp_dtype, atomic_write_text, read_json, resolve_device
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"

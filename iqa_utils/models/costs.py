@@ -36,10 +36,9 @@ from torch.utils.flop_counter import FlopCounterMode
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
-from .config import make_config, override
-from .models.csfiqa import CSFIQA
-from .system import amp_dtype, autocast, device_name, train_mode
-
+from ..config.check import make_config, override
+from ..system import amp_dtype, autocast, device_name, train_mode
+from .csfiqa import CSFIQA
 
 # ---------------------------------------------------------------- parameters
 

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig, override
-from .distributed import launched
-from .runs import data_digest, record_path, run_or_load
-from .system import KitError
+from ..config.check import override
+from ..config.fields import RunConfig
+from ..system import KitError
+from ..training.distributed import launched
+from .records import data_digest, record_path, run_or_load
 
 
 def parse_devices(spec: str | None) -> list[str]:

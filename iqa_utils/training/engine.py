@@ -16,7 +16,7 @@ micro-batches nor torchrun processes change which crop a sample gets. Every epoc
 checkpoint, so an interrupted run resumes to the same numbers. A loss or a metric that becomes NaN or
 infinite stops the run (NonFiniteError) before anything is saved.
 
-Under torchrun (iqa_utils.distributed) every rank runs this same loop on its share of each batch, with
+Under torchrun (iqa_utils.training.distributed) every rank runs this same loop on its share of each batch, with
 the gradients averaged by DDP; evaluation is split over the ranks and gathered; rank 0 writes the files.
 """
 from __future__ import annotations
@@ -29,18 +29,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..config.check import in_batch_contrastive
+from ..config.fields import RunConfig
+from ..data.cache import build_store
+from ..data.store import CropSampler, CropStream
+from ..models import create_model
+from ..models.pretrained import load_kit_state
+from ..system import KitError, amp_dtype, autocast
 from . import distributed
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
-from .config import RunConfig, in_batch_contrastive
-from .data.cache import build_store
-from .data.store import CropSampler, CropStream
 from .distributed import Dist, accumulate
 from .evaluation import LabelNorm, NonFiniteError, evaluate, final_metrics, require_finite
-from .models import create_model
-from .models.pretrained import load_kit_state
 from .optim import global_batch_for, lr_at, make_optimizer, set_lr, steps_per_epoch
 from .predict import save_trained
-from .system import KitError, amp_dtype, autocast
 
 
 class TrainingInterrupted(RuntimeError):

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import claims, distributed, engine
-from .checkpoint import CHECKPOINT
-from .config import RunConfig
-from .data.registry import load_manifest
-from .data.splits import make_split
-from .predict import CONFIG, WEIGHTS
-from .system import atomic_write_json, environment, read_json, resolve_device
+from ..config.fields import RunConfig
+from ..data.registry import load_manifest
+from ..data.splits import make_split
+from ..system import atomic_write_json, environment, read_json, resolve_device
+from ..training import distributed, engine
+from ..training.checkpoint import CHECKPOINT
+from ..training.predict import CONFIG, WEIGHTS
+from . import claims
 
 TABLE_COLUMNS = ["model", "size", "dataset", "test_dataset", "split_seed", "train_fraction", "val_fraction",
                  "selection", "selected_epoch", "srcc", "plcc", "plcc_logistic", "krcc", "rmse", "profile",

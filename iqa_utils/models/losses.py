@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
 # ---------------------------------------------------------------------------------------------------
 # CSFIQA: scale contrastive learning (SCL) and noise sample matching (NSM)
 # ---------------------------------------------------------------------------------------------------

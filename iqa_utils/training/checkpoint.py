@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models.pretrained import kit_state
-from .system import KitError, atomic_save, os_error
+from ..models.pretrained import kit_state
+from ..system import KitError, atomic_save, os_error
 
 CHECKPOINT = "checkpoint.pt"
 

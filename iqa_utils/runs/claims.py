@@ -25,7 +25,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from .system import append_jsonl, os_error
+from ..system import append_jsonl, os_error
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0

@@ -2,7 +2,7 @@
 
 Models are the seed-0 runs of the profile's first dataset (LIVEC in the paper profile, as both papers'
 Fig. 4 use it), taken from their run records — trained first if the record is missing. Each function
-publishes its figure once (report.record_output); the plotting itself (viz) stays pure.
+publishes its figure once (index.record_output); the plotting itself (plots) stays pure.
 """
 from __future__ import annotations
 
@@ -13,19 +13,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import viz
-from .config import make_config, override
-from .data import synthetic
-from .data.splits import Split
-from .data.cache import build_store
-from .data.store import CropSampler, ImageStore
-from .evaluation import LabelNorm, predict_rows
-from .models import display_name, list_models
-from .predict import load_trained
-from .report import record_output
-from .runs import run_or_load
-from .experiments import manifest_for, visual_configs
-from .system import MissingFile, resolve_device
+from ..config.check import make_config, override
+from ..data import synthetic
+from ..data.cache import build_store
+from ..data.splits import Split
+from ..data.store import CropSampler, ImageStore
+from ..models import display_name, list_models
+from ..runs.experiments import manifest_for, visual_configs
+from ..runs.records import run_or_load
+from ..system import MissingFile, resolve_device
+from ..training.evaluation import LabelNorm, predict_rows
+from ..training.predict import load_trained
+from . import plots
+from .index import record_output
 
 
 @dataclass
@@ -100,10 +100,10 @@ def gradcam(V: Visuals, results_dir) -> Path:
     size = max(m.input_size for m in V.models.values())
     x = V.views(V.rows, size)
     names = {display_name(k): m for k, m in V.models.items()}
-    cams = viz.gradcam_maps(names, x)
+    cams = plots.gradcam_maps(names, x)
     scores = {"GT": V.manifest.df.label.to_numpy()[V.rows],
               **{display_name(k): test_predictions(V, k) for k in V.models}}
-    path = viz.plot_gradcam_grid(viz.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
+    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
     record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images); numbers: "
                                   f"ground truth and each model's test prediction (mean over its test crops)")
     return path
@@ -124,10 +124,10 @@ def csfiqa_layers(V: Visuals, results_dir) -> Path:
     m = V.models["csfiqa"]
     x = V.views(V.rows, m.input_size)
     layers = crossvit_layer_targets(m)
-    cams = viz.gradcam_maps({name: m for name, _, _ in layers}, x,
+    cams = plots.gradcam_maps({name: m for name, _, _ in layers}, x,
                             targets={name: (t, r) for name, t, r in layers})
-    cams["CSFIQA output (after SFA)"] = viz.gradcam_maps({"out": m}, x)["out"]
-    path = viz.plot_gradcam_grid(viz.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"))
+    cams["CSFIQA output (after SFA)"] = plots.gradcam_maps({"out": m}, x)["out"]
+    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"))
     record_output(path, "figure", "CSFIQA Grad-CAM of each encoder layer before SFA, and of the output")
     return path
 
@@ -138,20 +138,20 @@ def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
     x = V.views(V.rows, m.input_size)
     with torch.no_grad():
         _, f = m(x, return_features=True)
-    images = viz.to_uint8(x)
+    images = plots.to_uint8(x)
     feats = {"large scale": f["large"]}
     if "small" in f:
         feats["small scale"] = f["small"]
-    p1 = viz.plot_feature_maps(feats, _out(results_dir, "06_csfiqa_scale_features"), images=images)
+    p1 = plots.plot_feature_maps(feats, _out(results_dir, "06_csfiqa_scale_features"), images=images)
     record_output(p1, "figure", "CSFIQA large- and small-scale token maps (norm)")
     gh, gw = f["grid_large"]
     n_large = gh * gw
     pre_l, post_l = f["pre_sfa"][:, -n_large:], f["post_sfa"][:, -n_large:]
-    rows = [("large tokens before SFA", viz.token_maps(pre_l, grid=(gh, gw))),
-            ("large tokens after SFA", viz.token_maps(post_l, grid=(gh, gw)))]
-    cams = viz.gradcam_maps({"CSFIQA Grad-CAM": m}, x)
+    rows = [("large tokens before SFA", plots.token_maps(pre_l, grid=(gh, gw))),
+            ("large tokens after SFA", plots.token_maps(post_l, grid=(gh, gw)))]
+    cams = plots.gradcam_maps({"CSFIQA Grad-CAM": m}, x)
     rows.append(("Grad-CAM (score)", cams["CSFIQA Grad-CAM"]))
-    p2 = viz.plot_attention_maps(rows, _out(results_dir, "06_csfiqa_sfa_maps"), images=images)
+    p2 = plots.plot_attention_maps(rows, _out(results_dir, "06_csfiqa_sfa_maps"), images=images)
     record_output(p2, "figure", "CSFIQA maps before and after SFA (AFS + Information Concentrator)")
     return [p1, p2]
 
@@ -183,7 +183,7 @@ def scale_labels(V: Visuals) -> tuple[pd.DataFrame, str]:
 def scale_mos(V: Visuals, results_dir) -> Path:
     """CSFIQA Fig. 2: MOS distributions at a large (40%) and a small (20%) scale."""
     df, note = scale_labels(V)
-    path = viz.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
+    path = plots.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
     record_output(path, "figure", f"MOS at two scales (20% / 40% of the image): {note}")
     return path
 
@@ -220,7 +220,7 @@ def local_manifold(V: Visuals, results_dir, n_crops: int = 8) -> tuple[Path, pd.
                         "crops per image": n_crops})
     table = pd.DataFrame(summary)
     text = ", ".join(f"{r['model']} {r['mean intra/inter distance']:.3f}" for r in summary)
-    path = viz.plot_distance_distributions(pd.concat(frames), _out(results_dir, "06_local_manifold"))
+    path = plots.plot_distance_distributions(pd.concat(frames), _out(results_dir, "06_local_manifold"))
     record_output(path, "figure", f"Distances between crops of the same image relative to distances between "
                                   f"images ({V.dataset} test set): {text}")
     return path, table
@@ -245,7 +245,7 @@ def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
     cfg = make_config(V.profile, "deiqt")
     feats = {display_name(k): features(V.models[k], V.sampler, rows, cfg.data.crops_test, V.models[k].input_size)
              for k in ("deiqt", "lmliqa")}
-    path, _ = viz.tsne_features(feats, V.manifest.df.label.to_numpy()[rows], _out(results_dir, "06_tsne"))
+    path, _ = plots.tsne_features(feats, V.manifest.df.label.to_numpy()[rows], _out(results_dir, "06_tsne"))
     record_output(path, "figure", f"t-SNE of quality features ({V.dataset} {split} set), coloured by MOS")
     return path
 
@@ -268,8 +268,8 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
     scores = {k: _denorm(V.models[k], np.asarray(predict_rows(V.models[k], sampler, rows, cfg.data.crops_test,
                                                                V.models[k].input_size)))
               for k in ("deiqt", "lmliqa")}
-    table = viz.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
-    path = viz.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
+    table = plots.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
+    path = plots.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
     record_output(path, "figure", f"gMAD competition, DEIQT vs LML-IQA: {len(table)} pairs from a pool of "
                                   f"{len(paths)} images")
     return path
@@ -278,6 +278,6 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
 def training_curves(V: Visuals, results_dir) -> Path:
     """Per-epoch test SRCC / PLCC of the three main runs shown here (seed 0)."""
     recs = [{**r, "name": display_name(m)} for m, r in V.records.items() if len(r.get("epochs", [])) > 1]
-    path = viz.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
+    path = plots.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
     record_output(path, "figure", f"Per-epoch test SRCC / PLCC of the main runs ({V.dataset}, seed 0)")
     return path

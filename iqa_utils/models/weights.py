@@ -24,12 +24,19 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from .models.concentrator import LLAMA_7B
-from .models.csfiqa import build_crossvit, crossvit_key_map
-from .models.deiqt import build_vit
-from .models.pretrained import (DEIT_HUB_ID, LLAMA_HUB_ID, WeightsError, crossvit_hub_id, map_deit_keys,
-                                read_state_dict, resolve_weights)
-from .system import atomic_save, atomic_write_json, atomic_write_text, file_sha256, read_json
+from ..system import atomic_save, atomic_write_json, atomic_write_text, file_sha256, read_json
+from .concentrator import LLAMA_7B
+from .csfiqa import build_crossvit, crossvit_key_map
+from .deiqt import build_vit
+from .pretrained import (
+    DEIT_HUB_ID,
+    LLAMA_HUB_ID,
+    WeightsError,
+    crossvit_hub_id,
+    map_deit_keys,
+    read_state_dict,
+    resolve_weights,
+)
 
 CHECKSUMS = "iqa-kit-weights.json"
 INDEX = "model.safetensors.index.json"

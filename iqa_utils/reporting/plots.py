@@ -36,9 +36,10 @@ from PIL import Image  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
-from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from .system import atomic_write, train_mode  # noqa: E402
+from ..system import atomic_write, train_mode  # noqa: E402
 
 CAM_CMAP = "jet"
 _STAMP = {"text": None}

@@ -13,13 +13,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import costs, tables
-from .config import RunConfig, make_config, override, plan
-from .data.registry import load_manifest
-from .models import create_model, display_name, list_models
+from ..config.check import make_config, override
+from ..config.fields import RunConfig
+from ..config.profiles import plan
+from ..data.registry import load_manifest
+from ..models import costs, create_model, display_name, list_models
+from ..system import resolve_device
 from .pool import parse_devices, run_on_pool
-from .runs import record_row, run_or_load, shard as take_shard
-from .system import resolve_device
+from .records import record_row, run_or_load
+from .records import shard as take_shard
 
 RESULT_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
 
@@ -174,20 +176,6 @@ def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) ->
     return df
 
 
-def paper_versions(profile: str) -> dict[str, str]:
-    """Which version of each paper the tables quote (csfiqa.version, lmliqa.version; docs D1)."""
-    return {display_name("csfiqa"): make_config(profile, "csfiqa").csfiqa.version,
-            display_name("lmliqa"): make_config(profile, "lmliqa").lmliqa.version}
-
-
-def data_efficiency_table(runs: pd.DataFrame, versions: dict | None = None) -> pd.DataFrame:
-    """Reported | reproduced per share of the training split (the fraction_runs rows)."""
-    parts = [tables.comparison_table(g, table=f"data_efficient_{share.rstrip('%')}", versions=versions,
-                                     by=("method", "variant", "dataset"))
-             for share, g in runs.groupby("variant", sort=False)]
-    return pd.concat(parts, ignore_index=True)
-
-
 # --- sweeps and ablations named in docs/csfiqa.md and docs/lmliqa.md -------------------------------------
 # name -> (field or tied fields, values). The smoke profile runs the default and one alternative.
 SWEEPS = {
@@ -261,13 +249,6 @@ def sweep_values(profile: str, model: str, name: str) -> list:
 def named_sweep_configs(profile: str, model: str, name: str) -> Planned:
     fields, _ = SWEEPS[model][name]
     return sweep_configs(profile, model, fields, sweep_values(profile, model, name))
-
-
-def sensitivity_table(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
-    """One named sweep run (or loaded) and compared with the reported cells of its table."""
-    runs = run_all(named_sweep_configs(profile, model, name), **kw)
-    return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"),
-                                   versions=paper_versions(profile))
 
 
 def visual_configs(profile: str, dataset: str | None = None, seed: int = 0) -> Planned:
@@ -352,17 +333,3 @@ def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10)
     return t_full.merge(t_run[keep], on="model", how="left")
 
 
-def cost_vs_reported(cost: pd.DataFrame) -> pd.DataFrame:
-    """Reported cost figures next to the kit's full-size counts (LoDa / TReS are reported-only)."""
-    rep = tables.reported_numbers()
-    rep = rep[rep.table == "cost"]
-    full = cost[cost["size"] == "full (paper)"].set_index("model")
-    rows = []
-    for r in rep.itertuples():
-        method = r.method.split(" (")[0]
-        col = "params_M" if r.metric == "params_M" else "GMACs_per_crop"
-        ours = float(full.loc[method, col]) if method in full.index else None
-        rows.append({"method": r.method, "metric": r.metric, "reported": r.value,
-                     "source": f"{r.paper} {r.version}: {r.provenance}",
-                     "kit (full size)": ours, "delta": None if ours is None else ours - r.value})
-    return pd.DataFrame(rows)

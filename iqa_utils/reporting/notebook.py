@@ -2,7 +2,7 @@
 
     session = setup("01_train_csfiqa", profile, results_dir, data_root, device, shard, drive_dir)
     session.publish(table, "csfiqa_main", "caption")    # results/tables/<name>.md/.csv, logged, shown
-    session.figure(viz.plot_...(..., session.figure_path("02_x")), "caption")   # logged once
+    session.figure(plots.plot_...(..., session.figure_path("02_x")), "caption")   # logged once
     experiments.main_runs(session.profile, **session.run_kw)
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from . import report, tables, viz
-from .config import is_rehearsal, plan
-from .experiments import paper_versions
-from .pool import parse_devices
+from ..config.profiles import is_rehearsal, plan
+from ..runs.pool import parse_devices
+from . import index, plots, tables
+from .paper_tables import paper_versions
 
 
 @dataclass
@@ -38,8 +38,8 @@ class Session:
         return is_rehearsal(self.profile)
 
     def figure(self, path, caption: str) -> Path:
-        """Log a figure a viz function wrote, with its caption, for results/README.md."""
-        report.record_output(path, "figure", caption)
+        """Log a figure a plots function wrote, with its caption, for results/README.md."""
+        index.record_output(path, "figure", caption)
         return Path(path)
 
     def figure_path(self, name: str) -> str:
@@ -55,14 +55,14 @@ class Session:
         with reported numbers says which papers' versions they come from."""
         if "provenance" in table.columns:
             caption += " (reported: " + ", ".join(f"{m} {v}" for m, v in self.versions.items()) + ")"
-        caption = report.marked(caption)
+        caption = index.marked(caption)
         tables.write_table(table, name, self.results_dir, caption=caption)
         show(table, caption)
         return table
 
     @property
     def run_kw(self) -> dict:
-        """Keyword arguments for the iqa_utils.experiments functions."""
+        """Keyword arguments for the iqa_utils.runs.experiments functions."""
         return {"results_dir": self.results_dir, "data_root": self.data_root, "shard": self.shard,
                 "device": self.devices or self.device}
 
@@ -97,8 +97,8 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     results_dir = str(Path(results_dir).expanduser().resolve())
     if data_root:
         data_root = str(Path(data_root).expanduser().resolve())
-    report.context(notebook, profile, results_dir)
-    viz.set_stamp(report.REHEARSAL_MARK if is_rehearsal(profile) else None)
+    index.context(notebook, profile, results_dir)
+    plots.set_stamp(index.REHEARSAL_MARK if is_rehearsal(profile) else None)
     if os.environ.get("IQA_KIT_THREADS"):
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
     devices = parse_devices(device)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import aggregate
-from .report import record_output
-from .system import atomic_write_text
+from ..metrics import aggregate
+from ..system import atomic_write_text
+from .index import record_output
 
 METRICS = ("SRCC", "PLCC")
 UNKNOWN = "unknown"

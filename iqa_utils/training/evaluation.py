@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import LogisticFitError, all_metrics
-from .system import KitError, amp_dtype, autocast, train_mode
+from ..metrics import LogisticFitError, all_metrics
+from ..system import KitError, amp_dtype, autocast, train_mode
 
 
 class NonFiniteError(KitError):

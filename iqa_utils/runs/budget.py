@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import costs
-from .config import RunConfig, make_config, plan
-from .data.manifest import EXPECTED_COUNTS
-from .data.splits import make_split
+from ..config.check import make_config
+from ..config.fields import RunConfig
+from ..config.profiles import plan
+from ..data.manifest import EXPECTED_COUNTS
+from ..data.splits import make_split
+from ..models import costs, create_model
+from ..system import KitError
+from ..training.optim import global_batch_for, steps_per_epoch
 from .experiments import full_size_model, manifest_for, notebook_plan
-from .models import create_model
-from .optim import global_batch_for, steps_per_epoch
-from .runs import data_digest, record_path
-from .system import KitError
+from .records import data_digest, record_path
 
 
 def _model(profile: str, name: str):

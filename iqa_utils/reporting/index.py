@@ -16,9 +16,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import decisions_table, is_rehearsal, make_config
-from .system import (KitError, atomic_write_json, atomic_write_text, device_name, package_version, read_json,
-                     read_jsonl, append_jsonl)
+from ..config.check import decisions_table, make_config
+from ..config.profiles import is_rehearsal
+from ..system import (
+    KitError,
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    device_name,
+    package_version,
+    read_json,
+    read_jsonl,
+)
 
 _CTX = {"notebook": None, "profile": None, "results_dir": "results"}
 REHEARSAL_MARK = "REHEARSAL (toy budget, stand-in weights): not a result"

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .data.registry import DEIQT_GLOBAL_BATCH
+from ..data.registry import DEIQT_GLOBAL_BATCH
 
 DEFAULT_GLOBAL_BATCH = 64
 
