@@ -1,11 +1,12 @@
 """CSFIQA: SCL/NSM losses on hand-computed cases, top-k attention, every switch on the tiny model, cost."""
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from iqa_utils.config.check import make_config
+from iqa_utils.config.check import config_from_dict, make_config
 from iqa_utils.config.fields import ConfigError
 from iqa_utils.models import create_model
 from iqa_utils.models import losses as L
@@ -224,7 +225,7 @@ def test_topk_keeps_exactly_k_and_dense_when_all():
 
 # ---- the model: every switch builds, runs forward + backward ------------------------------------------
 SWITCHES = [
-    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": False},
+    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": "dense"}, {"csfiqa.afs": "off"},
     {"csfiqa.afs_scope": "per_scale"}, {"csfiqa.ic": "off"}, {"csfiqa.ic": "trainable_block"},
     {"csfiqa.ic": "llama_residual"}, {"csfiqa.ic_tokens": "all"}, {"csfiqa.ic_tokens": "cls"},
     {"csfiqa.decoder": "linear"},
@@ -291,10 +292,60 @@ def test_switch_forward_backward(ov):
 def test_switches_change_the_model():
     base = create_model(make_config("smoke", "csfiqa"))
     assert base.afs.keep_ratio == 0.5
-    assert create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": False})).afs.keep_ratio == 1.0
+    assert create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "dense"})).afs.keep_ratio == 1.0
     assert not hasattr(create_model(make_config("smoke", "csfiqa", {"csfiqa.ic": "off"})).ic, "llama")
     with pytest.raises(ValueError, match="regional"):
         create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": "regional", "csfiqa.scale_mode": "crop"}))
+
+
+SMALL_BRANCH = ("encoder.patch_embed.0.", "encoder.cls_token_0", "encoder.pos_embed_0", "encoder.norm.0.",
+                ".projs.", ".fusion.", ".revert_projs.")
+
+
+def _small_branch(name: str) -> bool:
+    return name.startswith(SMALL_BRANCH[:4]) or any(p in name for p in SMALL_BRANCH[4:]) or \
+        re.match(r"encoder\.blocks\.\d+\.blocks\.0\.", name) is not None
+
+
+def test_single_scale_encodes_the_large_branch_alone():
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"csfiqa.scale_mode": "single"}))
+    small = [n for n, _ in m.named_parameters() if _small_branch(n)]
+    assert any("patch_embed.0" in n for n in small) and any("fusion" in n for n in small)
+    loss, _ = m.loss(m.train_batch(FakeSampler(), torch.arange(6), torch.linspace(0, 1, 6),
+                                   torch.Generator().manual_seed(0)))
+    loss.backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert all(grads[n] is None or not grads[n].any() for n in small)
+    assert m.encoder.patch_embed[1].proj.weight.grad.abs().sum() > 0
+    assert m.encoder.blocks[-1].blocks[1][-1].attn.qkv.weight.grad.abs().sum() > 0
+    # the score does not read the small branch or the fusion at all
+    m.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = m(x)
+        for n, p in m.named_parameters():
+            if _small_branch(n):
+                p.add_(torch.randn_like(p))
+        torch.testing.assert_close(m(x), before, rtol=0, atol=0)
+
+
+def test_sfa_off_has_no_afs_or_concentrator():
+    both = create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "off", "csfiqa.ic": "off"}))
+    assert not [n for n, _ in both.named_parameters() if n.startswith(("afs.", "ic."))]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        _, feats = both(x, return_features=True)
+    assert torch.equal(feats["pre_sfa"], feats["post_sfa"])         # SFA is the identity
+    dense = create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "dense", "csfiqa.ic": "off"}))
+    assert [n for n, _ in dense.named_parameters() if n.startswith("afs.")]   # w/o AFS keeps a dense layer
+
+
+def test_old_records_afs_switch_reads_as_today_s_choice():
+    for old, new in ((True, "topk"), (False, "dense")):
+        d = make_config("smoke", "csfiqa").to_dict()
+        d["csfiqa"]["afs"] = old
+        assert config_from_dict(d).csfiqa.afs == new
 
 
 def test_features_and_cam():

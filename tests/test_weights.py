@@ -26,7 +26,7 @@ def test_stand_ins_pass_the_check_and_load_through_the_profiles(stand_ins, monke
     deiqt = create_model(make_config("paper", "deiqt"))
     pth = torch.load(stand_ins / "deit3_small_patch16_224.fb_in1k" / "deit_3_small_224_1k.pth", weights_only=True)
     assert torch.equal(deiqt.encoder.blocks[3].ls1.gamma, pth["model"]["blocks.3.gamma_1"])
-    ic = create_model(make_config("paper", "csfiqa", {"csfiqa.ic": "llama", "csfiqa.afs": False})).ic
+    ic = create_model(make_config("paper", "csfiqa", {"csfiqa.ic": "llama", "csfiqa.afs": "dense"})).ic
     assert ic.llama.mlp.gate_proj.weight.shape == (11008, 4096) and not ic.llama.mlp.gate_proj.weight.requires_grad
 
 

@@ -202,9 +202,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
 RETIRED_FIELDS = ("results_dir",)
 
 
+# Fields whose values changed form: an older record's value -> today's (the same behaviour).
+RENAMED_VALUES = {"csfiqa.afs": {True: "topk", False: "dense"}}
+
+
 def config_from_dict(d: dict) -> RunConfig:
     """RunConfig from cfg.to_dict() output (a record or config.json); unknown fields raise."""
     flat = {k: v for k, v in _flat(d).items() if k not in RETIRED_FIELDS}
+    for k, table in RENAMED_VALUES.items():
+        if k in flat and isinstance(flat[k], bool):
+            flat[k] = table[flat[k]]
     return override(RunConfig(), flat)
 
 

@@ -195,7 +195,12 @@ class CSFIQAConfig:
     nsm_weight: float = decision(2.0, id="CSFIQA D13", source="kit default", choices=[2.0, 4.0],
                                  range="[0, 1000]",
                                  doc="qfm NSM: weight of a noise pair among the negatives (1 = no NSM)")
-    afs: bool = True
+    afs: str = decision(
+        "topk", id="CSFIQA D15", source="paper (AFS keeps the top-k attention scores)",
+        choices=["topk", "dense", "off"],
+        doc="topk: the selective-attention layer keeping afs_k of the keys; dense: the same trainable layer "
+            "keeping every key (the kit's earlier afs=False, the 'w/o AFS' row); off: no such layer "
+            "(identity; 'w/o SFA' with ic='off')")
     afs_scope: str = decision("joint", id="CSFIQA D14", source="kit default", choices=["joint", "per_scale"])
     afs_k: float = decision(0.5, id="CSFIQA D15", source="kit default", choices=[0.25, 0.5, 0.75, 1.0],
                             range="(0, 1]", doc="share of keys kept per query (1.0 = dense attention)")

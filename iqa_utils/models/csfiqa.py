@@ -11,7 +11,8 @@ component as the IC, 233M params / 45G MACs. Everything else is a reconstruction
 - scale_mode (D4): "branch" - CrossViT's 12-px branch is the small scale, its 16-px branch the large
   one; "crop" - a 0.2 and a 0.4 image-side crop, each resized to the input size and encoded by the whole
   CrossViT (the scale's tokens are the 16-px branch of that crop); "crop_per_branch" - small crop into
-  the 12-px branch, large crop into the 16-px branch, one pass; "single" - large branch only. In the crop
+  the 12-px branch, large crop into the 16-px branch, one pass; "single" - the large (16-px) branch
+  encoded alone (its own blocks and norm; the small branch and the fusion are not run). In the crop
   modes the small training crop lies inside the large one (crop_nesting, D4), as the test views do.
 - SCL features (D5, D6): per scale, the mean patch token after multi-scale block l of the scale's branch
   run alone (no cross-branch fusion), or the CLS / mean patch token of the joint pass (before the final
@@ -161,11 +162,7 @@ class CSFIQA(IQAModel):
         self.dim = d1
         two = c.scale_mode != "single"
         self.to_common = (nn.Linear(self.d_small, d1) if self.d_small != d1 else nn.Identity()) if two else None
-        ratio = c.afs_k if c.afs else 1.0
-        if c.afs_scope == "joint" or not two:
-            self.afs = SelectiveAttention(d1, heads, ratio)
-        else:                                               # per_scale
-            self.afs = nn.ModuleList([SelectiveAttention(d1, heads, ratio), SelectiveAttention(d1, heads, ratio)])
+        self.afs = self._build_afs(d1, heads, joint=c.afs_scope == "joint" or not two)
         self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
                                      dtype=c.ic_dtype, num_heads=heads, device=device, ic_norm=c.ic_norm)
         self.decoder = PanelDecoder(d1, heads) if c.decoder == "panel" else nn.Linear(d1, 1)
@@ -173,7 +170,29 @@ class CSFIQA(IQAModel):
         self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
                            (nn.Linear(self.d_small, d1, bias=False) if self.d_small != d1 else nn.Identity())) \
             if two else None
+        if not two:
+            self._freeze_small_branch()
         self._init_new_modules()
+
+    def _build_afs(self, dim: int, heads: int, joint: bool) -> nn.Module:
+        """D15: top-k selective attention, the same layer dense ("w/o AFS"), or none ("off", identity)."""
+        if self.c.afs == "off":
+            return nn.Identity()
+        ratio = self.c.afs_k if self.c.afs == "topk" else 1.0
+        if joint:
+            return SelectiveAttention(dim, heads, ratio)
+        return nn.ModuleList([SelectiveAttention(dim, heads, ratio), SelectiveAttention(dim, heads, ratio)])
+
+    def _freeze_small_branch(self):
+        """Single scale: only the large branch's own parts (patch embedding, CLS, position embedding,
+        Transformer blocks, norm) are trained; the rest of CrossViT stays in the module, so that a
+        checkpoint still loads strictly, but gets no gradient and no update."""
+        enc = self.encoder
+        enc.requires_grad_(False)
+        for mod in [enc.patch_embed[1], enc.norm[1], *[blk.blocks[1] for blk in enc.blocks]]:
+            mod.requires_grad_(True)
+        enc.cls_token_1.requires_grad_(True)
+        enc.pos_embed_1.requires_grad_(True)
 
     def _init_new_modules(self):
         """trunc-normal(0.02) on the modules CSFIQA adds (as DEIQT and timm do); the encoder keeps timm's
@@ -210,15 +229,20 @@ class CSFIQA(IQAModel):
         final = [norm(t) for norm, t in zip(self.encoder.norm, xs)]
         return blocks, final
 
+    def _branch_blocks(self, i: int, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        """Branch i's tokens after each multi-scale block up to `upto`, the other branch cut off."""
+        t, out = self._embed_branch(i, x), []
+        for blk in self.encoder.blocks[:upto + 1]:
+            t = blk.blocks[i](t)
+            out.append(t)
+        return out
+
     def branch_alone(self, i: int, x: torch.Tensor, upto: int) -> torch.Tensor:
         """Branch i's tokens after multi-scale block `upto` with the other branch cut off: each block's
         own Transformer blocks of branch i, no CLS fusion. In the joint pass only the CLS tokens are
         fused, but the patch tokens of every later block attend to that CLS, so they carry the other
         branch from the second block on; these do not (SCL's scale-pure features, D6)."""
-        t = self._embed_branch(i, x)
-        for blk in self.encoder.blocks[:upto + 1]:
-            t = blk.blocks[i](t)
-        return t
+        return self._branch_blocks(i, x, upto)[-1]
 
     def _views(self, x):
         """(small view, large view) for the crop modes. A 5-D (B, 2, 3, S, S) batch holds both; a plain
@@ -247,6 +271,9 @@ class CSFIQA(IQAModel):
         'small'/'large' (final, normed), 'grid_small'/'grid_large'."""
         mode = self.c.scale_mode
         xs, xl = self.scale_views(x)
+        if mode == "single":           # the large branch alone: no small patch embedding, no fusion (D4)
+            bl = self._branch_blocks(1, xl, len(self.encoder.blocks) - 1)
+            return {"blocks_large": bl, "large": self.encoder.norm[1](bl[-1]), "grid_large": self.grids[1]}
         if mode != "crop":                                   # one pass: branch 0 = small, branch 1 = large
             blocks, final = self._crossvit(xs, xl)
             bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
@@ -256,10 +283,8 @@ class CSFIQA(IQAModel):
             b = xs.shape[0]
             bs, bl = [t[1][:b] for t in blocks], [t[1][b:] for t in blocks]
             fs, fl, gs, gl = final[1][:b], final[1][b:], self.grids[1], self.grids[1]
-        out = {"blocks_large": bl, "large": fl, "grid_large": gl}
-        if mode != "single":
-            out.update({"blocks_small": bs, "small": fs, "grid_small": gs})
-        return out
+        return {"blocks_large": bl, "large": fl, "grid_large": gl, "blocks_small": bs, "small": fs,
+                "grid_small": gs}
 
     # ---- SFA + decoder ----------------------------------------------------------------------------
     def sfa(self, small: torch.Tensor | None, large: torch.Tensor):
@@ -339,11 +364,10 @@ class CSFIQA(IQAModel):
         branch_patch_mean: each scale's branch run alone on its view (`branch_alone`); else the joint
         pass's block outputs."""
         li, mode = self._scl_layer(), self.c.scale_mode
-        if self.c.scl_pool != "branch_patch_mean":
+        if self.c.scl_pool != "branch_patch_mean" or mode == "single":    # single: encoded alone already
             return (e["blocks_small"][li] if "blocks_small" in e else None), e["blocks_large"][li]
         small_branch = 1 if mode == "crop" else 0           # crop: each scale is the 16-px branch of its crop
-        small = None if mode == "single" else self.branch_alone(small_branch, views[0], li)
-        return small, self.branch_alone(1, views[1], li)
+        return self.branch_alone(small_branch, views[0], li), self.branch_alone(1, views[1], li)
 
     def _pool(self, t):
         return t[:, 0] if self.c.scl_pool == "cls" else t[:, 1:].mean(1)
