@@ -288,7 +288,9 @@ class CSFIQA(IQAModel):
 
     # ---- SFA + decoder ----------------------------------------------------------------------------
     def sfa(self, small: torch.Tensor | None, large: torch.Tensor):
-        """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after)."""
+        """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after).
+        The decoder reads the large-scale tokens after the joint AFS (ic_tokens="large"), or both scales'
+        tokens (the mean of the two CLS as query) when the IC takes all of them, or when AFS is off."""
         c = self.c
         if small is None:                                   # single scale
             pre = large
@@ -303,10 +305,12 @@ class CSFIQA(IQAModel):
             j = self.afs(pre)
             small, large = j[:, :ns], j[:, ns:]
         if c.ic_tokens == "large":
-            large = self.ic(large)
-            post = torch.cat([small, large], 1)
-            return large[:, 0], large[:, 1:], pre, post
-        if c.ic_tokens == "all":
+            post = torch.cat([small, self.ic(large)], 1)
+            if c.afs != "off":
+                return post[:, ns], post[:, ns + 1:], pre, post
+            # afs="off": nothing has brought the small scale into the large tokens, so the decoder
+            # reads both scales' tokens (as ic_tokens="all" does); else the small scale would be lost
+        elif c.ic_tokens == "all":
             post = self.ic(torch.cat([small, large], 1))
         else:                                               # cls: only the two CLS tokens go through the IC
             cls = self.ic(torch.stack([small[:, 0], large[:, 0]], 1))
