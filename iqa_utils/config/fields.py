@@ -280,8 +280,14 @@ class LMLIQAConfig:
                                 choices=["student", "teacher", "mean"])
     queue_size: int = decision(
         0, id="LML D16", source="kit default", choices=[0, 1024, 4096], range="[0, 1000000]",
-        doc="memory queue of past crop embeddings (student, detached) used as extra inter-image negatives "
-            "(crops of the anchor's own image excluded); 0 = off, the batch's images only")
+        doc="memory queue of past crop embeddings used as extra inter-image negatives (crops of the anchor's "
+            "own image excluded); 0 = off, the batch's images only")
+    queue_source: str = decision(
+        "teacher", id="LML D16", source="MoCo (He et al., CVPR 2020): keys from the momentum encoder",
+        choices=["teacher", "student"],
+        doc="what the queue holds: teacher = MoCo's keys, the EMA teacher (with an EMA copy of the projector) "
+            "on the step's crops, one no-grad pass; student = the student's own detached crop embeddings "
+            "(the kit's earlier queue)")
 
 
 @dataclass
