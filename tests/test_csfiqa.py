@@ -178,10 +178,72 @@ def test_nsm_choices_reach_the_loss():
         args = m.nsm_args(e, zs, zl, tokens)
         assert list(args) == keys
         if kind == "regional_weight":        # the earlier 'regional': noise regions only weight the pooled pair
-            rs, rl = m.region_embeddings(e, *tokens)
-            assert torch.equal(args["noise"], L.nsm_regional(rs, rl, 0.25)[0])
+            ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+            assert torch.equal(args["noise"], L.noise_regions(L.region_agreement(ts, tl), 0.25)[0])
         if kind == "regional":
             assert args["regions"][0].shape == (4, 36, 128) and args["regions"][2].dtype == torch.bool
+
+
+def test_region_agreement_flags_the_region_whose_relations_change():
+    torch.manual_seed(0)
+    t_small = torch.randn(1, 6, 4)
+    rot = torch.linalg.qr(torch.randn(8, 8))[0]
+    t_large = 3 * F.pad(t_small, (0, 4)) @ rot                             # another width, same relations
+    assert L.region_agreement(t_small, t_large).min() > 0.999
+    t_small[0, 2] = -t_small[0, 2]                                          # region 2 changes across scales
+    agree = L.region_agreement(t_small, t_large)
+    assert agree.shape == (1, 6) and agree[0].argmin() == 2
+    _, hard = L.noise_regions(agree, q=1 / 6)
+    assert hard[0].tolist() == [False, False, True, False, False, False]
+
+
+def test_nsm_selection_reads_detached_tokens_not_the_projection():
+    """nsm_input="tokens": the noise regions do not move when the projectors change (they are measured
+    before them, without gradient); "projected" (the earlier selection) does move."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 96, 96)
+    masks = {}
+    for source in ("tokens", "projected"):
+        torch.manual_seed(0)
+        m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm_input": source}))
+        e = m.encode(x)
+        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
+        before = m.nsm_args(e, zs, zl, tokens)["regions"][2]
+        with torch.no_grad():
+            for p in list(m.proj_small.parameters()) + list(m.proj_large.parameters()):
+                p.copy_(torch.randn_like(p))
+        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
+        masks[source] = (before, m.nsm_args(e, zs, zl, tokens)["regions"][2])
+    assert torch.equal(*masks["tokens"]) and not torch.equal(*masks["projected"])
+    assert masks["tokens"][0].float().mean() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("kind", ["regional", "regional_weight", "pooled", "qfm"])
+def test_nsm_starts_after_its_warmup_and_resumes_with_its_count(kind):
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind, "csfiqa.nsm_warmup_epochs": 1.0}))
+    m.steps_per_epoch = 2
+    x = torch.randn(6, 3, 96, 96)
+    y = torch.tensor([0.1, 0.15, 0.5, 0.9, 0.95, 0.3])
+
+    def noise(model):
+        e = model.encode(x)
+        args = model.nsm_args(e, *model.scl_embeddings(e, model.scale_views(x)))
+        return {"regional": lambda: args["regions"][2].float(), "regional_weight": lambda: args["noise"],
+                "pooled": lambda: args["noise"], "qfm": lambda: torch.tensor(args["qfm_weight"] - 1.0)}[kind]()
+    seen = []
+    for _ in range(3):
+        seen.append(noise(m).sum().item())
+        m.after_step()
+    assert seen[:2] == [0.0, 0.0] and m.steps_taken() == 3 and m.steps_done.item() == 3
+    if kind != "pooled":                # pooled flags only unusually dissimilar pairs: maybe none here
+        assert seen[2] > 0
+    assert m.loss({"x": x, "y": y})[1]["nsm_noise"].item() >= 0
+    fresh = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind}))
+    fresh.steps_per_epoch = 2
+    assert not fresh.nsm_started()
+    fresh.load_state_dict(m.state_dict())                                   # a resumed run goes on
+    assert fresh.nsm_started() and fresh.steps_taken() == 3
 
 
 # ---- SCL features: each scale's own branch ---------------------------------------------------------

@@ -192,6 +192,18 @@ class CSFIQAConfig:
     nsm_quantile: float = decision(0.25, id="CSFIQA D13", source="kit default", choices=[0.1, 0.25, 0.5],
                                    range="(0, 1]",
                                    doc="regional NSM: share of least-similar regions taken as noise regions")
+    nsm_input: str = decision(
+        "tokens", id="CSFIQA D13", source="kit default (the selection should not read the embeddings it then "
+        "pushes apart)", choices=["tokens", "projected"],
+        doc="regional NSM: what the noise regions are measured on. tokens: the detached SCL-layer tokens "
+            "before the projectors, compared by each region's similarity to the image's other regions at "
+            "each scale (the two scales' widths differ); projected: the cosine of the projected region "
+            "embeddings that the NSM term then contrasts (the kit's earlier selection)")
+    nsm_warmup_epochs: float = decision(
+        1.0, id="CSFIQA D13", source="kit default (the projectors and features start random)",
+        choices=[1.0, 0.0, 3.0], range="[0, 10000]",
+        doc="epochs of training before NSM selects noise (until then no region or pair is noise: the "
+            "regional term contrasts every region as a positive); 0 = from the first step (earlier behaviour)")
     nsm_weight: float = decision(2.0, id="CSFIQA D13", source="kit default", choices=[2.0, 4.0],
                                  range="[0, 1000]",
                                  doc="qfm NSM: weight of a noise pair among the negatives (1 = no NSM)")

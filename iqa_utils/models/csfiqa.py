@@ -145,12 +145,23 @@ def _projector(d_in: int, d_out: int) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------------
+def _forget_host_steps(model, _incompatible) -> None:
+    """After a state-dict load the step count is the checkpoint's: read it again when next needed."""
+    model._steps = None
+
+
 class CSFIQA(IQAModel):
     def __init__(self, c, size: str = "tiny", regression: str = "smooth_l1", device=None):
         super().__init__()
         self.c, self.size, self.regression = c, size, regression
         self.input_size = c.input_size
         self.label_range = None            # set by the caller for label_distance='dataset_range'
+        self.steps_per_epoch = None        # set by the engine: NSM's warm-up is counted in epochs (D13)
+        # optimizer steps taken (NSM warm-up); a buffer, so a resumed run goes on from its checkpoint.
+        # `_steps` mirrors it on the host (read back once after a load), so no step waits on the device.
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._steps = 0
+        self.register_load_state_dict_post_hook(_forget_host_steps)
         self.encoder = build_crossvit(size, c.encoder, c.input_size)
         enc = self.encoder
         d0, d1 = enc.embed_dim
@@ -388,18 +399,43 @@ class CSFIQA(IQAModel):
         rs, rl = L.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
         return F.normalize(self.proj_small(rs).float(), dim=-1), F.normalize(self.proj_large(rl).float(), dim=-1)
 
+    def after_step(self) -> None:
+        self.steps_done += 1
+        self._steps = self.steps_taken() + 1
+
+    def steps_taken(self) -> int:
+        if self._steps is None:                   # after a load: the checkpoint's count, read once
+            self._steps = int(self.steps_done.item())
+        return self._steps
+
+    def nsm_started(self) -> bool:
+        """NSM selects noise after nsm_warmup_epochs of steps (D13); without an epoch length (a model
+        used outside the engine) it starts at once."""
+        w = self.c.nsm_warmup_epochs
+        return not w or self.steps_per_epoch is None or self.steps_taken() >= w * self.steps_per_epoch
+
     def nsm_args(self, e: dict, zs, zl, tokens) -> dict:
-        """The NSM (D13) keyword arguments of `losses.scl_loss`."""
-        kind = self.c.nsm
+        """The NSM (D13) keyword arguments of `losses.scl_loss`; before the warm-up ends nothing is noise."""
+        kind, on = self.c.nsm, self.nsm_started()
         if kind == "off" or zs is None:
             return {}
         if kind == "pooled":
-            return {"noise": L.nsm_pooled(zs, zl)}
+            return {"noise": L.nsm_pooled(zs, zl) if on else zs.new_zeros(len(zs))}
         if kind == "qfm":
-            return {"qfm_weight": self.c.nsm_weight}
+            return {"qfm_weight": self.c.nsm_weight if on else 1.0}
         rs, rl = self.region_embeddings(e, *tokens)
-        weight, hard = L.nsm_regional(rs, rl, self.c.nsm_quantile)
+        weight, hard = self.noise_regions(e, tokens, rs, rl)
+        if not on:
+            weight, hard = torch.zeros_like(weight), torch.zeros_like(hard)
         return {"noise": weight} if kind == "regional_weight" else {"regions": (rs, rl, hard)}
+
+    def noise_regions(self, e: dict, tokens, rs, rl):
+        """Regional NSM's selection (D13, nsm_input): on the detached SCL-layer tokens before the
+        projectors (`losses.region_agreement`), or on the projected region embeddings rs, rl."""
+        if self.c.nsm_input == "projected":
+            return L.nsm_regional(rs, rl, self.c.nsm_quantile)
+        ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+        return L.noise_regions(L.region_agreement(ts, tl), self.c.nsm_quantile)
 
     def loss(self, batch: dict):
         c = self.c

@@ -150,6 +150,8 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     norm = LabelNorm(tc.label_norm, manifest.label_range)
     if hasattr(model, "label_range") and manifest.label_range:
         model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
+    if hasattr(model, "steps_per_epoch"):          # CSFIQA's NSM warm-up counts epochs of steps
+        model.steps_per_epoch = E
     dtype = amp_dtype(tc.amp, device)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,
