@@ -84,6 +84,10 @@ def reproduce(args) -> int:
         os.environ[WEIGHTS_ENV] = str(_rehearsal_weights(profile))      # the notebooks' kernels inherit it
     args.profile = profile
     params = {"profile": profile, "results_dir": str(results), "device": args.device}
+    if args.set:
+        params["overrides"] = _parse_sets(args.set)
+        for model in list_models():                  # a misspelt field stops here, not in a notebook
+            make_config(profile, model, params["overrides"])
     if args.pool_dir:
         params["pool_dir"] = str(_data_root(args.pool_dir, must_exist=True))
     if args.data_root:
@@ -217,6 +221,9 @@ def _reproduce_parser(sub) -> None:
     r.add_argument("--rehearse", action="store_true",
                    help="the profile's exact code path at a toy budget, with stand-in weights (CPU minutes)")
     r.add_argument("--pool-dir", help="gMAD pool: a folder of unlabelled images (notebook 06)")
+    r.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
+                   help="config fields for every run and table, e.g. csfiqa.version=v1 (the reported numbers "
+                        "quoted); a run's own ablation or sweep value wins")
     r.set_defaults(fn=reproduce)
 
 

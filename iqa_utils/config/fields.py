@@ -328,9 +328,11 @@ class RunConfig:
         d["train"].pop("num_threads", None)
         if not (d["model"]["pretrained"] and d["model"]["size"] == "tiny" and not d["model"]["weights"]):
             d["model"].pop("proxy_pretraining")      # the weights do not come from a proxy recipe
-        # method knobs of the other models do not change this run
+        # method knobs of the other models do not change this run, nor which paper version a table quotes
         for other in ("csfiqa", "lmliqa"):
             if d["model"]["name"] != other:
                 d.pop(other)
+            else:
+                d[other].pop("version")
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -83,13 +83,26 @@ def method_row(rec: dict, variant: str = "") -> dict:
 Planned = list[tuple[RunConfig, str]]         # (config, variant label) pairs, in order
 
 
+def with_base(planned: Planned, overrides: dict | None) -> Planned:
+    """The planned runs with the user's overrides (`iqa-kit reproduce --set`) on every field the plan
+    itself does not vary: they set the base, while a sweep's or an ablation's own field keeps its
+    row's value (so a row labelled tau=0.1 runs at 0.1)."""
+    if not overrides:
+        return planned
+    varied = {k for k in overrides if len({repr(getattr_dotted(c, k)) for c, _ in planned}) > 1}
+    keep = {k: v for k, v in overrides.items() if k not in varied}
+    return [(override(cfg, keep), label) for cfg, label in planned]
+
+
 def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
-            shard: str | None = None, progress: bool = True, device: str | None = None) -> pd.DataFrame:
+            shard: str | None = None, progress: bool = True, device: str | None = None,
+            overrides: dict | None = None) -> pd.DataFrame:
     """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics.
 
     device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
-    per device (pool.py), and this process loads their records (and trains any run a dead worker left)."""
-    pairs = take_shard(planned, shard)
+    per device (pool.py), and this process loads their records (and trains any run a dead worker left).
+    overrides: dotted fields set on every run, except those the plan varies (`with_base`)."""
+    pairs = take_shard(with_base(planned, overrides), shard)
     manifests = _Manifests(data_root)
     devices = parse_devices(device)
     where = {"data.data_root": data_root, **({"train.device": devices[0]} if devices else {})}
