@@ -1,6 +1,8 @@
 """CSFIQA: SCL/NSM losses on hand-computed cases, top-k attention, every switch on the tiny model, cost."""
 import math
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,12 @@ from iqa_utils.config.fields import ConfigError
 from iqa_utils.models import create_model
 from iqa_utils.models import losses as L
 from iqa_utils.models.costs import csfiqa_cost
+from iqa_utils.data.splits import make_split
 from iqa_utils.models.csfiqa import SelectiveAttention, topk_attention
+from iqa_utils.training import engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import tiny_manifest  # noqa: E402
 
 
 # ---- Eq. 1-2: distances and masks ------------------------------------------------------------------
@@ -244,6 +251,13 @@ def test_nsm_starts_after_its_warmup_and_resumes_with_its_count(kind):
     assert not fresh.nsm_started()
     fresh.load_state_dict(m.state_dict())                                   # a resumed run goes on
     assert fresh.nsm_started() and fresh.steps_taken() == 3
+
+
+def test_the_engine_tells_the_model_its_epoch_length(tmp_path):
+    data = tiny_manifest(tmp_path / "data", n=10)
+    cfg = make_config("smoke", "csfiqa", {"data.crops_train": 4, "train.global_batch": 8})
+    run = engine.setup(cfg, data, make_split(data, 0), tmp_path / "run")
+    assert run.model.steps_per_epoch == run.steps == 4              # 8 training images x 4 crops / 8
 
 
 # ---- SCL features: each scale's own branch ---------------------------------------------------------
