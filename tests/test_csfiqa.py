@@ -301,7 +301,9 @@ def test_topk_keeps_exactly_k_and_dense_when_all():
 
 # ---- the model: every switch builds, runs forward + backward ------------------------------------------
 SWITCHES = [
-    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": "dense"}, {"csfiqa.afs": "off"},
+    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": "dense"},
+    {"csfiqa.afs": "off"}, {"csfiqa.afs": "off", "csfiqa.afs_scope": "per_scale"},
+    {"csfiqa.nsm_input": "projected", "csfiqa.nsm": "regional_weight"},
     {"csfiqa.afs_scope": "per_scale"}, {"csfiqa.ic": "off"}, {"csfiqa.ic": "trainable_block"},
     {"csfiqa.ic": "llama_residual"}, {"csfiqa.ic_tokens": "all"}, {"csfiqa.ic_tokens": "cls"},
     {"csfiqa.decoder": "linear"},
