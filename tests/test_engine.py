@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from iqa_utils import system
+from iqa_utils import devices
 from iqa_utils.config.check import config_from_dict, make_config
 from iqa_utils.config.fields import TrainConfig
 from iqa_utils.data.manifest import Manifest
@@ -19,7 +19,7 @@ from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
-from iqa_utils.system import atomic_save
+from iqa_utils.devices import atomic_save
 from iqa_utils.training import engine
 from iqa_utils.training.engine import TrainingInterrupted, train_run
 from iqa_utils.training.evaluation import LabelNorm, evaluate
@@ -267,8 +267,8 @@ def test_config_round_trip_and_amp_choice():
     with pytest.raises(KeyError):
         config_from_dict({**cfg.to_dict(), "bogus": 1})
     cpu = torch.device("cpu")
-    assert system.amp_dtype("auto", cpu) is None
-    assert system.amp_dtype("bf16", cpu) is torch.bfloat16 and system.amp_dtype("off", cpu) is None
+    assert devices.amp_dtype("auto", cpu) is None
+    assert devices.amp_dtype("bf16", cpu) is torch.bfloat16 and devices.amp_dtype("off", cpu) is None
 
 
 def test_load_trained_missing_files(tmp_path):

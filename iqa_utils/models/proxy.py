@@ -48,7 +48,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..data.synthetic import DEFAULT_N_REFS, SOURCES, default_root, photo
-from ..system import KitError, atomic_save, atomic_write_json, file_sha256, read_json
+from ..devices import atomic_save
+from ..system import KitError, atomic_write_json, file_sha256, read_json
 from .pretrained import weights_source
 
 # skimage.data photos inside the wheel (no download) that are no source of the synthetic set's references

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from ..system import atomic_save, atomic_write_json, atomic_write_text, file_sha256, read_json
+from ..devices import atomic_save
+from ..system import atomic_write_json, atomic_write_text, file_sha256, read_json
 from .concentrator import LLAMA_7B
 from .csfiqa import build_crossvit, crossvit_key_map
 from .deiqt import build_vit

@@ -24,7 +24,8 @@ import pandas as pd
 from ..config.fields import RunConfig
 from ..data.registry import load_manifest
 from ..data.splits import make_split
-from ..system import atomic_write_json, environment, read_json, resolve_device
+from ..devices import environment, resolve_device
+from ..system import atomic_write_json, read_json
 from ..training import distributed, engine
 from ..training.checkpoint import CHECKPOINT
 from ..training.predict import CONFIG, WEIGHTS

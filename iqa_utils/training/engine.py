@@ -35,7 +35,8 @@ from ..data.cache import build_store
 from ..data.store import CropSampler, CropStream
 from ..models import create_model
 from ..models.pretrained import load_kit_state
-from ..system import KitError, amp_dtype, autocast
+from ..devices import amp_dtype, autocast
+from ..system import KitError
 from . import distributed
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
 from .distributed import Dist, accumulate

@@ -17,7 +17,8 @@ from ..config.fields import RunConfig
 from ..data.store import CropSampler, ImageStore
 from ..models import create_model
 from ..models.pretrained import load_kit_state, load_weights, save_weights
-from ..system import KitError, MissingFile, amp_dtype, atomic_write_text, read_json, resolve_device
+from ..devices import amp_dtype, resolve_device
+from ..system import KitError, MissingFile, atomic_write_text, read_json
 from .checkpoint import read_checkpoint
 from .evaluation import LabelNorm, predict_rows
 
