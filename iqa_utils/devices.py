@@ -11,14 +11,30 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .system import atomic_write, git_commit, package_version
+from .system import KitError, atomic_write, git_commit, package_version
+
+
+def check_device(name: str | torch.device, what: str = "device") -> torch.device:
+    """A device torch can use here, or one line saying why not (`what` names the flag or field): a name
+    torch does not know, or CUDA on a machine where no (or not that) CUDA device is visible."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise KitError(f"{what} {name}: not a device name (cpu, cuda, cuda:0, ...)") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise KitError(f"{what} {name}: no CUDA device is visible on this machine; use cpu")
+        if device.index is not None and device.index >= n:
+            raise KitError(f"{what} {name}: only {n} CUDA device(s) are visible (cuda:0 to cuda:{n - 1})")
+    return device
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None): CUDA when available, else the CPU."""
+    """"auto" (or None): CUDA when available, else the CPU; any other name is checked (check_device)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return check_device(name)
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

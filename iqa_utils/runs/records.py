@@ -25,7 +25,7 @@ from ..config.fields import RunConfig
 from ..data.registry import load_manifest
 from ..data.splits import make_split
 from ..devices import environment, resolve_device
-from ..system import atomic_write_json, read_json
+from ..system import KitError, atomic_write_json, read_json
 from ..training import distributed, engine
 from ..training.checkpoint import CHECKPOINT
 from ..training.predict import CONFIG, WEIGHTS
@@ -191,6 +191,10 @@ def load_records(results_dir="results", **filters):
     return df.reset_index(drop=True)
 
 
+class ShardError(KitError, ValueError):
+    """A shard that is not "i/N" with 0 <= i < N."""
+
+
 def shard(items, spec: str | None):
     """The i-th of N interleaved shares of items ("i/N", i from 0): machine i runs items i, i+N, ..."""
     items = list(items)
@@ -199,7 +203,7 @@ def shard(items, spec: str | None):
     try:
         i, n = (int(v) for v in str(spec).split("/"))
     except ValueError:
-        raise ValueError(f"shard must look like 'i/N' (e.g. 0/4), not {spec!r}") from None
+        raise ShardError(f"--shard {spec}: must look like i/N (e.g. 0/4: the first of 4 shares)") from None
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {spec!r}: need N >= 1 and 0 <= i < N")
+        raise ShardError(f"--shard {spec}: out of range; i/N needs N >= 1 and 0 <= i < N")
     return items[i::n]
