@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import huggingface_hub
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -34,6 +33,7 @@ from .pretrained import (
     LLAMA_HUB_ID,
     WeightsError,
     crossvit_hub_id,
+    hub_download,
     map_deit_keys,
     read_state_dict,
     resolve_weights,
@@ -60,7 +60,7 @@ def _llama_tensors(layers, n_layers: int = 32) -> dict[str, str]:
 # ---- download ------------------------------------------------------------------------------------------
 def _fetch(repo: str, filename: str, folder: Path) -> Path:
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename, local_dir=str(folder)))
+        return Path(hub_download(repo, filename, local_dir=str(folder)))
     except Exception as e:                   # offline, gated, wrong repo id
         raise WeightsError(f"{repo}/{filename}: download failed ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); run this command where the "
