@@ -337,8 +337,8 @@ def main(argv=None) -> int:
         print("iqa-kit: " + str(e).replace("\n", " "), file=sys.stderr)
     except OSError as e:                       # the OS's own errors, named by their file
         print(f"iqa-kit: {os_error(e.filename or '?', e, 'use')}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("iqa-kit: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:             # claims.WaitInterrupted says what it waited for
+        print(f"iqa-kit: {e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
     return 2
 
