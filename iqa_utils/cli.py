@@ -184,7 +184,7 @@ def _check_dataset(name: str, args) -> bool:
     for path, why in problems:
         print(f"iqa-kit: {path}: {why}", file=sys.stderr)
     checked = "listed" if args.no_decode else "decoded"
-    status = f"{len(problems)} unreadable" if problems else f"all {checked}"
+    status = f"{len(problems)} unreadable or duplicated" if problems else f"all {checked}"
     print(f"{name}: {len(m)} images ({status}), {m.direction}, split by {m.split_unit}, root {m.root}")
     return not problems
 

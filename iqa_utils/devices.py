@@ -4,14 +4,16 @@ error type and file helpers does not import torch (the command line's `--help` a
 from __future__ import annotations
 
 import contextlib
+import io
 import platform
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from . import __version__
-from .system import KitError, atomic_write, git_commit, package_version
+from .system import KitError, atomic_write_bytes, git_commit, package_version
 
 
 def check_device(name: str | torch.device, what: str = "device") -> torch.device:
@@ -78,9 +80,18 @@ def device_name(device="cpu") -> str:
     return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
+def save_safetensors(tensors: dict, file) -> None:
+    """A saver for `atomic_save`: the tensors in the safetensors format."""
+    file.write(safetensors.torch.save(tensors))
+
+
 def atomic_save(obj, path, saver=torch.save) -> Path:
-    """saver(obj, tmp_path) (torch.save by default) through `atomic_write`."""
-    return atomic_write(path, lambda tmp: saver(obj, tmp))
+    """saver(obj, file) (torch.save by default) into memory, then the bytes through `atomic_write`.
+    Writing through Python makes a full disk an OSError (ENOSPC) that names the file: torch's and
+    safetensors' own file writers report it as a RuntimeError or SafetensorError without the errno."""
+    buffer = io.BytesIO()
+    saver(obj, buffer)
+    return atomic_write_bytes(buffer.getbuffer(), path)
 
 
 def environment(device=None) -> dict:

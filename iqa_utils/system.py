@@ -57,7 +57,7 @@ def _umask() -> int:
 def os_error(path, e: OSError, doing: str = "write") -> KitError:
     """An OSError as a KitError naming the file; a full disk or a read-only folder says so."""
     if e.errno == errno.ENOSPC:
-        why = "the disk is full"
+        why = "no space left on the device (the disk is full)"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "permission denied (read-only folder?)"
     else:
@@ -85,6 +85,10 @@ def atomic_write(path, writer: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(data: bytes, path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(text: str, path) -> Path:

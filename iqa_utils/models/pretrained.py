@@ -16,11 +16,12 @@ from urllib.parse import urlparse
 import huggingface_hub
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..system import KitError, MissingFile, atomic_write
+from ..devices import atomic_save, save_safetensors
+from ..system import KitError, MissingFile
 
 
 class WeightsError(KitError, RuntimeError):
@@ -167,9 +168,9 @@ def load_kit_state(model: nn.Module, sd: dict, where) -> None:
 
 
 def save_weights(model: nn.Module, path) -> Path:
-    """kit_state(model) as safetensors, atomically."""
+    """kit_state(model) as safetensors, atomically (a full disk is one line naming the file)."""
     state = {k: v.detach().contiguous() for k, v in kit_state(model).items()}
-    return atomic_write(path, lambda tmp: save_file(state, tmp))
+    return atomic_save(state, path, save_safetensors)
 
 
 def load_weights(model: nn.Module, path) -> Path:
