@@ -7,6 +7,8 @@
   folder of this session, shared by its xdist workers (and the processes tests start, which inherit the
   variable). Under xdist the synthetic set and the smoke profile's proxy-pretrained encoders are built
   there once, by the first worker, while the others wait, instead of by whichever tests get there first.
+- The full run (`-n 2 --dist worksteal`) starts the LONGEST tests side by side, one per worker, instead of
+  leaving one of them queued behind the other while the other worker runs out of work.
 - pytest-timeout: every test has a limit (pyproject.toml's `timeout`, for fast tests); tests marked
   `slow` get SLOW_TIMEOUT_S unless they set their own with `@pytest.mark.timeout(seconds)`. A hung test
   then fails with its name and stack instead of stalling the run.
@@ -20,6 +22,8 @@ from filelock import FileLock
 from iqa_utils.system import CACHE_ENV
 
 SLOW_TIMEOUT_S = 900
+LONGEST = ["test_rehearsal.py::test_paper_and_quick_rehearsals",            # longest first
+           "test_notebooks.py::test_smoke_reproduction_runs_every_notebook"]
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
@@ -27,10 +31,35 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")      # and by any other process a test starts
 
 
-def pytest_collection_modifyitems(items):
+def _chunk_heads(n_items: int, n_workers: int) -> list[int]:
+    """Where each worker's first test sits: xdist's worksteal hands worker k the k-th of n even shares of
+    the collection (len(pending) // workers left) and later steals only from the ends of the queues."""
+    heads, pos, left = [], 0, n_items
+    for k in range(n_workers):
+        heads.append(pos)
+        size = left // (n_workers - k)
+        pos, left = pos + size, left - size
+    return heads
+
+
+def _spread_longest(config, items: list) -> None:
+    workers = config.getoption("numprocesses", None)
+    if config.getoption("dist", "no") != "worksteal" or not isinstance(workers, int) or workers < 2:
+        return
+    longest = [i for name in LONGEST for i in items if i.nodeid.endswith(name)][:workers]
+    if not longest:
+        return
+    heads = dict(zip(_chunk_heads(len(items), workers), longest))
+    others = iter([i for i in items if i not in longest])
+    items[:] = [heads[pos] if pos in heads else next(others) for pos in range(len(items))]
+
+
+@pytest.hookimpl(trylast=True)                          # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+    _spread_longest(config, items)
 
 
 def _build_smoke_cache() -> None:

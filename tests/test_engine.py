@@ -250,12 +250,20 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     target = tmp_path / "checkpoint.pt"
     atomic_save({"a": torch.ones(2)}, target)
 
-    def dies_midway(obj, path):
-        Path(path).write_bytes(b"partial")
+    def dies_midway(obj, file):                     # savers write to a file object
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    def write_dies_midway(self, data):              # the interruption while the bytes reach the disk
+        with open(self, "wb") as f:
+            f.write(data[:3])
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"a": torch.zeros(2)}, target, dies_midway)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(Path, "write_bytes", write_dies_midway)
+        atomic_save({"a": torch.zeros(2)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))   # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]                # no temp left
 

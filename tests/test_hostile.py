@@ -200,6 +200,7 @@ def test_files_follow_the_umask(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_two_reproduce_runs_on_one_folder(tmp_path):
     """Two processes writing the same results folder: both finish, nothing is torn or left half-written."""
     env = {**os.environ, "IQA_KIT_DATA": str(tmp_path / "data")}
