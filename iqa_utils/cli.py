@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .config.fields import ConfigError
-from .config.profiles import PROFILES, is_rehearsal, rehearsal_of
+from .config.profiles import PROFILES, is_rehearsal, rehearsal_of, shard
 from .system import KitError, cache_dir, check_writable, os_error
 
 # `iqa-kit --help`, `decisions` and every error about a bad argument answer without torch, timm,
@@ -138,10 +138,10 @@ def _seed_config(profile: str, model: str, overrides: dict, seed: int):
 
 
 def train(args) -> int:
-    from .runs.experiments import run_all
-    from .training.distributed import is_main_process
     overrides = {"data.dataset": args.dataset, "test_dataset": args.test_dataset, **_parse_sets(args.set)}
     planned = [(_seed_config(args.profile, args.model, overrides, seed), "") for seed in args.seeds]
+    from .runs.experiments import run_all             # checked configs first: a bad field answers at once
+    from .training.distributed import is_main_process
     synthetic = all(str(d).lower().startswith("synthetic") for d in (args.dataset, args.test_dataset) if d)
     data_root = str(_data_root(args.data_root, not synthetic)) if args.data_root else None
     check_writable(args.results_dir)
@@ -311,7 +311,6 @@ def check_args(args) -> None:
     """What the user typed, checked before any work: one line naming the flag. Each check imports only
     what it needs, so a bad argument is answered before the models or the data are loaded."""
     if getattr(args, "shard", None):
-        from .runs.records import shard
         shard([], args.shard)
     _check_dataset_names(args)
     if getattr(args, "device", None) not in (None, "auto"):

@@ -77,7 +77,7 @@ LAZY_IN_CLI = {
     ("_check_dataset", "iqa_utils.data.images"), ("_check_dataset", "iqa_utils.data.registry"),
     ("plan_cmd", "iqa_utils.runs.budget"), ("weights_cmd", "iqa_utils.models"),
     ("weights_cmd", "iqa_utils.runs.experiments"), ("_check_dataset_names", "iqa_utils.data.registry"),
-    ("check_args", "iqa_utils.runs.records"), ("check_args", "iqa_utils.devices"),
+    ("check_args", "iqa_utils.devices"),
 }
 HEAVY = ("torch", "timm", "transformers", "papermill", "pandas", "scipy", "matplotlib")
 
