@@ -3,10 +3,11 @@
 - Under pytest-xdist every worker, and every notebook kernel or CLI process a test starts, uses one
   thread: two workers with torch's default (one thread per core) on a 2-core machine ran the smoke
   reproduction and the paper rehearsal side by side about 20 times slower than either alone.
-- Tests never read or write the user's cache (~/.cache/iqa-kit): `kit_cache` points IQA_KIT_CACHE at a
-  folder of this session, shared by its xdist workers (and the processes tests start, which inherit the
-  variable). Under xdist the synthetic set and the smoke profile's proxy-pretrained encoders are built
-  there once, by the first worker, while the others wait, instead of by whichever tests get there first.
+- Tests never read or write the user's cache (~/.cache/iqa-kit): IQA_KIT_CACHE points at a temporary
+  folder of this session (the `kit_cache` fixture), made before xdist starts its workers so that they,
+  and the processes tests start, inherit it; it is deleted at the end. Under xdist the synthetic set and
+  the smoke profile's proxy-pretrained encoders are built there once, before the workers start, instead
+  of by whichever tests of both workers get there first (a test's time limit does not count it).
 - The full run (`-n 2 --dist worksteal`) starts the LONGEST tests side by side, one per worker, instead of
   leaving one of them queued behind the other while the other worker runs out of work.
 - pytest-timeout: every test has a limit (pyproject.toml's `timeout`, for fast tests); tests marked
@@ -14,12 +15,14 @@
   then fails with its name and stack instead of stalling the run.
 """
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
-from filelock import FileLock
 
-from iqa_utils.system import CACHE_ENV
+from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
 
 SLOW_TIMEOUT_S = 900
 LONGEST = ["test_rehearsal.py::test_paper_and_quick_rehearsals",            # longest first
@@ -72,19 +75,36 @@ def _build_smoke_cache() -> None:
         create_model(make_config("smoke", model))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def kit_cache(tmp_path_factory):
-    """IQA_KIT_CACHE -> <the session's temporary root>/iqa-kit-cache, for this session only."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if worker else root              # xdist: <session>/popen-gw0 -> <session>
-    folder = root / "iqa-kit-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, str(folder))
-        mp.delenv("IQA_KIT_DATA", raising=False)        # the synthetic set in that cache, not the user's
-        if worker:
-            with FileLock(str(root / "iqa-kit-cache.lock")):
-                if not (folder / ".built").exists():
-                    _build_smoke_cache()
-                    (folder / ".built").write_text("")
-        yield folder
+def pytest_configure(config):
+    """The session's kit cache, made by the main process (xdist's controller) before the workers start,
+    so they inherit the variable; the data, figures and notebooks of the session's tests see only it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="iqa-kit-test-cache-"))
+    config._kit_cache = (folder, os.environ.get(CACHE_ENV), os.environ.get(DATA_ROOT_ENV))
+    os.environ[CACHE_ENV] = str(folder)
+    os.environ.pop(DATA_ROOT_ENV, None)                  # the synthetic set in that cache, not the user's
+
+
+def pytest_sessionstart(session):
+    """Under xdist, build what the smoke tests read once, here, before the workers start (outside any
+    test's time limit), instead of by whichever tests of both workers get there first."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and session.config.getoption("numprocesses", None):
+        _build_smoke_cache()
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_kit_cache"):
+        folder, cache, data = config._kit_cache
+        shutil.rmtree(folder, ignore_errors=True)
+        for var, value in ((CACHE_ENV, cache), (DATA_ROOT_ENV, data)):
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+@pytest.fixture(scope="session")
+def kit_cache() -> Path:
+    """The session's kit cache folder (IQA_KIT_CACHE), shared by its xdist workers."""
+    return Path(os.environ[CACHE_ENV])
