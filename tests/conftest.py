@@ -24,7 +24,7 @@ import torch
 
 from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
 
-SLOW_TIMEOUT_S = 900
+SLOW_TIMEOUT_S = 1800                  # the rehearsals' own subprocess limit
 LONGEST = ["test_rehearsal.py::test_paper_and_quick_rehearsals",            # longest first
            "test_notebooks.py::test_smoke_reproduction_runs_every_notebook"]
 

@@ -138,7 +138,7 @@ def test_a_full_disk_leaves_no_empty_claim(tmp_path, monkeypatch):
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(claims.os, "write", full)
-    with pytest.raises(KitError, match="run.claim: cannot write: the disk is full"):
+    with pytest.raises(KitError, match="run.claim: cannot write: no space left on the device"):
         claims.try_claim(tmp_path / "run.claim")
     assert not (tmp_path / "run.claim").exists()
 
