@@ -16,12 +16,12 @@ import torch
 from ..config.check import make_config, override
 from ..config.fields import RunConfig
 from ..config.profiles import plan
+from ..config.profiles import shard as take_shard
 from ..data.registry import load_manifest
 from ..models import costs, create_model, display_name, list_models
-from ..system import resolve_device
+from ..devices import resolve_device
 from .pool import parse_devices, run_on_pool
 from .records import record_row, run_or_load
-from .records import shard as take_shard
 
 RESULT_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
 
