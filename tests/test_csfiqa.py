@@ -174,7 +174,8 @@ def test_nsm_choices_reach_the_loss():
         m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind}))
         e = m.encode(x)
         zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
-        args = m.nsm_args(e, zs, zl, tokens)
+        emb = m.step_terms({"x": x, "y": torch.rand(4)})[1]
+        args = m.nsm_args(emb)
         assert list(args) == keys
         if kind == "regional_weight":        # the earlier 'regional': noise regions only weight the pooled pair
             rs, rl = m.region_embeddings(e, *tokens)

@@ -221,6 +221,12 @@ class CSFIQAConfig:
         doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny one")
     decoder: str = decision("panel", id="CSFIQA D18", source="inferred (the group's baseline)",
                             choices=["panel", "linear"])
+    set_size: int = decision(
+        0, id="CSFIQA D25", source="github LXDxmu/CSIQA ee89a1a models/vit.py Loss_contrastive (per-GPU sets); kit default global", choices=[0, "<per-GPU batch>"],
+        range="[0, 1000000]",
+        doc="scope of SCL's positives and negatives: 0 = one set over the step's global batch, whatever "
+            "micro-batches or GPUs split it into; n = consecutive sets of n samples (as one GPU's batch "
+            "without a gather, the authors' group's CSIQA code); must divide the global batch")
 
 
 @dataclass
@@ -277,6 +283,12 @@ class LMLIQAConfig:
         0, id="LML D16", source="kit default", choices=[0, 1024, 4096], range="[0, 1000000]",
         doc="memory queue of past crop embeddings (student, detached) used as extra inter-image negatives "
             "(crops of the anchor's own image excluded); 0 = off, the batch's images only")
+    set_size: int = decision(
+        0, id="LML D19", source="github LXDxmu/CSIQA ee89a1a models/vit.py Loss_contrastive (per-GPU sets); kit default global", choices=[0, "<per-GPU batch>"],
+        range="[0, 1000000]",
+        doc="scope of the local-manifold sets: 0 = the contrastive images of the whole global batch; n = "
+            "the global batch cut in sets of n listed samples (per-GPU sets), each set's contrastive images "
+            "compared among themselves; must divide the global batch")
 
 
 @dataclass

@@ -360,36 +360,50 @@ class CSFIQA(IQAModel):
         rs, rl = L.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
         return F.normalize(self.proj_small(rs).float(), dim=-1), F.normalize(self.proj_large(rl).float(), dim=-1)
 
-    def nsm_args(self, e: dict, zs, zl, tokens) -> dict:
-        """The NSM (D13) keyword arguments of `losses.scl_loss`."""
-        kind = self.c.nsm
+    def nsm_args(self, emb: dict) -> dict:
+        """The NSM (D13) keyword arguments of `losses.scl_loss`, from the embeddings of the whole set."""
+        kind, zs, zl = self.c.nsm, emb.get("zs"), emb["zl"]
         if kind == "off" or zs is None:
             return {}
         if kind == "pooled":
             return {"noise": L.nsm_pooled(zs, zl)}
         if kind == "qfm":
             return {"qfm_weight": self.c.nsm_weight}
-        rs, rl = self.region_embeddings(e, *tokens)
+        rs, rl = emb["rs"], emb["rl"]
         weight, hard = L.nsm_regional(rs, rl, self.c.nsm_quantile)
         return {"noise": weight} if kind == "regional_weight" else {"regions": (rs, rl, hard)}
 
-    def loss(self, batch: dict):
-        c = self.c
-        score, cls, e, _, _ = self._forward(batch["x"])
-        y = batch["y"]
-        reg = regression_loss(score, y, self.regression)
-        logs = {"loss_reg": reg.detach()}
-        if not c.scl or c.lam == 0:
-            return reg, logs
+    def has_set_loss(self) -> bool:
+        return self.c.scl and self.c.lam != 0
+
+    def step_terms(self, batch: dict):
+        """Regression on the chunk's crops; SCL's embeddings (both scales, NSM's regions) for the set."""
+        score, _, e, _, _ = self._forward(batch["x"])
+        reg = regression_loss(score, batch["y"], self.regression)
+        if not self.has_set_loss():
+            return reg, {}, {}, {"loss_reg": reg.detach()}
         zs, zl, tokens = self.scl_embeddings(e, self.scale_views(batch["x"]))
-        scl, slogs = L.scl_loss(zs, zl, y, gamma1=c.gamma1, gamma2=c.gamma2, tau=c.tau, alpha=c.alpha,
-                                beta=c.beta, distance=c.label_distance, label_range=self.label_range,
-                                infonce=c.infonce, **self.nsm_args(e, zs, zl, tokens))
-        logs.update(slogs)
+        emb = {"zl": zl} if zs is None else {"zl": zl, "zs": zs}
+        if zs is not None and self.c.nsm in ("regional", "regional_weight"):
+            emb["rs"], emb["rl"] = self.region_embeddings(e, *tokens)
+        return reg, emb, {"y": batch["y"].float()}, {"loss_reg": reg.detach()}
+
+    def set_loss(self, emb: dict, meta: dict):
+        """lam * L_SCL over the step's sets (csfiqa.set_size: the whole global batch, or its consecutive
+        groups of that size, as per-GPU sets), in float32."""
+        n = self.c.set_size
+        sets = torch.arange(len(meta["y"]), device=meta["y"].device) // n if n else None
+        return L.over_sets(self._scl, emb, meta, sets)
+
+    def _scl(self, emb: dict, meta: dict):
+        c = self.c
+        with L.float32(emb["zl"]):
+            emb = {k: v.float() for k, v in emb.items()}
+            scl, logs = L.scl_loss(emb.get("zs"), emb["zl"], meta["y"], gamma1=c.gamma1, gamma2=c.gamma2,
+                                   tau=c.tau, alpha=c.alpha, beta=c.beta, distance=c.label_distance,
+                                   label_range=self.label_range, infonce=c.infonce, **self.nsm_args(emb))
         logs["loss_scl"] = scl.detach()
-        total = reg + c.lam * scl
-        logs["loss"] = total.detach()
-        return total, logs
+        return c.lam * scl, logs
 
     def source_state_keys(self) -> set[str]:
         """The frozen LLaMA layer and its norm: read again from ic_weights (or, tiny, rebuilt from its seed)."""
