@@ -315,6 +315,10 @@ class RunConfig:
         d["data"].pop("store", None)                     # where the pixels live, not what they are
         d["train"].pop("device", None)
         d["train"].pop("num_threads", None)
+        d["train"].pop("micro_batch", None)              # how a step is computed, not its numbers
+        for m in ("csfiqa", "lmliqa"):                   # keys of runs made before the field existed
+            if not d[m].get("set_size"):
+                d[m].pop("set_size", None)
         if not (d["model"]["pretrained"] and d["model"]["size"] == "tiny" and not d["model"]["weights"]):
             d["model"].pop("proxy_pretraining")      # the weights do not come from a proxy recipe
         # method knobs of the other models do not change this run

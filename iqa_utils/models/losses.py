@@ -4,6 +4,8 @@ Regression lives in models/base.py (`regression_loss`); this module holds the co
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -76,6 +78,8 @@ def info_nce(anchors: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, neg:
 def float32(like: torch.Tensor):
     """A block where autocast is off, so that matmuls, exps and log-sum-exps of float32 inputs stay in
     float32 (a `.float()` before a matmul under autocast would be cast back to bf16/fp16)."""
+    if like.device.type not in ("cuda", "cpu", "xpu", "mps"):      # no autocast there (meta tensors)
+        return contextlib.nullcontext()
     return torch.autocast(like.device.type, enabled=False)
 
 

@@ -203,11 +203,11 @@ def _set_rng_state(state: tuple, device) -> None:
 
 
 def set_terms(model, dist: Dist, emb: dict, meta: dict) -> tuple[torch.Tensor, dict]:
-    """The model's set terms over the rows of every rank (gathered with their graph), outside autocast."""
+    """The model's set terms over the rows of every rank (gathered with their graph); the models take
+    them in float32 (losses.float32)."""
     rows = {k: dist.gather(v.float().contiguous(), grad=True) for k, v in emb.items()}
     info = {k: dist.gather(v.contiguous()) for k, v in meta.items()}
-    with torch.autocast(next(iter(rows.values())).device.type, enabled=False):
-        return model.set_loss(rows, info)
+    return model.set_loss(rows, info)
 
 
 def embedding_grads(model, parts, dist: Dist, device, dtype, channels_last: bool):
