@@ -22,7 +22,7 @@ from .data.registry import load_manifest
 from .models import list_models, weights
 from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
 from .reporting.index import write_index
-from .runs.budget import plan_table
+from .runs.budget import memory_table, plan_table
 from .runs.experiments import llama_layers, run_all
 from .system import KitError, cache_dir, check_writable, os_error
 from .training.distributed import is_main_process
@@ -185,6 +185,11 @@ def plan_cmd(args) -> int:
     if not args.crops_per_s:
         print("GPU-hours: give --crops-per-s, DEIQT's training crops/s on the target GPU "
               "(benchmarks/bench_train.py measures it)")
+    if not args.no_memory:
+        print(f"\nGPU memory of a training step at {args.amp} (estimated from the bytes a forward saves for "
+              f"backward on this CPU, plus weights, gradients and AdamW state; the image store is not counted; "
+              f"'micro on N GB' = what train.micro_batch=auto takes there, with its peak GiB):")
+        print(memory_table(profile, amp=args.amp).to_markdown(index=False))
     return 0
 
 
@@ -265,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", default="results")
     b.add_argument("--data-root", help="exact split sizes and record keys when the datasets are here")
     b.add_argument("--crops-per-s", type=float, help="DEIQT's training crops/s on the target GPU")
+    b.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"],
+                   help="the run's precision for the memory estimate (fp16: cards without bf16)")
+    b.add_argument("--no-memory", action="store_true", help="skip the memory estimate (a minute per model once)")
     b.set_defaults(fn=plan_cmd)
     w = sub.add_parser("weights", help="download every pretrained file the quick and paper profiles read")
     w.add_argument("--dir", required=True, help="the folder to fill (then: export IQA_KIT_WEIGHTS=<it>)")

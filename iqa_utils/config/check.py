@@ -196,7 +196,8 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     if unknown:
         raise UnknownFieldError(f"{unknown[0]}: unknown config field; see `iqa-kit decisions` or "
                                 f"iqa_utils/config/fields.py for the {len(known)} fields")
-    return check(_replace(cfg, dict(values)))
+    values = {k: (None if k == "train.micro_batch" and v == "auto" else v) for k, v in values.items()}
+    return check(_replace(cfg, values))
 
 
 def make_config(profile: str = "smoke", model: str = "deiqt", overrides: dict | None = None) -> RunConfig:

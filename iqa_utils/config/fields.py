@@ -96,7 +96,11 @@ class TrainConfig:
     global_batch: int | None = setting(None, range="[1, 1000000]",
                                        doc="None: the dataset's DEIQT global batch (docs/protocol.md)")
     micro_batch: int | None = setting(None, range="[1, 1000000]",
-                                      doc="gradient accumulation when smaller than global_batch")
+                                      doc="samples per chunk of a step (a divisor of each process's share); "
+                                          "None or 'auto': on CUDA the largest chunk that fits the free "
+                                          "memory (engine.auto_micro), else the whole share. Never changes "
+                                          "the numbers: per-sample terms accumulate, contrastive sets use "
+                                          "the gradient cache")
     clip_grad: float = setting(5.0, range="[0, inf)", doc="0 = no clipping")
     regression_loss: str = decision(
         "smooth_l1", id="CSFIQA D19 / LML D13", source="DEIQT code", choices=["smooth_l1", "l1", "mse"])
@@ -214,11 +218,13 @@ class CSFIQAConfig:
                               choices=["large", "all", "cls"])
     ic_weights: str | None = decision(
         None, id="CSFIQA D23", source="kit default",
-        choices=["<hub repo id>", "<local folder with sharded safetensors>"],
-        doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer")
+        choices=["<hub repo id>", "<local folder with sharded safetensors>", "random"],
+        doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer; 'random': "
+            "the 7B layer's shape with random weights (benchmarks, memory estimates; nothing read)")
     ic_dtype: str = decision(
         "auto", id="CSFIQA D23", source="kit default", choices=["auto", "bfloat16", "float16", "float32"],
-        doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny one")
+        doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny "
+            "one, and float32 (~0.8 GB, outside autocast) when amp is fp16 (cards without bf16)")
     decoder: str = decision("panel", id="CSFIQA D18", source="inferred (the group's baseline)",
                             choices=["panel", "linear"])
     set_size: int = decision(

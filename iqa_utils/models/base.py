@@ -80,6 +80,9 @@ class IQAModel(nn.Module):
     def after_step(self) -> None:
         pass
 
+    def fit_precision(self, dtype: torch.dtype | None) -> None:
+        """Adapt to the run's autocast dtype (CSFIQA keeps its frozen LLaMA layer in float32 under fp16)."""
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay besides every 1-D tensor (DEIQT: pos/cls tokens)."""
         return set()

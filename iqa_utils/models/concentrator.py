@@ -190,9 +190,21 @@ class InformationConcentrator(nn.Module):
     def frozen_dtype(self):
         return next(self.llama.parameters()).dtype if hasattr(self, "llama") else None
 
+    def keep_float32(self) -> None:
+        """The frozen layer in float32, run outside autocast: on cards without bf16 (T4, V100) amp is
+        fp16, whose range (65504) the 7B layer's activations can exceed."""
+        if hasattr(self, "llama"):
+            self.llama.float()
+            self.llama_norm.float()
+
     def _llama(self, h: torch.Tensor) -> torch.Tensor:
         dt = self.frozen_dtype
-        h = h.to(dt)
+        if dt == torch.float32 and h.device.type in ("cuda", "cpu"):
+            with torch.autocast(h.device.type, enabled=False):     # a float32 layer stays float32
+                return self._llama_layer(h.float(), dt)
+        return self._llama_layer(h.to(dt), dt)
+
+    def _llama_layer(self, h: torch.Tensor, dt) -> torch.Tensor:
         b, n, _ = h.shape
         head_dim = self.llama.self_attn.head_dim
         # identity rotary embedding = RoPE removed
@@ -212,6 +224,10 @@ class InformationConcentrator(nn.Module):
         return x + y if self.mode == "llama_residual" else y
 
 
+# csfiqa.ic_weights value for a LLaMA-7B layer of the real shape with random weights (nothing read)
+RANDOM_WEIGHTS = "random"
+
+
 def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = None, layer_idx: int = 31,
                        tiny: bool = True, dtype: str = "auto", num_heads: int = 4, seed: int = 0,
                        device=None, ic_norm: str = "reference") -> InformationConcentrator:
@@ -223,7 +239,9 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
     if dtype == "auto":
         dtype = "bfloat16" if weights else "float32"
     dt = _DTYPES[dtype]
-    if weights:
+    if weights == RANDOM_WEIGHTS:                    # the real shape, random: benchmarks, memory estimates
+        layer, norm = build_llama_layer(LLAMA_7B, layer_idx, seed, dtype=dt, device=device)
+    elif weights:
         layer, norm = load_llama_layer(weights, layer_idx, dtype=dt, final_norm=ic_norm == "llama_final_norm")
     elif device is not None and str(device) == "meta":
         layer, norm = build_llama_layer(LLAMA_7B, layer_idx, dtype=dt, device="meta")

@@ -405,6 +405,12 @@ class CSFIQA(IQAModel):
         logs["loss_scl"] = scl.detach()
         return c.lam * scl, logs
 
+    def fit_precision(self, dtype) -> None:
+        """fp16 autocast (cards without bf16): the frozen LLaMA layer in float32 unless csfiqa.ic_dtype
+        names a dtype (its ~0.8 GB, counted by the memory estimate, which measures the model as built)."""
+        if dtype == torch.float16 and self.c.ic_dtype == "auto" and hasattr(self.ic, "llama"):
+            self.ic.keep_float32()
+
     def source_state_keys(self) -> set[str]:
         """The frozen LLaMA layer and its norm: read again from ic_weights (or, tiny, rebuilt from its seed)."""
         return {f"ic.{k}" for k in self.ic.state_dict() if k.startswith(("llama.", "llama_norm."))}

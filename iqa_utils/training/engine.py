@@ -33,7 +33,7 @@ from ..config.check import check_batch
 from ..config.fields import RunConfig
 from ..data.cache import build_store
 from ..data.store import CropSampler, CropStream
-from ..models import create_model
+from ..models import costs, create_model
 from ..models.pretrained import load_kit_state
 from ..system import KitError, amp_dtype, autocast
 from . import distributed
@@ -134,6 +134,7 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     G, E, micro = _batching(cfg, manifest.name, len(split.train), dist)
     seed_all(tc.seed)
     model = create_model(cfg).to(device)
+    model.fit_precision(amp_dtype(tc.amp, device))
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = model.input_size
@@ -146,6 +147,8 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     if hasattr(model, "label_range") and manifest.label_range:
         model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
     dtype = amp_dtype(tc.amp, device)
+    if tc.micro_batch is None and device.type == "cuda":
+        micro = auto_micro(model, cfg.model.name, micro, device, dtype, dist.main)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,
                test_labels=_labels(test_store, test_rows), val_rows=list(split.val),
@@ -159,6 +162,25 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
                ident={"key": cfg.key(), "split": split.digest(),
                       "test": test_manifest.name if test_manifest is not None else None},
                out_dir=Path(out_dir), progress=progress and dist.main)
+
+
+def auto_micro(model, name: str, share: int, device, dtype, say: bool) -> int:
+    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch whose
+    step, estimated from the bytes two small batches save for backward on this device, fits 85% of the
+    memory this process can still use; one line says which and why. The numbers do not depend on it."""
+    with torch.random.fork_rng(devices=[device]):        # the run's random streams stay as they were
+        mem = costs.step_memory(model, device, dtype, costs.MEASURE_BATCHES.get(name, (2, 4)))
+    usable = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    micro = costs.largest_micro(share, mem, usable)
+    if micro is None:
+        raise KitError(f"train.micro_batch: even one sample per chunk needs about "
+                       f"{costs.peak_bytes(mem, 1) / 2**30:.1f} GiB, more than the {usable / 2**30:.1f} GiB "
+                       f"usable on {device}")
+    if say:
+        print(f"train.micro_batch=auto: {micro} of {share} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
+              f"MiB each, est. peak {costs.peak_bytes(mem, micro) / 2**30:.1f} GiB of "
+              f"{usable / 2**30:.1f} GiB usable on {device})")
+    return micro
 
 
 def resume(run: Run) -> tuple[LoopState, dict | None]:
