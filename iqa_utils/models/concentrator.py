@@ -199,12 +199,7 @@ class InformationConcentrator(nn.Module):
 
     def _llama(self, h: torch.Tensor) -> torch.Tensor:
         dt = self.frozen_dtype
-        if dt == torch.float32 and h.device.type in ("cuda", "cpu"):
-            with torch.autocast(h.device.type, enabled=False):     # a float32 layer stays float32
-                return self._llama_layer(h.float(), dt)
-        return self._llama_layer(h.to(dt), dt)
-
-    def _llama_layer(self, h: torch.Tensor, dt) -> torch.Tensor:
+        h = h.to(dt)
         b, n, _ = h.shape
         head_dim = self.llama.self_attn.head_dim
         # identity rotary embedding = RoPE removed
@@ -219,9 +214,16 @@ class InformationConcentrator(nn.Module):
             return x
         if self.mode == "trainable_block":
             return self.block(x)
-        h = self._llama(self.w1(x))
-        y = self.out_norm(self.w2(h.to(self.w2.weight.dtype)))
+        if self.frozen_dtype == torch.float32 and x.device.type in ("cuda", "cpu"):
+            with torch.autocast(x.device.type, enabled=False):     # a float32 layer stays float32, maps too
+                y = self._mapped(x.float())
+        else:
+            y = self._mapped(x)
         return x + y if self.mode == "llama_residual" else y
+
+    def _mapped(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._llama(self.w1(x))
+        return self.out_norm(self.w2(h.to(self.w2.weight.dtype)))
 
 
 # csfiqa.ic_weights value for a LLaMA-7B layer of the real shape with random weights (nothing read)
