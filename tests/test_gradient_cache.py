@@ -101,6 +101,10 @@ def test_set_terms_run_in_float32_under_autocast(sampler):
         _, emb, meta, _ = model.step_terms({"x": torch.randn(4, 3, 96, 96), "y": torch.rand(4)})
         loss, _ = model.set_loss(emb, meta)
     assert emb["zl"].dtype == torch.float32 and loss.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        score = model(torch.randn(2, 3, 96, 96))
+        inner = model.encoder.blocks[0].blocks[0][0].attn.qkv(torch.randn(2, 5, 32))
+    assert score.dtype == torch.float32 and inner.dtype == torch.bfloat16       # the score head in float32
 
 
 @pytest.mark.parametrize("over,field", [({"train.micro_batch": 3}, "train.micro_batch"),

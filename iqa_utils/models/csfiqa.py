@@ -35,7 +35,7 @@ from torch import nn
 from . import losses as L
 from .base import IQAModel, regression_loss
 from .concentrator import build_concentrator
-from .deiqt import PanelDecoder
+from .deiqt import PanelDecoder, float32_linear
 from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
 from .proxy import SIZE as PROXY_SIZE
 from .proxy import encoder_source
@@ -296,7 +296,7 @@ class CSFIQA(IQAModel):
     def head(self, cls, memory):
         if isinstance(self.decoder, PanelDecoder):
             return self.decoder(cls, memory)
-        return self.decoder(cls).squeeze(-1)
+        return float32_linear(self.decoder, cls).squeeze(-1)
 
     def _forward(self, x):
         e = self.encode(x)

@@ -13,6 +13,8 @@ every method is a no-op, so the engine has a single code path. What the engine d
 - the loss runs through DistributedDataParallel (`wrap`): gradients are averaged over the ranks, and
   the mean over ranks of each rank's mean loss is the mean over the global batch. Micro-batches inside
   a rank skip the all-reduce but for the last one (`accumulate`);
+- contrastive sets (CSFIQA, LML-IQA) range over the global batch: the embeddings and labels of all
+  ranks are gathered with their gradients (`Dist.gather`) and every rank takes the same set loss;
 - evaluation is split: each rank scores a contiguous share of the rows and `map_rows` puts them back in
   order on every rank, so all ranks compute the same metrics and make the same model selection;
 - rank 0 alone writes checkpoints, weights and records; the others wait at `barrier`.

@@ -9,8 +9,9 @@ evaluates and applies the model selection, `finish` saves the selected weights a
 metrics. The learning rate is the pure function `optim.lr_at`, as in nanoGPT.
 
 One "epoch" lists every training image crops_train times (DEIQT's PATCH_NUM), shuffled, and cuts the
-batches of global_batch crops from that list (drop_last); micro_batch splits a batch into exact
-gradient-accumulation chunks. Everything random comes from cfg.train.seed; a training crop is a pure
+batches of global_batch crops from that list (drop_last); micro_batch splits a batch into chunks with the
+numbers of the whole batch: per-sample terms accumulate, contrastive sets over the whole batch use the
+gradient cache (`forward_backward`). Everything random comes from cfg.train.seed; a training crop is a pure
 function of (seed, step, the sample's position in the global batch) (data.store.CropStream), so neither
 micro-batches nor torchrun processes change which crop a sample gets. Every epoch ends with an atomic
 checkpoint, so an interrupted run resumes to the same numbers. A loss or a metric that becomes NaN or
