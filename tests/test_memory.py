@@ -43,3 +43,12 @@ def test_memory_table_of_a_profile(tmp_path, monkeypatch):
 
 def test_micro_batch_auto_is_the_default():
     assert make_config("smoke", "csfiqa", {"train.micro_batch": "auto"}).train.micro_batch is None
+
+
+def test_plan_prints_the_memory_per_run(tmp_path, monkeypatch, capsys):
+    from iqa_utils import cli
+    monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path))
+    assert cli.main(["plan", "--profile", "smoke", "--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "GPU memory of a training step at bf16" in out and "| csfiqa  | synthetic |" in out
+    assert "micro on 16 GB" in out
