@@ -287,7 +287,10 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
         batch = _prepared(make, channels_last)
         with accumulate(loss_fn, last=i == len(parts) - 1):
             with autocast(device, dtype):
-                terms, emb, meta, logs = loss_fn(batch, part="terms")
+                if has_set:
+                    terms, emb, meta, logs = loss_fn(batch, part="terms")
+                else:                           # the model's own loss (a subclass may wrap it)
+                    (terms, logs), emb = loss_fn(batch), {}
             loss = terms * (w * world)
             if cache:
                 loss = loss + sum((emb[k].float() * g).sum() for k, g in cache[0][i].items())
