@@ -20,8 +20,7 @@ from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, CropStream, ImageStore
 from iqa_utils.system import KitError
-from iqa_utils.training import engine
-from iqa_utils.training import distributed
+from iqa_utils.training import distributed, engine
 from iqa_utils.training.distributed import Dist
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")

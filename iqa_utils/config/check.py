@@ -114,14 +114,6 @@ def _check_allowed(name: str, meta, value):
     return value
 
 
-def in_batch_contrastive(cfg: RunConfig) -> bool:
-    """Whether the model's loss builds positives and negatives over a step's batch (computed in pieces by
-    the engine's gradient cache when micro-batches or torchrun split the batch)."""
-    m = cfg.model.name
-    return (m == "csfiqa" and cfg.csfiqa.scl and cfg.csfiqa.lam > 0) or \
-        (m == "lmliqa" and cfg.lmliqa.lambda_con > 0)
-
-
 def set_size_field(cfg: RunConfig) -> tuple[str, int]:
     """(field name, value) of the scope of the contrastive sets of cfg's model (0 = the global batch)."""
     name = cfg.model.name if cfg.model.name in ("csfiqa", "lmliqa") else None
