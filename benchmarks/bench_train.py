@@ -13,14 +13,17 @@ One row per model and precision:
                    (both: the best of --repeat blocks of --steps steps, the two measures alternated)
   eval crops/s     evaluation.predict_rows on the test crops, data path included
   peak MiB         torch.cuda.max_memory_allocated over the timed steps (n/a on the CPU)
+  est. peak MiB    (--memory) the kit's estimate for the same step (costs.step_memory: bytes saved for
+                   backward per crop at two small batches + weights, gradients, AdamW state), MiB/crop its slope
   GMACs            forward MACs per crop (costs.count_macs, the model's eval branch)
   % bf16 peak      achieved share of the device's dense bf16 tensor FLOP/s, with training FLOPs per crop
                    = 3 (forward + backward) x 2 x GMACs: a lower bound for CSFIQA's crop mode and LML-IQA,
                    whose extra views and teacher passes are not counted. n/a on CPUs and unknown GPUs.
 
 Images: random smooth JPEGs at KonIQ-10k's working resolution (512x384; 160x128 for --size tiny).
---size full builds the paper-size models with random weights (nothing downloaded); CSFIQA's LLaMA-7B layer
-is a random bf16 layer of the real shape unless --ic-weights points at the checkpoint.
+--size full builds the paper-size models with random weights (nothing downloaded: machines without internet
+work); CSFIQA's LLaMA-7B layer is a random bf16 layer of the real shape (csfiqa.ic_weights="random") unless
+--ic-weights points at the checkpoint.
 --sync-debug (CUDA): torch.cuda.set_sync_debug_mode("warn") during the timed steps: every operation that
 makes the host wait for the GPU prints a warning (there should be none).
 """
@@ -42,9 +45,8 @@ from iqa_utils.config.check import make_config
 from iqa_utils.data.cache import open_store
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
-from iqa_utils.models import concentrator, csfiqa
-from iqa_utils.models.costs import count_macs
 from iqa_utils.devices import device_name, resolve_device
+from iqa_utils.models.costs import MEASURE_BATCHES, count_macs, peak_bytes, step_memory
 from iqa_utils.training import engine
 from iqa_utils.training.evaluation import predict_rows
 from iqa_utils.training.optim import global_batch_for
@@ -98,17 +100,6 @@ class FirstAnswers:
         return first
 
 
-def random_llama_ic(dim, mode="llama", *, weights=None, layer_idx=31, tiny=True, device=None, **kw):
-    """build_concentrator, with a random LLaMA-7B layer of the real shape when no weights are given."""
-    if weights or tiny or not mode.startswith("llama") or str(device) == "meta":
-        return concentrator.build_concentrator(dim, mode, weights=weights, layer_idx=layer_idx, tiny=tiny,
-                                               device=device, **kw)
-    layer, norm = concentrator.build_llama_layer(concentrator.LLAMA_7B, layer_idx, kw.get("seed", 0),
-                                                 torch.bfloat16)
-    return concentrator.InformationConcentrator(dim, mode, layer, norm,
-                                                ic_norm=kw.get("ic_norm", "reference"))
-
-
 def timed_steps(run, batches, sync_debug: bool = False) -> float:
     """Seconds per optimizer step over `batches`."""
     sync(run.device)
@@ -157,7 +148,8 @@ def bench_row(model: str, amp: str, a, manifest, split, store, out: Path) -> dic
     over = {"data.dataset": manifest.name, "model.pretrained": False, "train.amp": amp, "train.device": a.device,
             "train.compile": a.compile, "train.global_batch": a.batch,
             "data.crops_train": max(10, -(-a.batch // len(split.train))),      # at least one step per epoch
-            **({"csfiqa.ic_weights": a.ic_weights} if a.ic_weights else {})}
+            # full size: the 7B layer's shape with random weights unless --ic-weights (nothing downloaded)
+            **({"csfiqa.ic_weights": a.ic_weights or "random"} if a.size == "full" else {})}
     cfg = make_config("smoke" if a.size == "tiny" else "paper", model, over)
     run = engine.setup(cfg, manifest, split, out, store=store, test_store=store, progress=False)
     if a.compile:
@@ -169,11 +161,19 @@ def bench_row(model: str, amp: str, a, manifest, split, store, out: Path) -> dic
     e2e, ceiling, peak_mib = train_rates(run, batches, a)
     gmacs = count_macs(run.model)
     peak = peak_flops(run.device)
-    return {"model": MODELS[model], "size": a.size, "crop": run.size, "batch": run.global_batch, "amp": amp,
+    est = estimated_mib(run, model) if a.memory else {}
+    return {**est, "model": MODELS[model], "size": a.size, "crop": run.size, "batch": run.global_batch, "amp": amp,
             "compile": "on" if a.compile else "off", "train crops/s": e2e, "ceiling crops/s": ceiling,
             "ratio": e2e / ceiling, "eval crops/s": eval_rate(run, list(split.test), cfg.data.crops_test),
             "peak MiB": peak_mib, "GMACs/crop": gmacs,
             "% bf16 peak": 100 * 6e9 * gmacs * e2e / peak if peak else None}
+
+
+def estimated_mib(run, model: str) -> dict:
+    """The kit's estimate of the step's peak memory (what `iqa-kit plan` and train.micro_batch=auto use),
+    measured on this device, beside the peak allocated over the timed steps (CUDA)."""
+    mem = step_memory(run.model, run.device, run.dtype, MEASURE_BATCHES.get(model, (2, 4)))
+    return {"est. peak MiB": peak_bytes(mem, run.micro) / 2**20, "MiB/crop": mem["per_crop"] / 2**20}
 
 
 def parse_args(argv=None):
@@ -191,6 +191,8 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=None, help="images in the store (default 128, 256 at full size)")
     p.add_argument("--ic-weights", help="LLaMA-7B checkpoint for CSFIQA at full size (default: a random layer)")
     p.add_argument("--sync-debug", action="store_true", help="CUDA: warn on every host synchronisation")
+    p.add_argument("--memory", action="store_true",
+                   help="add the kit's peak-memory estimate (iqa-kit plan's) beside the measured peak")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     a.device = str(resolve_device(a.device))
@@ -208,7 +210,6 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore", message=".*plcc_logistic.*")
-    csfiqa.build_concentrator = random_llama_ic          # full-size CSFIQA without the 7B download
     device = torch.device(a.device)
     with tempfile.TemporaryDirectory() as tmp:
         hw = (384, 512) if a.size == "full" else (128, 160)

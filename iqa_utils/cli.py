@@ -77,6 +77,8 @@ def _rehearsal_weights(profile: str) -> Path:
 
 def reproduce(args) -> int:
     import papermill as pm
+
+    from .config.check import make_config
     from .reporting.index import write_index
     results = check_writable(Path(args.results_dir).resolve())
     out_dir = results / "notebooks"
@@ -87,7 +89,7 @@ def reproduce(args) -> int:
     params = {"profile": profile, "results_dir": str(results), "device": args.device}
     if args.set:
         params["overrides"] = _parse_sets(args.set)
-        for model in list_models():                  # a misspelt field stops here, not in a notebook
+        for model in MODEL_NAMES:                    # a misspelt field stops here, not in a notebook
             make_config(profile, model, params["overrides"])
     if args.pool_dir:
         params["pool_dir"] = str(_data_root(args.pool_dir, must_exist=True))
@@ -199,7 +201,7 @@ def data(args) -> int:
 
 
 def plan_cmd(args) -> int:
-    from .runs.budget import plan_table
+    from .runs.budget import memory_table, plan_table
     profile = rehearsal_of(args.profile) if args.rehearse else args.profile
     data_root = str(_data_root(args.data_root, must_exist=True)) if args.data_root else None
     table = plan_table(profile, args.results_dir, data_root, args.crops_per_s)
@@ -208,6 +210,11 @@ def plan_cmd(args) -> int:
     if not args.crops_per_s:
         print("GPU-hours: give --crops-per-s, DEIQT's training crops/s on the target GPU "
               "(benchmarks/bench_train.py measures it)")
+    if not args.no_memory:
+        print(f"\nGPU memory of a training step at {args.amp} (estimated from the bytes a forward saves for "
+              f"backward on this CPU, plus weights, gradients and AdamW state; the image store is not counted; "
+              f"'micro on N GB' = what train.micro_batch=auto takes there, with its peak GiB):")
+        print(memory_table(profile, amp=args.amp).to_markdown(index=False))
     return 0
 
 
@@ -293,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--results-dir", default="results")
     b.add_argument("--data-root", help="exact split sizes and record keys when the datasets are here")
     b.add_argument("--crops-per-s", type=float, help="DEIQT's training crops/s on the target GPU")
+    b.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"],
+                   help="the run's precision for the memory estimate (fp16: cards without bf16)")
+    b.add_argument("--no-memory", action="store_true", help="skip the memory estimate (a minute per model once)")
     b.set_defaults(fn=plan_cmd)
     w = sub.add_parser("weights", help="download every pretrained file the quick and paper profiles read")
     w.add_argument("--dir", required=True, help="the folder to fill (then: export IQA_KIT_WEIGHTS=<it>)")

@@ -27,7 +27,7 @@ from test_lmliqa import FakeSampler as LMLIQASampler  # noqa: E402
 SMALL_BRANCH = ("encoder.patch_embed.0.", "encoder.cls_token_0", "encoder.pos_embed_0", "encoder.norm.0.",
                 "encoder.blocks.", "to_common.", "proj_small.")
 NSM_TERMS = {"loss_nsm", "nsm_noise"}
-SCL_TERMS = {"loss_scl", "loss_intra", "loss_inter", "scl_anchors", "loss"} | NSM_TERMS
+SCL_TERMS = {"loss_scl", "loss_intra", "loss_inter", "scl_anchors"} | NSM_TERMS
 
 # label -> (fields that differ, prefixes of the parameters no longer / newly trained, loss terms gone,
 #           loss terms added, what else must differ: "loss" (the loss on the same batch) or "teacher")

@@ -1,5 +1,6 @@
 """The benchmark scripts run (at a toy size) against the package as it is: a renamed function or a
 changed signature breaks this test, not a user's first GPU session."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ TOY = {
 }
 
 
+# every benchmark's full-size path, one step at a batch of 2 on the CPU, offline (no weights read)
+FULL = {
+    "bench_train.py": ["--size", "full", "--batch", "2", "--steps", "1", "--warmup", "0", "--repeat", "1",
+                       "--images", "5", "--amp", "bf16", "--memory"],
+}
+
+
 def test_every_benchmark_is_covered():
     assert {p.name for p in (ROOT / "benchmarks").glob("bench_*.py")} == set(TOY)
 
@@ -29,3 +37,15 @@ def test_benchmark_prints_its_table(script):
     table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
     assert len(table) >= 3, proc.stdout[-2000:]
     assert "failed" not in proc.stdout, proc.stdout[-2000:]    # bench_train prints a failure as a row, goes on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(FULL))
+def test_benchmark_full_size_path_runs_offline(script, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "IQA_KIT_WEIGHTS": str(tmp_path / "no-weights")}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *FULL[script]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "failed" not in proc.stdout, proc.stdout[-2000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 5 and "est. peak MiB" in table[0], proc.stdout[-2000:]

@@ -203,3 +203,36 @@ def test_csfiqa_ic_norm_switch():
     assert isinstance(old.ic.out_norm, nn.Identity)
     n_ref = sum(p.numel() for p in ref.parameters() if p.requires_grad)
     assert n_ref - sum(p.numel() for p in old.parameters() if p.requires_grad) == 2 * ref.dim
+
+
+def test_fp16_cards_run_the_frozen_layer_in_float32():
+    """Cards without bf16 train under fp16 autocast: CSFIQA keeps its frozen LLaMA layer in float32 and
+    outside autocast, so hidden states beyond fp16's range (65504; LLaMA's massive activations) stay
+    finite; the same layer in fp16 overflows."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 24) * 30
+    x[:, 0, :4] = 3e4                                      # w1 maps these to hidden states near 1e5
+    model = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False}))
+    outs = {}
+    for dtype in (torch.float16, torch.float32):
+        ic = _ic()
+        with torch.no_grad():
+            ic.w1.weight.fill_(1.0)
+        ic.llama.to(dtype)
+        ic.llama_norm.to(dtype)
+        if dtype == torch.float16:
+            model.ic = ic
+            model.fit_precision(torch.float16)            # what the engine does when amp is fp16
+            assert ic.frozen_dtype == torch.float32
+            ref = ic(x)
+            half = _ic()
+            half.load_state_dict(ic.state_dict())
+            half.llama.half()
+            half.llama_norm.half()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+                outs["fp16 layer"] = half(x)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+            outs[dtype] = ic(x)
+    assert torch.isfinite(outs[torch.float16]).all()
+    torch.testing.assert_close(outs[torch.float16].float(), ref.detach().float(), rtol=2e-2, atol=2e-2)
+    assert not torch.isfinite(outs["fp16 layer"]).all()

@@ -32,6 +32,8 @@ def test_key_changes_with_method_knobs_of_its_own_model_only():
     assert a.key() != override(a, {"csfiqa.tau": 0.2}).key()
     assert a.key() == override(a, {"lmliqa.tau": 0.2}).key()       # other model's knob
     assert a.key() == override(a, {"train.device": "cpu"}).key()    # where, not what
+    assert a.key() == override(a, {"train.micro_batch": 8}).key()    # how a step is computed, not its numbers
+    assert a.key() != override(a, {"csfiqa.set_size": 8}).key()
     assert a.key() != override(a, {"data.dataset": "LIVE"}).key()
 
 

@@ -182,7 +182,8 @@ def test_nsm_choices_reach_the_loss():
         m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind}))
         e = m.encode(x)
         zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
-        args = m.nsm_args(e, zs, zl, tokens)
+        _, emb, meta, _ = m.step_terms({"x": x, "y": torch.rand(4)})
+        args = m.nsm_args(emb, meta)
         assert list(args) == keys
         if kind == "regional_weight":        # the earlier 'regional': noise regions only weight the pooled pair
             ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
@@ -208,19 +209,16 @@ def test_nsm_selection_reads_detached_tokens_not_the_projection():
     """nsm_input="tokens": the noise regions do not move when the projectors change (they are measured
     before them, without gradient); "projected" (the earlier selection) does move."""
     torch.manual_seed(0)
-    x = torch.randn(4, 3, 96, 96)
+    x, y = torch.randn(4, 3, 96, 96), torch.rand(4)
     masks = {}
     for source in ("tokens", "projected"):
         torch.manual_seed(0)
         m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm_input": source}))
-        e = m.encode(x)
-        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
-        before = m.nsm_args(e, zs, zl, tokens)["regions"][2]
+        before = m.nsm_args(*m.step_terms({"x": x, "y": y})[1:3])["regions"][2]
         with torch.no_grad():
             for p in list(m.proj_small.parameters()) + list(m.proj_large.parameters()):
                 p.copy_(torch.randn_like(p))
-        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
-        masks[source] = (before, m.nsm_args(e, zs, zl, tokens)["regions"][2])
+        masks[source] = (before, m.nsm_args(*m.step_terms({"x": x, "y": y})[1:3])["regions"][2])
     assert torch.equal(*masks["tokens"]) and not torch.equal(*masks["projected"])
     assert masks["tokens"][0].float().mean() == pytest.approx(0.25)
 
@@ -234,8 +232,7 @@ def test_nsm_starts_after_its_warmup_and_resumes_with_its_count(kind):
     y = torch.tensor([0.1, 0.15, 0.5, 0.9, 0.95, 0.3])
 
     def noise(model):
-        e = model.encode(x)
-        args = model.nsm_args(e, *model.scl_embeddings(e, model.scale_views(x)))
+        args = model.nsm_args(*model.step_terms({"x": x, "y": y})[1:3])
         return {"regional": lambda: args["regions"][2].float(), "regional_weight": lambda: args["noise"],
                 "pooled": lambda: args["noise"], "qfm": lambda: torch.tensor(args["qfm_weight"] - 1.0)}[kind]()
     seen = []

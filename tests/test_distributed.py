@@ -20,7 +20,7 @@ from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, CropStream, ImageStore
 from iqa_utils.system import KitError
-from iqa_utils.training import engine
+from iqa_utils.training import distributed, engine
 from iqa_utils.training.distributed import Dist
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
@@ -53,10 +53,52 @@ def test_shares_and_refusals():
     assert engine._batching(tiny_cfg(**{"train.micro_batch": 2}), "tiny", 20, two)[2] == 2
     with pytest.raises(KitError, match="does not split evenly"):
         engine._batching(tiny_cfg(**{"train.global_batch": 9}), "tiny", 20, two)
-    for model in ("csfiqa", "lmliqa"):
-        with pytest.raises(KitError, match="contrastive loss"):
-            engine._batching(make_config("smoke", model), "synthetic", 400, two)
-    assert engine._batching(make_config("smoke", "csfiqa", {"csfiqa.scl": False}), "synthetic", 400, two)
+    with pytest.raises(KitError, match="^train.micro_batch: 3 does not divide the 4 samples"):
+        engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, Dist(0, 3))
+    for model in ("csfiqa", "lmliqa"):          # contrastive sets over the global batch: split like any other
+        assert engine._batching(make_config("smoke", model), "synthetic", 400, two)[::2] == (32, 16)
+
+
+# ---- contrastive sets gathered over the ranks ------------------------------------------------------
+GC_CASES = [("csfiqa", {"csfiqa.nsm": "regional"}, 4), ("csfiqa", {"csfiqa.nsm": "qfm"}, 2),
+            ("lmliqa", {"lmliqa.queue_size": 24}, 4), ("lmliqa", {"lmliqa.queue_size": 24}, 2)]
+
+
+def _grad_rank(rank: int, world: int, port: int, out: str) -> None:
+    """One torchrun process: its share of the steps of every case, through DDP and the gathers."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from test_gradient_cache import two_steps_sampler
+    d = distributed.context("cpu")
+    res = [two_steps(name, over, two_steps_sampler(), micro, d) for name, over, micro in GC_CASES]
+    if rank == 0:
+        torch.save(res, os.path.join(out, "ddp.pt"))
+
+
+def two_steps(name, over, sampler, micro, d=None):
+    from test_gradient_cache import two_steps as steps
+    grads, loss, logs, model = steps(name, over, sampler, micro, d)
+    return grads, float(loss), {k: float(v) for k, v in logs.items()}, getattr(model, "queue", None)
+
+
+@pytest.mark.slow
+def test_two_processes_compute_the_contrastive_sets_of_one(tmp_path):
+    """CSFIQA (regional NSM, QFM) and LML-IQA (with its queue), global batch 8: two gloo processes (with
+    and without micro-batches) give the loss, the logs, the gradients (DDP-averaged) and the queue of one
+    process computing the unsplit batch."""
+    from test_gradient_cache import two_steps_sampler
+    single = [two_steps(name, over, two_steps_sampler(), 8) for name, over, _ in GC_CASES]
+    mp.spawn(_grad_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
+    for (g1, l1, logs1, q1), (g2, l2, logs2, q2), case in zip(single, ddp, GC_CASES):
+        assert l2 == pytest.approx(l1, rel=1e-5), case
+        assert logs2 == pytest.approx(logs1, rel=1e-4, abs=1e-6), case
+        assert g1.keys() == g2.keys()
+        for k in g1:
+            torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=f"{case} {k}")
+        if q1 is not None:
+            torch.testing.assert_close(q2, q1)
 
 
 # ---- two processes --------------------------------------------------------------------------------

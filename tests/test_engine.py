@@ -224,7 +224,7 @@ def test_accumulation_is_exact(data):
 
 
 def test_frozen_params_get_no_update(data, tmp_path):
-    train_run(tiny_cfg(**{"train.epochs": 1, "model.name": "_test_frozen_deiqt", "train.micro_batch": 3}),
+    train_run(tiny_cfg(**{"train.epochs": 1, "model.name": "_test_frozen_deiqt", "train.micro_batch": 4}),
               data, make_split(data, 0), tmp_path, progress=False)
     a = _weights(tmp_path)
     torch.manual_seed(0)                           # the engine seeds init with train.seed = 0

@@ -55,7 +55,8 @@ BAD_SETTINGS = {
     "data.resize_mode=stretch": "data.resize_mode", "train.betas=(0.9,)": "train.betas",
     "train.selection=val": "train.selection", "csfiqa.nsm=regional": "csfiqa.nsm",
     "lmliqa.teacher_init=checkpoint": "lmliqa.teacher_checkpoint", "train.epoch=1": "train.epoch",
-    "train.micro_batch=4": "train.micro_batch", "no-equals-sign": "--set",
+    "train.micro_batch=5": "train.micro_batch", "csfiqa.set_size=64": "csfiqa.set_size",
+    "lmliqa.set_size=12": "lmliqa.set_size", "no-equals-sign": "--set",
 }
 
 

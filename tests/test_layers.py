@@ -71,7 +71,8 @@ SOURCES = sorted(PKG.rglob("*.py"))
 LAZY_IN_CLI = {
     ("_run_notebook", "papermill"), ("reproduce", "papermill"),
     ("_rehearsal_weights", "iqa_utils.models"), ("_rehearsal_weights", "iqa_utils.runs.experiments"),
-    ("reproduce", "iqa_utils.reporting.index"), ("_seed_config", "iqa_utils.config.check"),
+    ("reproduce", "iqa_utils.reporting.index"), ("reproduce", "iqa_utils.config.check"),
+    ("_seed_config", "iqa_utils.config.check"),
     ("train", "iqa_utils.runs.experiments"), ("train", "iqa_utils.training.distributed"),
     ("predict", "iqa_utils.training.predict"), ("decisions", "iqa_utils.config.check"),
     ("_check_dataset", "iqa_utils.data.images"), ("_check_dataset", "iqa_utils.data.registry"),

@@ -113,12 +113,23 @@ def _check_allowed(name: str, meta, value):
     return value
 
 
-def in_batch_contrastive(cfg: RunConfig) -> bool:
-    """Whether the model's loss builds positives and negatives within a step's batch (so the batch
-    cannot be split into micro-batches or across processes without changing the loss)."""
-    m = cfg.model.name
-    return (m == "csfiqa" and cfg.csfiqa.scl and cfg.csfiqa.lam > 0) or \
-        (m == "lmliqa" and cfg.lmliqa.lambda_con > 0)
+def set_size_field(cfg: RunConfig) -> tuple[str, int]:
+    """(field name, value) of the scope of the contrastive sets of cfg's model (0 = the global batch)."""
+    name = cfg.model.name if cfg.model.name in ("csfiqa", "lmliqa") else None
+    return (f"{name}.set_size", getattr(cfg, name).set_size) if name else ("", 0)
+
+
+def check_batch(cfg: RunConfig, global_batch: int, world: int = 1) -> None:
+    """The batch rules that need the global batch (a dataset's default when train.global_batch is None)."""
+    t, G = cfg.train, global_batch
+    if G % world:
+        raise ConfigError(f"train.global_batch: {G} does not split evenly over {world} torchrun processes")
+    if t.micro_batch and t.micro_batch < G // world and (G // world) % t.micro_batch:
+        raise ConfigError(f"train.micro_batch: {t.micro_batch} does not divide the {G // world} samples "
+                          f"{'each process computes' if world > 1 else 'of the global batch'}")
+    name, n = set_size_field(cfg)
+    if n and (n > G or G % n):
+        raise ConfigError(f"{name}: sets of {n} samples do not tile the global batch of {G}")
 
 
 def check_consistency(cfg: RunConfig) -> RunConfig:
@@ -135,10 +146,8 @@ def check_consistency(cfg: RunConfig) -> RunConfig:
     if cfg.lmliqa.teacher_init == "checkpoint" and not cfg.lmliqa.teacher_checkpoint:
         raise ConfigError("lmliqa.teacher_checkpoint: teacher_init='checkpoint' needs the path of a DEIQT "
                           "checkpoint trained first (two-stage)")
-    if in_batch_contrastive(cfg) and t.micro_batch and t.micro_batch < (t.global_batch or t.micro_batch + 1):
-        raise ConfigError(f"train.micro_batch: {m.name}'s contrastive loss builds its positives and negatives "
-                          f"within a step's batch, so accumulating micro-batches would shrink them; train with "
-                          f"the whole global batch at once (no train.micro_batch)")
+    if t.global_batch:
+        check_batch(cfg, t.global_batch)
     if cfg.profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {cfg.profile!r}; choose one of {', '.join(PROFILES)}")
     if not m.name:
@@ -178,7 +187,8 @@ def override(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     if unknown:
         raise UnknownFieldError(f"{unknown[0]}: unknown config field; see `iqa-kit decisions` or "
                                 f"iqa_utils/config/fields.py for the {len(known)} fields")
-    return check(_replace(cfg, dict(values)))
+    values = {k: (None if k == "train.micro_batch" and v == "auto" else v) for k, v in values.items()}
+    return check(_replace(cfg, values))
 
 
 def make_config(profile: str = "smoke", model: str = "deiqt", overrides: dict | None = None) -> RunConfig:

@@ -106,7 +106,11 @@ class TrainConfig:
     global_batch: int | None = setting(None, range="[1, 1000000]",
                                        doc="None: the dataset's DEIQT global batch (docs/protocol.md)")
     micro_batch: int | None = setting(None, range="[1, 1000000]",
-                                      doc="gradient accumulation when smaller than global_batch")
+                                      doc="samples per chunk of a step (a divisor of each process's share); "
+                                          "None or 'auto': on CUDA the largest chunk that fits the free "
+                                          "memory (engine.auto_micro), else the whole share. Never changes "
+                                          "the numbers: per-sample terms accumulate, contrastive sets use "
+                                          "the gradient cache")
     clip_grad: float = setting(5.0, range="[0, inf)", doc="0 = no clipping")
     regression_loss: str = decision(
         "smooth_l1", id="CSFIQA D19 / LML D13", source="DEIQT code", choices=["smooth_l1", "l1", "mse"])
@@ -241,13 +245,23 @@ class CSFIQAConfig:
                               choices=["large", "all", "cls"])
     ic_weights: str | None = decision(
         None, id="CSFIQA D23", source="kit default",
-        alternatives=["<hub repo id>", "<local folder with sharded safetensors>"],
-        doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer")
+        alternatives=["<hub repo id>", "<local folder with sharded safetensors>", "random"],
+        doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer; 'random': "
+            "the 7B layer's shape with random weights (benchmarks, memory estimates; nothing read)")
     ic_dtype: str = decision(
         "auto", id="CSFIQA D23", source="kit default", choices=["auto", "bfloat16", "float16", "float32"],
-        doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny one")
+        doc="dtype of the frozen LLaMA layer; auto = bfloat16 for real weights (~0.4 GB), float32 for the tiny "
+            "one, and float32 (~0.8 GB, outside autocast) when amp is fp16 (cards without bf16)")
     decoder: str = decision("panel", id="CSFIQA D18", source="inferred (the group's baseline)",
                             choices=["panel", "linear"])
+    set_size: int = decision(
+        0, id="CSFIQA D25", alternatives=[0, "<per-GPU batch>"],
+        source="kit default (one set over the global batch); per-GPU sets: github LXDxmu/CSIQA ee89a1a "
+               "models/vit.py Loss_contrastive",
+        range="[0, 1000000]",
+        doc="scope of SCL's positives and negatives: 0 = one set over the step's global batch, whatever "
+            "micro-batches or GPUs split it into; n = consecutive sets of n samples (as one GPU's batch "
+            "without a gather, the authors' group's CSIQA code); must divide the global batch")
 
 
 @dataclass
@@ -310,6 +324,14 @@ class LMLIQAConfig:
         doc="what the queue holds: teacher = MoCo's keys, the EMA teacher (with an EMA copy of the projector) "
             "on the step's crops, one no-grad pass; student = the student's own detached crop embeddings "
             "(the kit's earlier queue)")
+    set_size: int = decision(
+        0, id="LML D19", alternatives=[0, "<per-GPU batch>"],
+        source="kit default (one set over the global batch); per-GPU sets: github LXDxmu/CSIQA ee89a1a "
+               "models/vit.py Loss_contrastive",
+        range="[0, 1000000]",
+        doc="scope of the local-manifold sets: 0 = the contrastive images of the whole global batch; n = "
+            "the global batch cut in sets of n listed samples (per-GPU sets), each set's contrastive images "
+            "compared among themselves; must divide the global batch")
 
 
 @dataclass
@@ -336,6 +358,10 @@ class RunConfig:
         d["data"].pop("store", None)                     # where the pixels live, not what they are
         d["train"].pop("device", None)
         d["train"].pop("num_threads", None)
+        d["train"].pop("micro_batch", None)              # how a step is computed, not its numbers
+        for m in ("csfiqa", "lmliqa"):                   # keys of runs made before the field existed
+            if not d[m].get("set_size"):
+                d[m].pop("set_size", None)
         if not (d["model"]["pretrained"] and d["model"]["size"] == "tiny" and not d["model"]["weights"]):
             d["model"].pop("proxy_pretraining")      # the weights do not come from a proxy recipe
         # method knobs of the other models do not change this run, nor which paper version a table quotes

@@ -15,8 +15,10 @@ FULL_SIZE = {"model.size": "small", "model.pretrained": True,
              "data.crops_train": 10, "data.crops_test": 10, "train.epochs": 9}
 # (one step of 4 crops per run; 2 crops per image, so the 20 % data-efficiency subset of 8 training
 # images still fills that batch)
+# train.micro_batch 2 of 4: every rehearsed run computes its step in chunks (the gradient cache for the
+# contrastive sets), as a real run on a card smaller than its batch does
 REHEARSAL_BUDGET = {"train.epochs": 1, "train.global_batch": 4, "train.max_steps_per_epoch": 1,
-                    "data.crops_train": 2, "data.crops_test": 2}
+                    "train.micro_batch": 2, "data.crops_train": 2, "data.crops_test": 2}
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": {
         # pretrained as in the papers, from the tiny encoders' proxy pretraining (model.proxy_pretraining;

@@ -37,12 +37,51 @@ class IQAModel(nn.Module):
         return {"x": x, "y": y.to(x.device, non_blocking=True), "idx": idx}
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """The loss of one whole batch: its per-sample terms plus the set terms over its embeddings."""
+        terms, emb, meta, logs = self.step_terms(batch)
+        if not self.has_set_loss():
+            return terms, logs
+        con, clogs = self.set_loss(emb, meta)
+        return terms + con, {**logs, **clogs}
+
+    # ---- the two halves of a loss, for batches computed in pieces (training.engine) ----------------
+    def step_terms(self, batch: dict) -> tuple[torch.Tensor, dict, dict, dict]:
+        """(per-sample terms, embeddings, meta, logs) of a batch or of one chunk of it. The per-sample
+        terms (the regression loss) are a mean over the chunk unless the chunk says otherwise (LML-IQA);
+        `embeddings` are the differentiable (n, ...) rows the set terms are built from, `meta` the rows
+        that go with them without gradient (labels, ids). Chunks and ranks are concatenated row-wise."""
         pred = self(batch["x"])
         reg = regression_loss(pred, batch["y"], self.regression)
-        return reg, {"loss_reg": reg.detach()}
+        return reg, {}, {}, {"loss_reg": reg.detach()}
+
+    def has_set_loss(self) -> bool:
+        """Whether the loss has terms that compare the samples of a step (contrastive sets)."""
+        return False
+
+    def set_loss(self, emb: dict, meta: dict) -> tuple[torch.Tensor, dict]:
+        """The set terms over the embeddings of a whole step (every chunk, every rank), in float32."""
+        raise NotImplementedError
+
+    def step_batches(self, sampler, idx: torch.Tensor, labels: torch.Tensor, streams, micro: int,
+                     share: slice | None = None) -> list:
+        """[(weight, make_batch)] for this process's chunks of the step's batch `idx` (all ranks'): each
+        make_batch() cuts its chunk's views (again, the same ones: crops are a pure function of a sample's
+        position); the weights times the chunks' per-sample terms, summed over every chunk of every rank,
+        give the whole step's per-sample terms (here a chunk's share of the batch). `streams`:
+        (position, n) -> the crop stream of positions [position, position + n) of the step, or one
+        torch.Generator the chunks draw from in turn."""
+        share = share or slice(0, len(idx))
+        out = []
+        for off in range(share.start, share.stop, micro):
+            chunk = idx[off:min(off + micro, share.stop)]
+            out.append((len(chunk) / len(idx), _chunk_maker(self, sampler, chunk, labels, streams, off)))
+        return out
 
     def after_step(self) -> None:
         pass
+
+    def fit_precision(self, dtype: torch.dtype | None) -> None:
+        """Adapt to the run's autocast dtype (CSFIQA keeps its frozen LLaMA layer in float32 under fp16)."""
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names kept out of weight decay besides every 1-D tensor (DEIQT: pos/cls tokens)."""
@@ -52,6 +91,15 @@ class IQAModel(nn.Module):
         """State entries rebuilt from their source whenever the model is built and never trained (CSFIQA's
         frozen LLaMA layer): the kit's checkpoints and weights files leave them out (models.pretrained)."""
         return set()
+
+
+def _chunk_maker(model, sampler, chunk, labels, streams, off: int):
+    """A chunk's views; a fresh stream on every call (a stream counts its draws), so a second call cuts
+    the same crops."""
+    def make():
+        gen = streams(off, len(chunk)) if callable(streams) else streams
+        return model.train_batch(sampler, chunk, labels[chunk], gen)
+    return make
 
 
 def deiqt_init_(module: nn.Module) -> None:

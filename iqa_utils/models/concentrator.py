@@ -190,6 +190,13 @@ class InformationConcentrator(nn.Module):
     def frozen_dtype(self):
         return next(self.llama.parameters()).dtype if hasattr(self, "llama") else None
 
+    def keep_float32(self) -> None:
+        """The frozen layer in float32, run outside autocast: on cards without bf16 (T4, V100) amp is
+        fp16, whose range (65504) the 7B layer's activations can exceed."""
+        if hasattr(self, "llama"):
+            self.llama.float()
+            self.llama_norm.float()
+
     def _llama(self, h: torch.Tensor) -> torch.Tensor:
         dt = self.frozen_dtype
         h = h.to(dt)
@@ -207,9 +214,20 @@ class InformationConcentrator(nn.Module):
             return x
         if self.mode == "trainable_block":
             return self.block(x)
-        h = self._llama(self.w1(x))
-        y = self.out_norm(self.w2(h.to(self.w2.weight.dtype)))
+        if self.frozen_dtype == torch.float32 and x.device.type in ("cuda", "cpu"):
+            with torch.autocast(x.device.type, enabled=False):     # a float32 layer stays float32, maps too
+                y = self._mapped(x.float())
+        else:
+            y = self._mapped(x)
         return x + y if self.mode == "llama_residual" else y
+
+    def _mapped(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._llama(self.w1(x))
+        return self.out_norm(self.w2(h.to(self.w2.weight.dtype)))
+
+
+# csfiqa.ic_weights value for a LLaMA-7B layer of the real shape with random weights (nothing read)
+RANDOM_WEIGHTS = "random"
 
 
 def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = None, layer_idx: int = 31,
@@ -223,7 +241,9 @@ def build_concentrator(dim: int, mode: str = "llama", *, weights: str | None = N
     if dtype == "auto":
         dtype = "bfloat16" if weights else "float32"
     dt = _DTYPES[dtype]
-    if weights:
+    if weights == RANDOM_WEIGHTS:                    # the real shape, random: benchmarks, memory estimates
+        layer, norm = build_llama_layer(LLAMA_7B, layer_idx, seed, dtype=dt, device=device)
+    elif weights:
         layer, norm = load_llama_layer(weights, layer_idx, dtype=dt, final_norm=ic_norm == "llama_final_norm")
     elif device is not None and str(device) == "meta":
         layer, norm = build_llama_layer(LLAMA_7B, layer_idx, dtype=dt, device="meta")

@@ -393,3 +393,71 @@ def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> d
         # the encoder's submodules are called one by one (own forward), so it is the remainder
         out["macs_by_part"]["encoder"] = out["macs"] - sum(out["macs_by_part"].values())
     return out
+
+
+# ---------------------------------------------------------------- memory of a training step
+
+CARDS_GB = (16, 24, 40, 80, 141)      # T4/V100-16, L4/A10, A100-40, A100/H100-80, H200
+MARGIN = 0.85                         # of a card's (or the free) memory: the allocator's fragmentation, CUDA context
+# listed samples of the two measured batches: LML-IQA's contrastive images are at least 2 whatever the
+# batch, so its difference is taken between larger batches
+MEASURE_BATCHES = {"lmliqa": (16, 32)}
+# peak of a whole step (forward, backward, update) over the bytes saved for backward: the backward's
+# transient activation gradients. Measured on the CPU (peak RSS of tiny DEIQT, CSFIQA, LML-IQA steps at
+# batches 32 and 64: 1.17-1.31, one 1.5); to be checked against torch.cuda.max_memory_allocated
+BACKWARD_OVERHEAD = 1.3
+
+
+def saved_bytes(model: nn.Module, batch: int, device="cpu", dtype: torch.dtype | None = None) -> int:
+    """Bytes autograd saves for backward in the loss of one training batch of `batch` listed samples
+    (the model's own train_batch views), summed over unique storages, the model's own tensors left out.
+    Only a forward runs: the measurement needs no GPU and no backward."""
+    device = torch.device(device)
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in own:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+    idx, y = torch.arange(batch), torch.rand(batch, device=device)
+    with train_mode(model, True), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            autocast(device, dtype):
+        loss, _ = model.loss(model.train_batch(SyntheticSampler(device), idx, y, torch.Generator().manual_seed(0)))
+    del loss
+    if getattr(model, "_pending", None):          # LML-IQA's queue waits for after_step: not a real step
+        model._pending.clear()
+    return sum(seen.values())
+
+
+def step_memory(model: nn.Module, device="cpu", dtype: torch.dtype | None = None, batches=(2, 4)) -> dict:
+    """A training step's memory model: bytes saved per listed sample (the difference of two small
+    batches), the fixed part of the activations, and the state (weights, buffers, gradients, AdamW's two
+    float32 moments of every trainable parameter). The image store is not counted."""
+    a, b = (saved_bytes(model, n, device, dtype) for n in batches)
+    per = max(0.0, (b - a) / (batches[1] - batches[0]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    grads = sum(p.numel() * p.element_size() for p in trainable)
+    return {"per_crop": per, "fixed": max(0.0, a - per * batches[0]),
+            "state": weights + grads + 2 * 4 * sum(p.numel() for p in trainable)}
+
+
+def peak_bytes(mem: dict, n: int) -> float:
+    """Estimated peak memory of a step computed in chunks of n samples: the state, and the activations
+    saved for backward times BACKWARD_OVERHEAD (the gradient cache's first pass keeps only embeddings:
+    a few KB per sample)."""
+    return mem["state"] + BACKWARD_OVERHEAD * (mem["fixed"] + n * mem["per_crop"])
+
+
+def largest_micro(share: int, mem: dict, free_bytes: float, margin: float = MARGIN) -> int | None:
+    """The largest divisor of `share` whose step fits `margin` of free_bytes; None if not even one does."""
+    for d in sorted((d for d in range(1, share + 1) if share % d == 0), reverse=True):
+        if peak_bytes(mem, d) <= margin * free_bytes:
+            return d
+    return None
+
+
+def cards_fitting(mem: dict, n: int, cards=CARDS_GB, margin: float = MARGIN) -> list[int]:
+    return [c for c in cards if peak_bytes(mem, n) <= margin * c * 2**30]

@@ -36,7 +36,7 @@ from torch import nn
 from . import losses as L
 from .base import IQAModel, regression_loss
 from .concentrator import build_concentrator
-from .deiqt import PanelDecoder
+from .deiqt import PanelDecoder, float32_linear
 from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
 from .proxy import SIZE as PROXY_SIZE
 from .proxy import encoder_source
@@ -336,7 +336,7 @@ class CSFIQA(IQAModel):
     def head(self, cls, memory):
         if isinstance(self.decoder, PanelDecoder):
             return self.decoder(cls, memory)
-        return self.decoder(cls).squeeze(-1)
+        return float32_linear(self.decoder, cls).squeeze(-1)
 
     def _forward(self, x):
         e = self.encode(x)
@@ -414,46 +414,72 @@ class CSFIQA(IQAModel):
         w = self.c.nsm_warmup_epochs
         return not w or self.steps_per_epoch is None or self.steps_taken() >= w * self.steps_per_epoch
 
-    def nsm_args(self, e: dict, zs, zl, tokens) -> dict:
-        """The NSM (D13) keyword arguments of `losses.scl_loss`; before the warm-up ends nothing is noise."""
-        kind, on = self.c.nsm, self.nsm_started()
+    def nsm_args(self, emb: dict, meta: dict) -> dict:
+        """The NSM (D13) keyword arguments of `losses.scl_loss`, from the embeddings (and, for regional
+        NSM on tokens, the region agreement) of the whole set; before the warm-up ends nothing is noise."""
+        kind, zs, zl, on = self.c.nsm, emb.get("zs"), emb["zl"], self.nsm_started()
         if kind == "off" or zs is None:
             return {}
         if kind == "pooled":
             return {"noise": L.nsm_pooled(zs, zl) if on else zs.new_zeros(len(zs))}
         if kind == "qfm":
             return {"qfm_weight": self.c.nsm_weight if on else 1.0}
-        rs, rl = self.region_embeddings(e, *tokens)
-        weight, hard = self.noise_regions(e, tokens, rs, rl)
+        rs, rl = emb["rs"], emb["rl"]
+        weight, hard = self.noise_regions(rs, rl, meta.get("agreement"))
         if not on:
             weight, hard = torch.zeros_like(weight), torch.zeros_like(hard)
         return {"noise": weight} if kind == "regional_weight" else {"regions": (rs, rl, hard)}
 
-    def noise_regions(self, e: dict, tokens, rs, rl):
-        """Regional NSM's selection (D13, nsm_input): on the detached SCL-layer tokens before the
-        projectors (`losses.region_agreement`), or on the projected region embeddings rs, rl."""
+    def noise_regions(self, rs, rl, agreement):
+        """Regional NSM's selection (D13, nsm_input) over the whole set: on the cross-scale agreement of
+        the detached SCL-layer tokens before the projectors (`step_terms` measures it per chunk), or on
+        the projected region embeddings rs, rl."""
         if self.c.nsm_input == "projected":
             return L.nsm_regional(rs, rl, self.c.nsm_quantile)
-        ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
-        return L.noise_regions(L.region_agreement(ts, tl), self.c.nsm_quantile)
+        return L.noise_regions(agreement, self.c.nsm_quantile)
 
-    def loss(self, batch: dict):
-        c = self.c
-        score, cls, e, _, _ = self._forward(batch["x"])
-        y = batch["y"]
-        reg = regression_loss(score, y, self.regression)
-        logs = {"loss_reg": reg.detach()}
-        if not c.scl or c.lam == 0:
-            return reg, logs
+    def has_set_loss(self) -> bool:
+        return self.c.scl and self.c.lam != 0
+
+    def step_terms(self, batch: dict):
+        """Regression on the chunk's crops; SCL's embeddings (both scales, NSM's regions) for the set, and
+        the per-sample data the set needs (labels; regional NSM's detached token agreement)."""
+        score, _, e, _, _ = self._forward(batch["x"])
+        reg = regression_loss(score, batch["y"], self.regression)
+        if not self.has_set_loss():
+            return reg, {}, {}, {"loss_reg": reg.detach()}
         zs, zl, tokens = self.scl_embeddings(e, self.scale_views(batch["x"]))
-        scl, slogs = L.scl_loss(zs, zl, y, gamma1=c.gamma1, gamma2=c.gamma2, tau=c.tau, alpha=c.alpha,
-                                beta=c.beta, distance=c.label_distance, label_range=self.label_range,
-                                infonce=c.infonce, **self.nsm_args(e, zs, zl, tokens))
-        logs.update(slogs)
+        emb = {"zl": zl} if zs is None else {"zl": zl, "zs": zs}
+        meta = {"y": batch["y"].float()}
+        if zs is not None and self.c.nsm in ("regional", "regional_weight"):
+            emb["rs"], emb["rl"] = self.region_embeddings(e, *tokens)
+            if self.c.nsm_input == "tokens":
+                ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+                meta["agreement"] = L.region_agreement(ts, tl)
+        return reg, emb, meta, {"loss_reg": reg.detach()}
+
+    def set_loss(self, emb: dict, meta: dict):
+        """lam * L_SCL over the step's sets (csfiqa.set_size: the whole global batch, or its consecutive
+        groups of that size, as per-GPU sets), in float32."""
+        n = self.c.set_size
+        sets = torch.arange(len(meta["y"]), device=meta["y"].device) // n if n else None
+        return L.over_sets(self._scl, emb, meta, sets)
+
+    def _scl(self, emb: dict, meta: dict):
+        c = self.c
+        with L.float32(emb["zl"]):
+            emb = {k: v.float() for k, v in emb.items()}
+            scl, logs = L.scl_loss(emb.get("zs"), emb["zl"], meta["y"], gamma1=c.gamma1, gamma2=c.gamma2,
+                                   tau=c.tau, alpha=c.alpha, beta=c.beta, distance=c.label_distance,
+                                   label_range=self.label_range, infonce=c.infonce, **self.nsm_args(emb, meta))
         logs["loss_scl"] = scl.detach()
-        total = reg + c.lam * scl
-        logs["loss"] = total.detach()
-        return total, logs
+        return c.lam * scl, logs
+
+    def fit_precision(self, dtype) -> None:
+        """fp16 autocast (cards without bf16): the frozen LLaMA layer in float32 unless csfiqa.ic_dtype
+        names a dtype (its ~0.8 GB, counted by the memory estimate, which measures the model as built)."""
+        if dtype == torch.float16 and self.c.ic_dtype == "auto" and hasattr(self.ic, "llama"):
+            self.ic.keep_float32()
 
     def source_state_keys(self) -> set[str]:
         """The frozen LLaMA layer and its norm: read again from ic_weights (or, tiny, rebuilt from its seed)."""

@@ -33,6 +33,15 @@ def build_vit(size: str, img_size: int = 224) -> VisionTransformer:
                              mlp_ratio=4.0, **ENCODER_SIZES[size])
 
 
+def float32_linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A score head in float32 under autocast (a `.float()` input alone would be cast back to bf16/fp16):
+    the score is a small difference of large sums, which bf16's 8 bits of mantissa blur."""
+    if x.device.type not in ("cuda", "cpu") or not torch.is_autocast_enabled(x.device.type):
+        return layer(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 class PanelDecoder(nn.Module):
     """6 learnable queries + the CLS vector, one pre-norm decoder layer over patch tokens,
     a shared bias-free scorer averaged over the panel."""
@@ -48,7 +57,7 @@ class PanelDecoder(nn.Module):
     def forward(self, cls: torch.Tensor, memory: torch.Tensor, return_panel: bool = False):
         q = self.queries.expand(cls.shape[0], -1, -1) + cls.unsqueeze(1)
         panel = self.layer(q, memory)                         # (B, Q, D)
-        score = self.score(panel).mean(dim=1).squeeze(-1)     # (B,)
+        score = float32_linear(self.score, panel).mean(dim=1).squeeze(-1)     # (B,)
         return (score, panel) if return_panel else score
 
 

@@ -42,7 +42,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from .base import IQAModel, deiqt_init_, regression_loss
 from .deiqt import DEIQT, PanelDecoder, build_vit, load_vit_weights, tokens_to_grid  # noqa: F401 (re-exported)
-from .losses import local_manifold_loss, local_manifold_two_term
+from .losses import float32, local_manifold_loss, local_manifold_two_term, over_sets
 from .pretrained import WeightsError, read_state_dict
 from .registry import register_model
 
@@ -312,24 +312,28 @@ class LMLIQA(IQAModel):
                 break
         return torch.tensor(first, dtype=torch.long)
 
+    def roles(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions of the contrastive images, positions regressed on one random crop each) of a batch."""
+        pick = self.contrastive_images(idx)
+        if self.lcfg.budget != "match_deiqt":
+            return pick, torch.arange(idx.numel())
+        rest = torch.ones(idx.numel(), dtype=torch.bool)
+        rest[pick] = False
+        return pick, rest.nonzero().view(-1)[:max(0, idx.numel() - pick.numel() * self.lcfg.k_crops)]
+
     def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
         lc, size = self.lcfg, self.input_size
         idx = torch.as_tensor(idx, dtype=torch.long).view(-1).cpu()
         y = torch.as_tensor(y).view(-1)
-        pick = self.contrastive_images(idx)
+        pick, rest = self.roles(idx)
         M, K = pick.numel(), lc.k_crops
-        if lc.budget == "match_deiqt":
-            rest = torch.ones(idx.numel(), dtype=torch.bool)
-            rest[pick] = False
-            rest = rest.nonzero().view(-1)[:max(0, idx.numel() - M * K)]
-        else:
-            rest = torch.arange(idx.numel())
         flip = self.flip and lc.flip_crops
         crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode,
                                                 flip=flip, max_iou=lc.max_iou)
         dev = crops.device
         # host-to-device copies with non_blocking: a blocking one waits for the GPU to finish its queue
         batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev, non_blocking=True), "idx": idx,
+                 "pick": pick.to(dev, non_blocking=True),
                  "idx_con": idx[pick].to(dev, non_blocking=True), "glob": sampler.global_views(idx[pick], size)}
         # the regression crops (random crop + flip, as DEIQT)
         if rest.numel():
@@ -358,66 +362,128 @@ class LMLIQA(IQAModel):
         centres = torch.stack([(peak // w + 0.5) / h, (peak % w + 0.5) / w], 1)
         return {"anchor_x": sampler.crops_at(idx, centres, self.input_size, flip, generator), "sal_map": sal}
 
-    def _contrastive(self, z_anchor, z_crop, pos, batch: dict) -> torch.Tensor:
-        """L_con (D5) with the queue's negatives (D16); the crop embeddings wait for `after_step`."""
-        lc = self.lcfg
-        q = self._queue_args(batch["idx_con"])
-        if lc.queue_size:
-            self._pending.append((self._queue_keys(batch["crops"], z_crop),
-                                  batch["idx_con"].repeat_interleave(z_crop.shape[1])))
-        if lc.loss_form == "single":
-            return local_manifold_loss(z_anchor, z_crop, pos, lc.tau, lc.w_intra, intra=lc.intra_negatives,
-                                       inter=lc.inter_negatives, **q)
-        return local_manifold_two_term(z_crop, pos, z_anchor, lc.tau, lc.w_intra, intra=lc.intra_negatives,
-                                       inter=lc.inter_negatives, **q)
+    # ---- the loss in two halves: per-sample terms of a chunk, the local-manifold sets of the step ------
+    def step_batches(self, sampler, idx, labels, streams, micro: int, share: slice | None = None) -> list:
+        """Which images get the contrastive views depends on the whole global batch, so the step's views
+        are cut once for all of it (positions 0.. of the step's stream) and each chunk is a row slice: this
+        process's share of the regression crops and of the contrastive images, cut in ceil(share/micro)
+        chunks. Each chunk's terms are normalised by the step's totals (den_reg, den_mut), so the chunks
+        of all ranks add up to the whole batch's: each weighs 1."""
+        share = share or slice(0, len(idx))
+        G = len(idx)
+        pick, rest = self.roles(torch.as_tensor(idx).view(-1).cpu())
+        M, n_reg, K = pick.numel(), rest.numel(), self.lcfg.k_crops
+        anchored = self.lcfg.loss_form == "single" and self.lcfg.anchor in ("train_crop", "native_crop")
+        dens = {"den_reg": n_reg + M * K + (M if anchored else 0), "den_mut": M * K}
+        gen = streams(0, G) if callable(streams) else streams
+        whole: dict = {}
 
-    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        def cut(r: slice, c: slice):
+            def make():
+                if not whole:
+                    whole.update(self.train_batch(sampler, idx, labels[idx], gen))
+                return {**_rows(whole, r, c), **dens}
+            return make
+        n = max(1, -(-(share.stop - share.start) // micro))
+        reg_at = _bounds(n_reg * share.start // G, n_reg * share.stop // G, n)
+        con_at = _bounds(M * share.start // G, M * share.stop // G, n)
+        parts = [(slice(*r), slice(*c)) for r, c in zip(reg_at, con_at) if r[1] > r[0] or c[1] > c[0]]
+        return [(1.0, cut(r, c)) for r, c in (parts or [(slice(0, 0), slice(0, 0))])]
+
+    def has_set_loss(self) -> bool:
+        return self.lcfg.lambda_con > 0
+
+    def step_terms(self, batch: dict):
+        """Regression on every crop the chunk's student sees (and the mutual term); the embeddings of its
+        contrastive images (anchor or augmented salient crop, K crops) with their salient crop index."""
         lc = self.lcfg
-        crops, boxes, y_con = batch["crops"], batch["boxes"], batch["y_con"]
+        crops, boxes = batch["crops"], batch["boxes"]
         M, K = crops.shape[:2]
-        flat = crops.flatten(0, 1)
         anchor_crop = lc.loss_form == "single" and lc.anchor in ("train_crop", "native_crop")
-        # one student pass over every view: regression crops, K crops, then the anchor or augmented views
-        views = [batch["x"], flat]
+        views = [batch["x"], crops.flatten(0, 1)]
         if lc.loss_form == "single":
             views.append(batch["anchor_x"] if anchor_crop else batch["glob"])
         n_reg, n_crop = batch["x"].shape[0], M * K
-
-        # D2: salient crop per image (teacher pass under no_grad)
-        if lc.saliency == "random":
-            pos = batch["rand_pos"]
-        else:
-            pos = salient_crop(batch["sal_map"] if "sal_map" in batch else self.saliency(batch["glob"]), boxes)
+        pos = self._salient(batch, boxes) if M else torch.zeros(0, dtype=torch.long, device=crops.device)
         if lc.loss_form == "two_term":   # augmented copy of the salient crop for the intra term
             views.append(crops[torch.arange(M, device=crops.device), pos].flip(-1))
-
         score, feats = self.student(torch.cat(views), return_features=True)
         z = self.embed(feats)
-        s_reg, s_crop = score[:n_reg], score[n_reg:n_reg + n_crop]
-        z_crop = z[n_reg:n_reg + n_crop].view(M, K, -1)
-
-        # regression on every crop the student sees (the global view is a squashed resize: not regressed)
-        pred = [s_reg, s_crop]
-        target = [batch["y"], y_con.repeat_interleave(K)]
+        pred = [score[:n_reg], score[n_reg:n_reg + n_crop]]
+        target = [batch["y"], batch["y_con"].repeat_interleave(K)]
         if anchor_crop:
             pred.append(score[n_reg + n_crop:])
-            target.append(y_con)
-        reg = regression_loss(torch.cat(pred), torch.cat(target).to(score.device), self.regression)
-        con = self._contrastive(z[n_reg + n_crop:], z_crop, pos, batch)
-        total = reg + lc.lambda_con * con
-        logs = {"loss_reg": reg.detach(), "loss_con": con.detach()}
-
-        if lc.mutual == "pred_consistency":
+            target.append(batch["y_con"])
+        n = n_reg + n_crop + (M if anchor_crop else 0)
+        reg = regression_loss(torch.cat(pred), torch.cat(target).to(score.device), self.regression) * \
+            (n / batch.get("den_reg", n)) if n else score.sum() * 0
+        total, logs = reg, {"loss_reg": reg.detach()}
+        if lc.mutual == "pred_consistency" and M:
             # D8: student scores on the K crops vs the stop-grad teacher score on the salient crop (L1)
             with torch.no_grad():
                 t = self.teacher(crops[torch.arange(M, device=crops.device), pos]).float()
-            mut = (s_crop.float().view(M, K) - t.view(M, 1)).abs().mean()
+            mut = (score[n_reg:n_reg + n_crop].float().view(M, K) - t.view(M, 1)).abs().sum() / \
+                batch.get("den_mut", M * K)
             total = total + lc.lambda_mut * mut
             logs["loss_mut"] = mut.detach()
-        return total, logs
+        emb = {"anchor": z[n_reg + n_crop:], "crops": z[n_reg:n_reg + n_crop].view(M, K, -1)}
+        meta = {"pos": pos, "idx_con": batch["idx_con"], "at": batch.get("pick", torch.arange(M))}
+        if lc.queue_size:                            # D16: this chunk's queue keys, enqueued after the step
+            meta["keys"] = self._queue_keys(crops, emb["crops"]).view(M, K, z.shape[-1]) if M else \
+                emb["crops"].detach().float()
+        return total, emb, meta, logs
+
+    def _salient(self, batch: dict, boxes: torch.Tensor) -> torch.Tensor:
+        """D2: the salient crop of each contrastive image (teacher pass under no_grad)."""
+        if self.lcfg.saliency == "random":
+            return batch["rand_pos"]
+        return salient_crop(batch["sal_map"] if "sal_map" in batch else self.saliency(batch["glob"]), boxes)
+
+    def set_loss(self, emb: dict, meta: dict):
+        """lambda_con * L_con (D5) over the step's contrastive images, with the queue's negatives (D16);
+        the step's queue keys (the teacher's, or the student's own: lmliqa.queue_source) wait for
+        `after_step`, which enqueues them once per step. lmliqa.set_size
+        (D19): the images of each set of that many listed samples compared among themselves."""
+        lc = self.lcfg
+        if lc.queue_size:
+            keys = meta["keys"]
+            self._pending.append((keys.flatten(0, 1).float(), meta["idx_con"].repeat_interleave(keys.shape[1])))
+        ids = meta["at"] // lc.set_size if lc.set_size else None
+        return over_sets(self._local_manifold, emb, meta, ids)
+
+    def _local_manifold(self, emb: dict, meta: dict):
+        lc = self.lcfg
+        with float32(emb["crops"]):
+            q = self._queue_args(meta["idx_con"])
+            a, c = emb["anchor"].float(), emb["crops"].float()
+            if lc.loss_form == "single":
+                con = local_manifold_loss(a, c, meta["pos"], lc.tau, lc.w_intra, intra=lc.intra_negatives,
+                                          inter=lc.inter_negatives, **q)
+            else:
+                con = local_manifold_two_term(c, meta["pos"], a, lc.tau, lc.w_intra, intra=lc.intra_negatives,
+                                              inter=lc.inter_negatives, **q)
+        return lc.lambda_con * con, {"loss_con": con.detach()}
 
     def no_weight_decay(self) -> set[str]:
         return {"student." + n for n in self.student.no_weight_decay()}
+
+
+def _bounds(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    """[lo, hi) cut in n consecutive near-equal parts."""
+    cuts = [lo + (hi - lo) * k // n for k in range(n + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+REG_KEYS = ("x", "y")
+CON_KEYS = ("crops", "boxes", "y_con", "idx_con", "glob", "anchor_x", "sal_map", "rand_pos", "pick")
+
+
+def _rows(batch: dict, reg: slice, con: slice) -> dict:
+    """The regression rows `reg` and the contrastive images `con` of a batch of train_batch."""
+    out = {k: v for k, v in batch.items() if k not in REG_KEYS + CON_KEYS}
+    out.update({k: batch[k][reg] for k in REG_KEYS})
+    out.update({k: batch[k][con] for k in CON_KEYS if k in batch})
+    return out
 
 
 @register_model("lmliqa", display="LML-IQA")

@@ -4,6 +4,8 @@ Regression lives in models/base.py (`regression_loss`); this module holds the co
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +73,29 @@ def info_nce(anchors: torch.Tensor, cands: torch.Tensor, pos: torch.Tensor, neg:
     per_anchor = torch.where(valid, -(pos * log_p).sum(-1) / wsum.clamp_min(1e-12), 0.0)
     n = valid.sum()
     return per_anchor.sum() / n.clamp_min(1), n         # 0 (with a graph) when no anchor is valid
+
+
+def float32(like: torch.Tensor):
+    """A block where autocast is off, so that matmuls, exps and log-sum-exps of float32 inputs stay in
+    float32 (a `.float()` before a matmul under autocast would be cast back to bf16/fp16)."""
+    if like.device.type not in ("cuda", "cpu", "xpu", "mps"):      # no autocast there (meta tensors)
+        return contextlib.nullcontext()
+    return torch.autocast(like.device.type, enabled=False)
+
+
+def over_sets(loss_fn, emb: dict, meta: dict, sets: torch.Tensor | None):
+    """loss_fn(emb, meta) -> (loss, logs) over all of a step's rows (sets None), or the mean over the
+    runs of rows with the same set id `sets` (n,) (per-device sets: a step's batch as split over GPUs
+    that never gather). Logs are averaged over the sets."""
+    if sets is None:
+        return loss_fn(emb, meta)
+    _, counts = torch.unique_consecutive(sets, return_counts=True)
+    bounds = [0] + torch.cumsum(counts, 0).tolist()
+    groups = [loss_fn({k: v[a:b] for k, v in emb.items()}, {k: v[a:b] for k, v in meta.items()})
+              for a, b in zip(bounds[:-1], bounds[1:])]
+    loss = sum(g[0] for g in groups) / len(groups)
+    logs = {k: sum(torch.as_tensor(g[1][k]).float() for g in groups) / len(groups) for k in groups[0][1]}
+    return loss, logs
 
 
 def nsm_pooled(z_small: torch.Tensor, z_large: torch.Tensor) -> torch.Tensor:

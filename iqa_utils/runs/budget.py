@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from ..config.check import make_config
 from ..config.fields import RunConfig
@@ -22,7 +23,7 @@ from ..config.profiles import plan
 from ..data.manifest import EXPECTED_COUNTS
 from ..data.splits import make_split
 from ..models import costs, create_model
-from ..system import KitError
+from ..system import KitError, amp_dtype, atomic_write_json, cache_dir, read_json
 from ..training.optim import global_batch_for, steps_per_epoch
 from .experiments import full_size_model, manifest_for, notebook_plan
 from .records import data_digest, record_path
@@ -133,3 +134,51 @@ def _row(notebook: str, runs: list, crops_per_s: float | None) -> dict:
         row["GPU-hours left"] = round(sec / 3600, 2)
     row["counts"] = "exact" if all(n["exact"] for _, n, _ in runs) else "≈ release counts"
     return row
+
+
+# ---- memory, known before a run ----------------------------------------------------------------------
+def measured_config(profile: str, model: str) -> RunConfig:
+    """The profile's model as a run builds it, random weights (a 7B LLaMA layer of the real shape)."""
+    over = {"model.pretrained": False}
+    if model == "csfiqa" and make_config(profile, model).model.size != "tiny":
+        over["csfiqa.ic_weights"] = "random"
+    return make_config(profile, model, over)
+
+
+def step_memory(profile: str, model: str, amp: str = "bf16") -> dict:
+    """costs.step_memory of the profile's model on this CPU at the run's precision, cached in
+    $IQA_KIT_CACHE/memory (a full-size measurement takes about a minute)."""
+    cfg = measured_config(profile, model)
+    path = cache_dir("memory") / f"{model}-{amp}-{cfg.key()}.json"
+    if path.exists():
+        return read_json(path)
+    dtype = amp_dtype(amp, torch.device("cpu"))
+    net = create_model(cfg)
+    net.fit_precision(dtype)
+    mem = costs.step_memory(net, "cpu", dtype, costs.MEASURE_BATCHES.get(model, (2, 4)))
+    atomic_write_json(mem, path)
+    return mem
+
+
+def _gib(b: float) -> float:
+    return round(b / 2**30, 1)
+
+
+def memory_table(profile: str, models=("deiqt", "csfiqa", "lmliqa"), amp: str = "bf16") -> pd.DataFrame:
+    """Per model and dataset of the profile: the estimated peak GPU memory of a training step at the
+    recipe's global batch, the cards (GB) it fits, and the micro-batch `train.micro_batch=auto` takes on
+    each card (the numbers do not change with it: the gradient cache)."""
+    rows = []
+    for model in models:
+        mem = step_memory(profile, model, amp)
+        for dataset in plan(profile)["datasets"]:
+            G = global_batch_for(make_config(profile, model, {"data.dataset": dataset}), dataset)
+            row = {"model": model, "dataset": dataset, "global batch": G,
+                   "MiB / sample": round(mem["per_crop"] / 2**20, 1), "state GiB": _gib(mem["state"]),
+                   "peak GiB at batch": _gib(costs.peak_bytes(mem, G)),
+                   "fits at batch": ", ".join(map(str, costs.cards_fitting(mem, G))) or "none"}
+            for card in costs.CARDS_GB:
+                micro = costs.largest_micro(G, mem, card * 2**30)
+                row[f"micro on {card} GB"] = f"{micro} ({_gib(costs.peak_bytes(mem, micro))})" if micro else "-"
+            rows.append(row)
+    return pd.DataFrame(rows)

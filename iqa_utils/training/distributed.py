@@ -13,6 +13,8 @@ every method is a no-op, so the engine has a single code path. What the engine d
 - the loss runs through DistributedDataParallel (`wrap`): gradients are averaged over the ranks, and
   the mean over ranks of each rank's mean loss is the mean over the global batch. Micro-batches inside
   a rank skip the all-reduce but for the last one (`accumulate`);
+- contrastive sets (CSFIQA, LML-IQA) range over the global batch: the embeddings and labels of all
+  ranks are gathered with their gradients (`Dist.gather`) and every rank takes the same set loss;
 - evaluation is split: each rank scores a contiguous share of the rows and `map_rows` puts them back in
   order on every rank, so all ranks compute the same metrics and make the same model selection;
 - rank 0 alone writes checkpoints, weights and records; the others wait at `barrier`.
@@ -22,11 +24,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -52,8 +56,10 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict):
-        return self.model.loss(batch)
+    def forward(self, batch: dict, part: str = "loss"):
+        """model.loss(batch), or (part="terms") model.step_terms(batch): the per-sample terms and the
+        embeddings of a chunk whose set terms are taken over the whole step (engine.forward_backward)."""
+        return self.model.step_terms(batch) if part == "terms" else self.model.loss(batch)
 
 
 @dataclass
@@ -107,6 +113,38 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, t: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Every rank's rows of t, concatenated in rank order, on every rank. grad=True keeps the graph
+        (torch.distributed.nn's all_gather, as open_clip's gather_with_grad): the backward sums each
+        rank's gradient of its rows over the ranks, so a loss every rank computes alike reaches each
+        rank's rows world times, which DDP's average over the ranks undoes. Ranks may hold different
+        numbers of rows (padded for the collective, cut after); inputs are made contiguous, as older
+        torch lost the gradient of non-contiguous ones."""
+        if self.world == 1:
+            return t
+        sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([len(t)], device=t.device))
+        sizes = [int(n) for n in sizes]
+        pad = max(sizes) - len(t)
+        x = torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+        x = x.contiguous()
+        if grad:
+            with warnings.catch_warnings():     # deprecated in favour of a private API; kept public
+                warnings.simplefilter("ignore", FutureWarning)
+                parts = dist_nn.all_gather(x)
+        else:
+            parts = [torch.empty_like(x) for _ in range(self.world)]
+            dist.all_gather(parts, x)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+    def row_offset(self, n: int) -> int:
+        """Where this rank's n rows start in the gathered rows (n may differ between ranks)."""
+        if self.world == 1:
+            return 0
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.device) for _ in range(self.world)]
+        dist.all_gather(sizes, torch.tensor([n], device=self.device))
+        return int(sum(int(s) for s in sizes[:self.rank]))
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -9,8 +9,9 @@ evaluates and applies the model selection, `finish` saves the selected weights a
 metrics. The learning rate is the pure function `optim.lr_at`, as in nanoGPT.
 
 One "epoch" lists every training image crops_train times (DEIQT's PATCH_NUM), shuffled, and cuts the
-batches of global_batch crops from that list (drop_last); micro_batch splits a batch into exact
-gradient-accumulation chunks. Everything random comes from cfg.train.seed; a training crop is a pure
+batches of global_batch crops from that list (drop_last); micro_batch splits a batch into chunks with the
+numbers of the whole batch: per-sample terms accumulate, contrastive sets over the whole batch use the
+gradient cache (`forward_backward`). Everything random comes from cfg.train.seed; a training crop is a pure
 function of (seed, step, the sample's position in the global batch) (data.store.CropStream), so neither
 micro-batches nor torchrun processes change which crop a sample gets. Every epoch ends with an atomic
 checkpoint, so an interrupted run resumes to the same numbers. A loss or a metric that becomes NaN or
@@ -29,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..config.check import in_batch_contrastive
+from ..config.check import check_batch
 from ..config.fields import ConfigError, RunConfig
 from ..data.cache import build_store
 from ..data.store import CropSampler, CropStream
-from ..models import create_model
+from ..models import costs, create_model
 from ..models.pretrained import load_kit_state
 from ..devices import amp_dtype, autocast
 from ..system import KitError
@@ -117,12 +118,7 @@ def _batching(cfg: RunConfig, dataset: str, n_train: int, dist: Dist) -> tuple[i
     if E == 0 and cfg.train.epochs > 0:
         raise ConfigError(f"train.global_batch: {G} is more than the {n_train} training images x "
                           f"{cfg.data.crops_train} crops of {dataset} make; lower it")
-    if dist.world > 1 and in_batch_contrastive(cfg):
-        raise KitError(f"torchrun: {cfg.model.name}'s contrastive loss builds its positives and negatives "
-                       f"within a step's batch, which {dist.world} processes would split; train it with one "
-                       f"GPU per run (iqa-kit train --devices cuda:0,cuda:1,... runs several runs at once)")
-    if G % dist.world:
-        raise KitError(f"train.global_batch: {G} does not split evenly over {dist.world} torchrun processes")
+    check_batch(cfg, G, dist.world)
     share = G // dist.world
     return G, E, min(cfg.train.micro_batch or share, share)
 
@@ -140,6 +136,7 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     G, E, micro = _batching(cfg, manifest.name, len(split.train), dist)
     seed_all(tc.seed)
     model = create_model(cfg).to(device)
+    model.fit_precision(amp_dtype(tc.amp, device))
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = model.input_size
@@ -154,6 +151,8 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     if hasattr(model, "steps_per_epoch"):          # CSFIQA's NSM warm-up counts epochs of steps
         model.steps_per_epoch = E
     dtype = amp_dtype(tc.amp, device)
+    if tc.micro_batch is None and device.type == "cuda":
+        micro = auto_micro(model, cfg.model.name, micro, device, dtype, dist.main)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,
                test_labels=_labels(test_store, test_rows), val_rows=list(split.val),
@@ -167,6 +166,25 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
                ident={"key": cfg.key(), "split": split.digest(),
                       "test": test_manifest.name if test_manifest is not None else None},
                out_dir=Path(out_dir), progress=progress and dist.main)
+
+
+def auto_micro(model, name: str, share: int, device, dtype, say: bool) -> int:
+    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch whose
+    step, estimated from the bytes two small batches save for backward on this device, fits 85% of the
+    memory this process can still use; one line says which and why. The numbers do not depend on it."""
+    with torch.random.fork_rng(devices=[device]):        # the run's random streams stay as they were
+        mem = costs.step_memory(model, device, dtype, costs.MEASURE_BATCHES.get(name, (2, 4)))
+    usable = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    micro = costs.largest_micro(share, mem, usable)
+    if micro is None:
+        raise KitError(f"train.micro_batch: even one sample per chunk needs about "
+                       f"{costs.peak_bytes(mem, 1) / 2**30:.1f} GiB, more than the {usable / 2**30:.1f} GiB "
+                       f"usable on {device}")
+    if say:
+        print(f"train.micro_batch=auto: {micro} of {share} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
+              f"MiB each, est. peak {costs.peak_bytes(mem, micro) / 2**30:.1f} GiB of "
+              f"{usable / 2**30:.1f} GiB usable on {device})")
+    return micro
 
 
 def resume(run: Run) -> tuple[LoopState, dict | None]:
@@ -188,34 +206,109 @@ def crop_streams(seed: int, step: int, start: int = 0):
     return lambda offset, n: CropStream(seed, step, start + offset, n)
 
 
-def forward_backward(model, sampler, idx, labels, generator, micro: int, device, dtype=None, scaler=None,
-                     channels_last: bool = False, loss_fn=None) -> tuple[torch.Tensor, dict]:
-    """Gradients of the mean loss over the batch idx, accumulated over chunks of `micro` entries.
+def _prepared(make, channels_last: bool) -> dict:
+    batch = make()
+    if channels_last and isinstance(batch.get("x"), torch.Tensor) and batch["x"].dim() == 4:
+        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+    return batch
 
-    Each chunk's loss is scaled by its share of the batch, so the sum of the chunks' gradients is the
-    batch's gradient. `generator`: a torch.Generator the chunks draw from in turn, or `crop_streams(...)`,
-    which gives each chunk the crops of its samples' positions (exact accumulation for per-sample
-    losses). loss_fn: model.loss, or the DDP-wrapped LossModule, which all-reduces on the last chunk.
-    Returns the batch loss and the batch mean of the model's logs, as tensors on the device: nothing
-    here waits for the GPU.
-    """
-    total, logs_sum, loss_fn = 0.0, {}, loss_fn or model.loss
-    chunks, offset = idx.split(micro), 0
-    for i, chunk in enumerate(chunks):
-        gen = generator(offset, len(chunk)) if callable(generator) else generator
-        offset += len(chunk)
-        batch = model.train_batch(sampler, chunk, labels[chunk], gen)
-        if channels_last and isinstance(batch.get("x"), torch.Tensor) and batch["x"].dim() == 4:
-            batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
-        w = len(chunk) / len(idx)
-        with accumulate(loss_fn, last=i == len(chunks) - 1):
+
+def _add_logs(logs_sum: dict, logs: dict, w: float) -> None:
+    for k, v in logs.items():
+        logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * w
+
+
+def _rng_state(device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple, device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def set_terms(model, dist: Dist, emb: dict, meta: dict) -> tuple[torch.Tensor, dict]:
+    """The model's set terms over the rows of every rank (gathered with their graph); the models take
+    them in float32 (losses.float32)."""
+    rows = {k: dist.gather(v.float().contiguous(), grad=True) for k, v in emb.items()}
+    info = {k: dist.gather(v.contiguous()) for k, v in meta.items()}
+    return model.set_loss(rows, info)
+
+
+def embedding_grads(model, parts, dist: Dist, device, dtype, channels_last: bool):
+    """Pass 1 of the gradient cache (Gao et al. 2021): every chunk's embeddings without a graph, the set
+    terms over all of them, and their gradient with respect to each chunk's embeddings.
+    Returns (per-chunk gradients, RNG state of each chunk, set terms (detached), their logs)."""
+    embs, metas, states = [], [], []
+    with torch.no_grad():
+        for _, make in parts:
+            states.append(_rng_state(device))
             with autocast(device, dtype):
-                loss, logs = loss_fn(batch)
-            (scaler.scale(loss * w) if scaler is not None else loss * w).backward()
-        total = total + loss.detach().double() * w
-        for k, v in logs.items():
-            logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * w
-        del batch, loss, logs   # free this chunk's crops before the next are cut (no allocator churn)
+                _, emb, meta, _ = model.step_terms(_prepared(make, channels_last))
+            embs.append(emb)
+            metas.append(meta)
+    sizes = [len(next(iter(m.values()))) for m in metas]
+    leaves = {k: torch.cat([e[k].float() for e in embs]).requires_grad_() for k in embs[0]}
+    meta = {k: torch.cat([m[k] for m in metas]) for k in metas[0]}
+    con, logs = set_terms(model, dist, leaves, meta)
+    grads = torch.autograd.grad(con, list(leaves.values()), allow_unused=True)
+    grads = {k: (g if g is not None else torch.zeros_like(leaves[k])).split(sizes)
+             for k, g in zip(leaves, grads)}
+    return [{k: g[i] for k, g in grads.items()} for i in range(len(parts))], states, con.detach(), logs
+
+
+def forward_backward(model, sampler, idx, labels, generator, micro: int, device, dtype=None, scaler=None,
+                     channels_last: bool = False, loss_fn=None, dist: Dist | None = None,
+                     share: slice | None = None) -> tuple[torch.Tensor, dict]:
+    """Gradients of the step's loss on the batch idx, computed in chunks of `micro` samples of this
+    process's `share` of it (all of it in one process).
+
+    The per-sample terms (the regression loss) accumulate: each chunk's mean is weighted by its share of
+    the batch. The set terms (contrastive positives and negatives over the whole global batch) use the
+    gradient cache when the batch is split: pass 1 embeds every chunk without a graph, takes the set
+    terms over the embeddings of all chunks and all ranks and their gradient with respect to each
+    embedding; pass 2 re-runs each chunk (the same crops, `model.step_batches`, and the same RNG state)
+    with a graph and back-propagates its per-sample terms together with its cached embedding gradients.
+    One chunk: the set terms are taken directly (gathered with their graph under torchrun).
+    `generator`: `crop_streams(seed, step)` (a sample's crops depend on its position) or one
+    torch.Generator the chunks draw from in turn (a split then changes the crops). loss_fn: the
+    LossModule around the model, DDP-wrapped under torchrun (all-reduce on the last chunk).
+    Returns this rank's loss (its mean over the ranks is the step's loss) and logs, as tensors on the
+    device: nothing here waits for the GPU.
+    """
+    dist = dist or Dist(device=device)
+    loss_fn = loss_fn or distributed.LossModule(model)
+    parts = model.step_batches(sampler, idx, labels, generator, micro, share)
+    world, has_set = dist.world, model.has_set_loss()
+    cache = embedding_grads(model, parts, dist, device, dtype, channels_last) if has_set and len(parts) > 1 \
+        else None
+    total, logs_sum = 0.0, {}
+    for i, (w, make) in enumerate(parts):
+        if cache:
+            _set_rng_state(cache[1][i], device)
+        batch = _prepared(make, channels_last)
+        with accumulate(loss_fn, last=i == len(parts) - 1):
+            with autocast(device, dtype):
+                if has_set:
+                    terms, emb, meta, logs = loss_fn(batch, part="terms")
+                else:                           # the model's own loss (a subclass may wrap it)
+                    (terms, logs), emb = loss_fn(batch), {}
+            loss = terms * (w * world)
+            if cache:
+                loss = loss + sum((emb[k].float() * g).sum() for k, g in cache[0][i].items())
+            elif has_set:
+                con, clogs = set_terms(model, dist, emb, meta)
+                loss = loss + con
+                total = total + con.detach().double()
+                _add_logs(logs_sum, clogs, 1.0)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        total = total + terms.detach().double() * (w * world)
+        _add_logs(logs_sum, logs, w * world)
+        del batch, loss, terms, emb, logs   # free this chunk's crops before the next are cut
+    if cache:
+        total = total + cache[2].double()
+        _add_logs(logs_sum, cache[3], 1.0)
     return total, logs_sum
 
 
@@ -224,10 +317,9 @@ def optimize_step(run: Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor,
     (accumulated, averaged over the ranks), clipping, update, EMA hooks."""
     tc = run.cfg.train
     set_lr(run.opt, lr_at(step, run.steps, tc))
-    share = run.dist.share(len(idx))
-    loss, logs = forward_backward(run.model, run.sampler, idx[share], run.all_labels,
-                                  crop_streams(tc.seed, step, share.start), run.micro, run.device, run.dtype,
-                                  run.scaler, tc.channels_last, run.loss_fn)
+    loss, logs = forward_backward(run.model, run.sampler, idx, run.all_labels, crop_streams(tc.seed, step),
+                                  run.micro, run.device, run.dtype, run.scaler, tc.channels_last, run.loss_fn,
+                                  run.dist, run.dist.share(len(idx)))
     run.scaler.unscale_(run.opt)
     if tc.clip_grad:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)

@@ -1,0 +1,115 @@
+"""Contrastive sets over the whole global batch, computed in pieces (the gradient cache): a step split into
+micro-batches gives the loss and the gradients of the unsplit step, for every contrastive piece the kit
+has (CSFIQA's SCL with each NSM reading, LML-IQA's local-manifold terms with the memory queue and the
+EMA teacher, which update once per step)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iqa_utils.config.check import make_config
+from iqa_utils.config.fields import ConfigError
+from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils.models import create_model
+from iqa_utils.training import engine
+
+CPU = torch.device("cpu")
+TINY = {"model.pretrained": False, "train.global_batch": 8}
+
+CASES = [("csfiqa", {"csfiqa.nsm": "off"}), ("csfiqa", {"csfiqa.nsm": "pooled"}),
+         ("csfiqa", {"csfiqa.nsm": "regional"}), ("csfiqa", {"csfiqa.nsm": "regional_weight"}),
+         ("csfiqa", {"csfiqa.nsm": "qfm"}), ("csfiqa", {"csfiqa.scale_mode": "crop", "csfiqa.nsm": "pooled"}),
+         ("csfiqa", {"csfiqa.scl_pool": "cls", "csfiqa.set_size": 4}),
+         ("lmliqa", {"lmliqa.queue_size": 24}),
+         ("lmliqa", {"lmliqa.queue_size": 24, "lmliqa.loss_form": "two_term", "lmliqa.mutual": "pred_consistency"}),
+         ("lmliqa", {"lmliqa.anchor": "train_crop", "lmliqa.saliency": "random", "lmliqa.set_size": 4})]
+
+
+def two_steps_sampler():
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, 112 + 8 * (i % 3), 120), dtype=torch.uint8, generator=g) for i in range(10)]
+    return CropSampler(ImageStore(images, torch.linspace(0, 1, 10)))
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    return two_steps_sampler()
+
+
+def two_steps(name, over, sampler, micro, dist=None):
+    """The gradients, loss and logs of a model's second step (the queue filled and the teacher moved by
+    the first), computed in chunks of `micro` of a batch of 8; under torchrun (dist) this rank's share
+    through DDP, the gradients averaged over the ranks."""
+    torch.manual_seed(0)
+    model = create_model(make_config("smoke", name, {**TINY, **over})).train()
+    idx, labels = torch.tensor([0, 3, 5, 3, 9, 2, 1, 7]), torch.linspace(0, 1, 10)
+    loss_fn = dist.wrap(model) if dist else None
+    for step in range(2):
+        model.zero_grad(set_to_none=True)
+        loss, logs = engine.forward_backward(model, sampler, idx.roll(step), labels,
+                                             engine.crop_streams(0, step), micro, CPU, loss_fn=loss_fn,
+                                             dist=dist, share=dist.share(8) if dist else None)
+        if dist:
+            loss, logs = dist.mean(loss), {k: dist.mean(v) for k, v in logs.items()}
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        with torch.no_grad():                                   # a plain SGD step, so step 2 differs
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.sub_(0.1 * p.grad)
+        model.after_step()
+    return grads, loss, logs, model
+
+
+@pytest.mark.parametrize("name,over", CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in CASES])
+def test_micro_batches_give_the_whole_batch_gradients(sampler, name, over):
+    (g8, l8, logs8, m8), (g2, l2, logs2, m2) = [two_steps(name, over, sampler, micro) for micro in (8, 2)]
+    assert l2.item() == pytest.approx(l8.item(), rel=1e-5)
+    for k in logs8:
+        assert logs2[k].item() == pytest.approx(logs8[k].item(), rel=1e-4, abs=1e-6), k
+    assert g8.keys() == g2.keys() and len(g8) > 10
+    for k in g8:
+        torch.testing.assert_close(g2[k], g8[k], rtol=1e-4, atol=1e-6, msg=k)
+    if name == "csfiqa":
+        assert "loss_scl" in logs8 or over["csfiqa.nsm"] == "off"
+        assert g8["proj_large.0.weight"].abs().sum() > 0           # the contrastive term reached the projector
+    else:
+        assert logs8["loss_con"].item() > 0 and g8["proj.fc1.weight"].abs().sum() > 0
+        if m8.lcfg.queue_size:                                  # the same queue, filled once per step
+            assert (m8.queue_img >= 0).sum() > 0
+            torch.testing.assert_close(m2.queue, m8.queue)
+            assert torch.equal(m2.queue_img, m8.queue_img) and torch.equal(m2.queue_ptr, m8.queue_ptr)
+        for a, b in zip(m8.teacher.parameters(), m2.teacher.parameters()):   # the EMA teacher too
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_set_size_takes_the_sets_apart(sampler):
+    """csfiqa.set_size=4: the SCL term is the mean of the two halves' own terms (per-GPU sets)."""
+    model = create_model(make_config("smoke", "csfiqa", {**TINY, "csfiqa.set_size": 4}))
+    x = torch.randn(8, 3, 96, 96)
+    _, emb, meta, _ = model.step_terms({"x": x, "y": torch.rand(8)})
+    whole, _ = model.set_loss(emb, meta)
+    model.c = type(model.c)(**{**model.c.__dict__, "set_size": 0})
+    halves = [model.set_loss({k: v[a:a + 4] for k, v in emb.items()}, {k: v[a:a + 4] for k, v in meta.items()})[0]
+              for a in (0, 4)]
+    assert whole.item() == pytest.approx((halves[0].item() + halves[1].item()) / 2, rel=1e-6)
+    assert whole.item() != pytest.approx(model.set_loss(emb, meta)[0].item(), rel=1e-3)
+
+
+def test_set_terms_run_in_float32_under_autocast(sampler):
+    model = create_model(make_config("smoke", "csfiqa", TINY))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, emb, meta, _ = model.step_terms({"x": torch.randn(4, 3, 96, 96), "y": torch.rand(4)})
+        loss, _ = model.set_loss(emb, meta)
+    assert emb["zl"].dtype == torch.float32 and loss.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        score = model(torch.randn(2, 3, 96, 96))
+        inner = model.encoder.blocks[0].blocks[0][0].attn.qkv(torch.randn(2, 5, 32))
+    assert score.dtype == torch.float32 and inner.dtype == torch.bfloat16       # the score head in float32
+
+
+@pytest.mark.parametrize("over,field", [({"train.micro_batch": 3}, "train.micro_batch"),
+                                        ({"csfiqa.set_size": 16}, "csfiqa.set_size"),
+                                        ({"csfiqa.set_size": 3}, "csfiqa.set_size")])
+def test_bad_splits_name_the_field(over, field):
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        make_config("smoke", "csfiqa", {**TINY, **over})
