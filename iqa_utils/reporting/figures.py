@@ -22,7 +22,7 @@ from ..models import display_name, list_models
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
 from ..system import KitError, MissingFile, resolve_device
-from ..training.evaluation import LabelNorm, predict_rows
+from ..training.evaluation import LabelNorm, predict_rows, test_views
 from ..training.predict import load_trained
 from . import plots
 from .index import record_output
@@ -260,7 +260,7 @@ def scale_mos(V: Visuals, results_dir) -> Path:
 @torch.no_grad()
 def crop_features(model, sampler, rows, n_crops: int, size: int) -> torch.Tensor:
     """(images, n_crops, D) L2-normalised quality features (the CLS fed to the decoder) of random crops."""
-    x = sampler.test_crops(torch.as_tensor(rows, dtype=torch.long), n_crops, size, mode="seeded_random", seed=7)
+    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), n_crops, size, seed=7)
     _, f = model(x, return_features=True)
     return torch.nn.functional.normalize(f["cls"].float(), dim=-1).reshape(len(rows), n_crops, -1).cpu()
 
@@ -301,7 +301,7 @@ def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> 
     out = []
     for i in range(0, len(rows), batch):
         idx = torch.as_tensor(rows[i:i + batch], dtype=torch.long)
-        x = sampler.test_crops(idx, n_crops, size)
+        x = test_views(model, sampler, idx, n_crops, size)
         _, f = model(x, return_features=True)
         out.append(f["cls"].float().reshape(len(idx), n_crops, -1).mean(1).cpu().numpy())
     return np.concatenate(out)
