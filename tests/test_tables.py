@@ -100,3 +100,11 @@ def test_index_summary_line_counts_cells_inside_and_names_the_largest_gaps(tmp_p
         assert "not comparable: smoke profile" in index.write_index(tmp_path, "smoke").read_text()
     finally:
         index._CTX.update(notebook=None, profile=None, results_dir="results")
+
+
+def test_verdicts_follow_their_own_groups_in_first_order_with_missing_keys():
+    runs = pd.concat([_seeds([0.70, 0.72, 0.71, 0.73, 0.69]), _seeds([0.97, 0.98, 0.99, 0.98, 0.98], "LIVE")])
+    runs = runs.sample(frac=1.0, random_state=0).assign(selection=None)        # interleaved rows, NaN key
+    t = tables.comparison_table(runs, metrics=("srcc", "plcc")).set_index(["dataset", "metric"])
+    assert t.loc[("LIVE", "SRCC"), "verdict"] == "inside" and t.loc[("LIVE", "SRCC"), "min"] == 0.97
+    assert t.loc[("LIVEC", "SRCC"), "verdict"].startswith("outside") and t.loc[("LIVEC", "PLCC"), "max"] == 0.73

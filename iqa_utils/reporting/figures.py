@@ -18,7 +18,7 @@ from ..data import livefb, synthetic
 from ..data.cache import build_store
 from ..data.splits import Split
 from ..data.store import CropSampler, ImageStore
-from ..models import display_name, list_models
+from ..models import display_name
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
 from ..system import KitError, MissingFile, resolve_device

@@ -118,13 +118,14 @@ def comparison_table(runs: pd.DataFrame, table: str = "main", paper: str | None 
     extra = [c for c in ("selection",) if c in runs.columns and c not in by]
     summary = summarize(runs, by + extra, metrics)
     reason = profile_reason(profile or current_profile())
-    groups = {k if isinstance(k, tuple) else (k,): g for k, g in runs.groupby(by + extra, dropna=False, sort=False)}
+    # the groups in summarize's order (one summary row per group and metric), by position: NaN keys never match
+    groups = [g for _, g in runs.groupby(by + extra, dropna=False, sort=False)]
     out = []
-    for r in summary.itertuples(index=False):
+    for i, r in enumerate(summary.itertuples(index=False)):
         r = r._asdict()
         value, prov = lookup_reported(r[reported_method_col], r[dataset_col], r["metric"], table, paper, version,
                                       versions)
-        values = pd.to_numeric(groups[tuple(r[k] for k in by + extra)][r["metric"].lower()], errors="coerce")
+        values = pd.to_numeric(groups[i // len(metrics)][r["metric"].lower()], errors="coerce")
         out.append({**r, "reported": value, "provenance": prov,
                     "delta": None if value is None or reason else r["median"] - value,
                     **verdict(value, values, reason)})
