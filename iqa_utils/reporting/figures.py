@@ -21,7 +21,8 @@ from ..data.store import CropSampler, ImageStore
 from ..models import display_name
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
-from ..system import KitError, MissingFile, resolve_device
+from ..devices import resolve_device
+from ..system import KitError, MissingFile
 from ..training.evaluation import LabelNorm, predict_rows, test_views
 from ..training.predict import load_trained
 from . import plots
