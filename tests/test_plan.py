@@ -28,3 +28,11 @@ def test_notebooks_run_the_main_tables_on_every_seed():
     for notebook, models in (("01_train_csfiqa", ("deiqt", "csfiqa")), ("02_train_lmliqa", ("deiqt", "lmliqa"))):
         keys = {(c.key(), c.split_seed) for c, _ in nb[notebook]}
         assert {(c.key(), c.split_seed) for c, _ in E.main_configs("smoke", models)} <= keys
+
+
+def test_cross_runs_vary_the_training_seed_over_the_side_seeds():
+    planned = E.cross_configs("paper", ("deiqt",), pairs=[("LIVE", "CSIQ")])
+    assert [c.train.seed for c, _ in planned] == plan("paper")["side_seeds"] == list(range(10))
+    assert all(c.split_seed == c.train.seed and c.test_dataset == "CSIQ" and c.data.cross_train == "whole"
+               for c, _ in planned)
+

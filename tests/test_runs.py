@@ -11,7 +11,7 @@ from test_engine import tiny_cfg, tiny_manifest
 from iqa_utils.config.check import override
 from iqa_utils.config.profiles import shard
 from iqa_utils.data.splits import Split
-from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load
+from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load, source_split
 from iqa_utils.system import git_commit
 from iqa_utils.training import engine
 
@@ -117,9 +117,22 @@ def test_cross_dataset_run(manifest, tmp_path):
     cfg = cfg_for(**{"train.epochs": 1, "test_dataset": "tiny2"})
     rec = run_or_load(cfg, tmp_path / "res", manifest=manifest, test_manifest=target, progress=False)
     assert rec["test_dataset"] == "tiny2" and rec["split"]["n_test"] == 12
+    assert rec["split"]["n_train"] == len(manifest) == 20          # the whole source trains (kit X1)
     assert rec["predictions"]["rows"] == list(range(12))
     assert record_path(cfg, tmp_path / "res", rec["data"]["digest"]).parent.name == "tiny-to-tiny2"
     assert load_records(tmp_path / "res", test_dataset="tiny2").shape[0] == 1
+
+
+def test_cross_source_split_is_the_whole_source_unless_asked(manifest):
+    cross = cfg_for(**{"test_dataset": "tiny2"})
+    assert source_split(cross, manifest).train == list(range(len(manifest)))
+    assert len(source_split(override(cross, {"data.cross_train": "split"}), manifest).train) == 16
+    assert len(source_split(cfg_for(), manifest).train) == 16               # not a cross run: 80 %
+    carved = source_split(override(cross, {"data.val_fraction": 0.1}), manifest)
+    assert sorted(carved.train + carved.val) == list(range(len(manifest))) and len(carved.val) == 2
+    # the choice is part of a cross run's key only
+    assert cfg_for().key() == override(cfg_for(), {"data.cross_train": "split"}).key()
+    assert cross.key() != override(cross, {"data.cross_train": "split"}).key()
 
 
 def test_changed_label_means_a_new_run(tmp_path):

@@ -288,6 +288,43 @@ def test_nested_crops_small_is_a_resized_window_of_large(store):
     assert 5 < n_flipped < 35
 
 
+def _window(view):
+    """(top, left, rows spanned, columns spanned) of a coded view, in store pixels (R = row, G = column)."""
+    u8 = _to_u8(view)
+    return (int(u8[0].min()), int(u8[1].min()), int(u8[0].max() - u8[0].min()), int(u8[1].max() - u8[1].min()))
+
+
+@pytest.mark.parametrize("mode", ["seeded_random", "grid"])
+def test_nested_test_crops_follow_the_training_geometry(store, mode):
+    """CSFIQA's crop-mode test views: a 40 % crop and a 20 % one inside it, both resized, seeded per image."""
+    sampler = CropSampler(store)
+    x = sampler.nested_test_crops(torch.tensor([0, 2]), 4, 0.2, 0.4, 32, mode=mode, seed=3)
+    assert x.shape == (8, 2, 3, 32, 32)
+    for k, short in enumerate([120] * 4 + [100] * 4):             # image 0: 120 x 200, image 2: 100 x 100
+        (st, sl, sh, sw), (lt, ll, lh, lw) = _window(x[k, 0]), _window(x[k, 1])
+        assert abs(lh - (round(0.4 * short) - 1)) <= 1 and abs(sh - (round(0.2 * short) - 1)) <= 1
+        assert lt <= st and ll <= sl and st + sh <= lt + lh + 1 and sl + sw <= ll + lw + 1
+    again = sampler.nested_test_crops(torch.tensor([2]), 4, 0.2, 0.4, 32, mode=mode, seed=3)
+    assert torch.equal(again, x[4:])                               # an image's views whatever its batch
+    if mode == "seeded_random":
+        assert not torch.equal(sampler.nested_test_crops(torch.tensor([2]), 4, 0.2, 0.4, 32, seed=4), again)
+
+
+def test_crop_mode_csfiqa_is_tested_on_the_training_geometry(store):
+    from iqa_utils.config.check import make_config
+    from iqa_utils.models import create_model
+    from iqa_utils.training.evaluation import predict_rows, test_views
+    sampler = CropSampler(store)
+    crop = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False, "csfiqa.scale_mode": "crop",
+                                                         "csfiqa.nsm": "off", "csfiqa.input_size": 48}))
+    views = test_views(crop, sampler, torch.tensor([0, 1]), 2, 48)
+    assert views.shape == (4, 2, 3, 48, 48)
+    assert torch.equal(views, sampler.nested_test_crops(torch.tensor([0, 1]), 2, 0.2, 0.4, 48))
+    assert len(predict_rows(crop, sampler, [0, 1], 2, 48)) == 2
+    branch = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False, "csfiqa.input_size": 48}))
+    assert torch.equal(test_views(branch, sampler, torch.tensor([0]), 2, 48), sampler.test_crops([0], 2, 48))
+
+
 def test_crops_with_boxes_iou_limit_and_flips(store):
     sampler = CropSampler(store)
     idx = torch.tensor([0, 1, 3] * 4)          # room for 4 crops of 48 px at IoU <= 0.3 (10 draws each)

@@ -47,3 +47,64 @@ def test_version_field_chooses_the_reported_numbers():
     v2, prov = tables.lookup_reported("LML-IQA", "CSIQ", "PLCC", versions={"LML-IQA": "v2"})
     assert v2 == pytest.approx(0.977) and "v2" in prov
     assert tables.lookup_reported("DEIQT", "LIVEC", "SRCC", versions={"LML-IQA": "v1"})[0] == pytest.approx(0.875)
+
+
+def _seeds(values, dataset="LIVEC"):
+    return pd.DataFrame({"method": ["DEIQT"] * len(values), "dataset": [dataset] * len(values),
+                         "srcc": values, "plcc": values})
+
+
+def test_verdict_inside_and_outside_the_bootstrap_interval():
+    """DEIQT reports 0.875 SRCC on LIVEC: inside an interval around it, outside one far below it."""
+    near = tables.comparison_table(_seeds([0.86, 0.87, 0.875, 0.88, 0.89, 0.87]), metrics=("srcc",)).iloc[0]
+    assert near["verdict"] == "inside" and near["ci_low"] <= 0.875 <= near["ci_high"]
+    assert (near["min"], near["max"]) == (0.86, 0.89)
+    low = tables.comparison_table(_seeds([0.70, 0.72, 0.71, 0.73, 0.69]), metrics=("srcc",)).iloc[0]
+    assert low["verdict"].startswith("outside (reported above") and "outside min–max too" in low["verdict"]
+    assert low["ci_high"] < 0.875 and low["delta"] == pytest.approx(0.71 - 0.875)
+    md = tables.to_markdown(tables.comparison_table(_seeds([0.70, 0.72, 0.71, 0.73, 0.69]), metrics=("srcc",)))
+    assert "95 % CI of median" in md and "outside" in md
+
+
+def test_median_interval_is_scipys_bootstrap():
+    v = [0.1, 0.5, 0.3, 0.9, 0.7, 0.2]
+    lo, hi = tables.median_interval(v)
+    assert lo < float(pd.Series(v).median()) < hi and lo >= 0.1 and hi <= 0.9
+    assert tables.median_interval([0.4] * 5) == (0.4, 0.4)
+
+
+def test_too_few_seeds_or_a_smoke_profile_is_not_comparable():
+    few = tables.comparison_table(_seeds([0.86, 0.87, 0.88]), metrics=("srcc",)).iloc[0]
+    assert few["verdict"] == "not comparable: 3 seeds (a verdict needs 5)" and few["delta"] is not None
+    smoke = tables.comparison_table(_seeds([0.86] * 6), metrics=("srcc",), profile="smoke").iloc[0]
+    assert smoke["verdict"].startswith("not comparable: smoke profile") and smoke["reported"] == 0.875
+    assert smoke["delta"] is None and smoke["ci_low"] is None
+    md = tables.to_markdown(tables.comparison_table(_seeds([0.86] * 6), metrics=("srcc",), profile="smoke"))
+    assert "0.875" in md and "| —" in md and "+" not in md.split("\n")[-2]
+    rehearsal = tables.comparison_table(_seeds([0.86] * 6), metrics=("srcc",), profile="paper-rehearsal")
+    assert rehearsal.verdict.iloc[0].startswith("not comparable: rehearsal")
+    unknown = tables.comparison_table(_seeds([0.5] * 6, "synthetic"), metrics=("srcc",)).iloc[0]
+    assert unknown["verdict"] == "" and unknown["reported"] is None
+
+
+def test_index_summary_line_counts_cells_inside_and_names_the_largest_gaps(tmp_path):
+    from iqa_utils.reporting import index
+    index.context("01_x", "paper", tmp_path)
+    try:
+        runs = pd.concat([_seeds([0.86, 0.87, 0.875, 0.88, 0.89]), _seeds([0.80, 0.81, 0.82, 0.80, 0.81], "LIVE")])
+        tables.write_table(tables.comparison_table(runs, metrics=("srcc",)), "main", tmp_path)
+        text = index.write_index(tmp_path, "paper").read_text()
+        first = [line for line in text.splitlines() if line.startswith("**")][0]
+        assert first.startswith("**1 of 2 reported cells inside the reproduced interval**")
+        assert "the largest gaps: main: DEIQT LIVE SRCC reported 0.9" in first
+        assert "not comparable: smoke profile" in index.write_index(tmp_path, "smoke").read_text()
+    finally:
+        index._CTX.update(notebook=None, profile=None, results_dir="results")
+
+
+def test_verdicts_follow_their_own_groups_in_first_order_with_missing_keys():
+    runs = pd.concat([_seeds([0.70, 0.72, 0.71, 0.73, 0.69]), _seeds([0.97, 0.98, 0.99, 0.98, 0.98], "LIVE")])
+    runs = runs.sample(frac=1.0, random_state=0).assign(selection=None)        # interleaved rows, NaN key
+    t = tables.comparison_table(runs, metrics=("srcc", "plcc")).set_index(["dataset", "metric"])
+    assert t.loc[("LIVE", "SRCC"), "verdict"] == "inside" and t.loc[("LIVE", "SRCC"), "min"] == 0.97
+    assert t.loc[("LIVEC", "SRCC"), "verdict"].startswith("outside") and t.loc[("LIVEC", "PLCC"), "max"] == 0.73

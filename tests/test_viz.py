@@ -48,21 +48,21 @@ def test_gradcam_resizes_to_model_input_and_back(tiny, images):
     assert cams.shape == (2, 120, 150)
 
 
-def test_gradcam_prefers_model_hooks(tiny, images):
+def test_gradcam_default_point_is_what_the_final_norm_receives(tiny, images):
+    """The same kind of point for every model: the tokens the encoder's last block hands on (the input of
+    its final norm), not a LayerNorm output inside a block's attention branch."""
+    (module, arg), = plots.encoder_output_target(tiny)[0]
+    assert module is tiny.encoder.norm and arg == 0
     calls = []
 
-    class Hooked(DEIQT):
-        def cam_target_layers(self):
-            calls.append("layers")
-            return [self.encoder.blocks[0].norm1]
-
+    class Reshaped(DEIQT):
         def cam_reshape(self, tokens):
-            calls.append("reshape")
-            return tokens[:, 1:].reshape(len(tokens), 6, 6, -1).permute(0, 3, 1, 2)
+            calls.append(tokens.shape)
+            return super().cam_reshape(tokens)
 
     torch.manual_seed(0)
-    cams = plots.gradcam_maps({"h": Hooked("tiny", img_size=SIZE)}, images[:1])["h"]
-    assert cams.shape == (1, SIZE, SIZE) and calls[0] == "layers" and "reshape" in calls
+    cams = plots.gradcam_maps({"h": Reshaped("tiny", img_size=SIZE)}, images[:1])["h"]
+    assert cams.shape == (1, SIZE, SIZE) and calls[0] == (1, 145, 48)     # CLS + 12x12 patches at 96 px
 
 
 # ---------------------------------------------------------------- token maps, t-SNE, gMAD

@@ -66,6 +66,12 @@ class DataConfig:
     val_fraction: float = decision(
         0.0, id="kit F1", source="kit default", alternatives=[0.0, 0.1], range="[0, 1)",
         doc="share of the training units carved out as validation for model selection")
+    cross_train: str = decision(
+        "whole", id="kit X1", source="HyperIQA, TReS and LoDa code (cross-dataset: train on every source image)",
+        choices=["whole", "split"],
+        doc="cross-dataset runs (test_dataset set): train on the whole source (whole; the split seed then only "
+            "draws the val_fraction carve-out) or on the training part of split_seed's split (split: the kit's "
+            "earlier 80 % reading); the test set is the whole target either way")
     resize_mode: str = decision(
         "keep_aspect", id="DEIQT F3", source="kit default",
         choices=["keep_aspect", "deiqt_parity", "native"],
@@ -348,6 +354,10 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def is_cross(self) -> bool:
+        """Trained on one dataset, tested on all of another."""
+        return bool(self.test_dataset) and self.test_dataset != self.data.dataset
+
     def key(self) -> str:
         """Hash of what decides the numbers (not where the data or the results live, nor the profile's
         name: quick and paper runs of the same config are the same run). The data itself is hashed into
@@ -362,6 +372,8 @@ class RunConfig:
         for m in ("csfiqa", "lmliqa"):                   # keys of runs made before the field existed
             if not d[m].get("set_size"):
                 d[m].pop("set_size", None)
+        if not self.is_cross():
+            d["data"].pop("cross_train")                 # only read by cross-dataset runs
         if not (d["model"]["pretrained"] and d["model"]["size"] == "tiny" and not d["model"]["weights"]):
             d["model"].pop("proxy_pretraining")      # the weights do not come from a proxy recipe
         # method knobs of the other models do not change this run, nor which paper version a table quotes

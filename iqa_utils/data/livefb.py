@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from .manifest import (EXPECTED_COUNTS, DatasetError, Manifest, absent_files, check_label_values,
                        finish_manifest, list_text, make_df, numeric_column, read_table, require_columns,
@@ -149,6 +150,24 @@ def load_patches(root: Path, images: Path, image_names=()) -> pd.DataFrame | Non
     df["exists"] = [p not in absent for p in df.path]
     cols = ["image", "patch", "name", "path", "mos", *_BOX, "rel_area", "rel_side", "size_rank", "exists"]
     return df[cols]
+
+
+def _pixels(path) -> float:
+    """Width x height from the image header (no decoding); NaN when the file cannot be read."""
+    try:
+        with Image.open(path) as im:
+            return float(im.size[0] * im.size[1])
+    except OSError:
+        return np.nan
+
+
+def sides_from_files(patches: pd.DataFrame, images: Path) -> pd.Series:
+    """Each patch's side relative to its image, sqrt(patch pixels / image pixels), measured from the files
+    (for a copy with labels_patch.csv but no boxes): NaN where the patch or its image is absent.
+    Reads headers only, so call it where the sizes are needed (CSFIQA Fig. 2), not in every parse."""
+    img = {name: _pixels(images / name) for name in patches.image.unique()}
+    area = [_pixels(p) / img[i] if ok else np.nan for p, i, ok in zip(patches.path, patches.image, patches.exists)]
+    return pd.Series(np.sqrt(np.asarray(area, dtype=float)), index=patches.index, name="rel_side")
 
 
 def parse(root: Path | str, expected_count: int | None = EXPECTED_COUNTS[NAME], check_files: bool = True,

@@ -426,6 +426,59 @@ class CropSampler:
         boxes = boxes.float().view(len(idx), k, 4).to(self.device, non_blocking=True)
         return x.view(len(idx), k, 3, size, size), boxes
 
+    def _test_uniforms(self, idx: list[int], n: int, mode: str, seed: int) -> torch.Tensor:
+        """(4, len(idx) * n) uniforms for two nested boxes per test crop: seeded_random hashes (seed, store
+        index, 4 * crop number + k), so an image gets the same views whatever batch it is in."""
+        if mode == "random":
+            return torch.rand(4, len(idx) * n, dtype=torch.float64)
+        ids = np.repeat(np.asarray(idx, dtype=np.int64), n)
+        c = np.tile(np.arange(n, dtype=np.int64), len(idx))
+        return torch.from_numpy(np.stack([_hash_uniform(seed, ids, 4 * c + k) for k in range(4)]))
+
+    def nested_test_crops(self, idx, n: int, ratio_small: float, ratio_large: float, size: int,
+                          mode: str = "seeded_random", seed: int = 0, nested: bool = True) -> torch.Tensor:
+        """The test-time views of `nested_crops`' training geometry: per image n square crops of side
+        ratio_large * min(H, W) and, inside each (nested) or anywhere (not nested), one of side
+        ratio_small * min(H, W); both resized to size. Positions: seeded_random (as `test_crops`), random
+        (torch's global generator), or grid (the large crops on `test_crops`' grid, the small ones centred).
+        Returns (N * n, 2, 3, size, size): [:, 0] small, [:, 1] large."""
+        idx = self._idx(idx)
+        if mode not in ("seeded_random", "random", "grid"):
+            raise ValueError(f"unknown test crop mode {mode!r}; choose seeded_random, grid or random")
+        rep = [i for i in idx for _ in range(n)]
+        h, w = self._hw(rep)
+        big = self._sides(h, w, ratio_large)
+        small = torch.minimum(self._sides(h, w, ratio_small), big)
+        u = self._test_uniforms(idx, n, "random" if mode == "random" else "seeded_random", seed)
+        if mode == "grid":
+            tops, lefts = self._grid_positions(idx, n, big)
+            u[2:] = 0.5
+        else:
+            tops = (u[0] * (h - big + 1)).floor().long().tolist()
+            lefts = (u[1] * (w - big + 1)).floor().long().tolist()
+        if nested:
+            s_tops = [t + int(a * (b - s + 1)) for t, a, b, s in zip(tops, u[2], big.tolist(), small.tolist())]
+            s_lefts = [l + int(a * (b - s + 1)) for l, a, b, s in zip(lefts, u[3], big.tolist(), small.tolist())]
+        else:
+            s_tops = (u[2] * (h - small + 1)).floor().long().tolist()
+            s_lefts = (u[3] * (w - small + 1)).floor().long().tolist()
+        xs = self._resize_group(self._cut(rep, s_tops, s_lefts, small.tolist(), small.tolist()), size)
+        xl = self._resize_group(self._cut(rep, tops, lefts, big.tolist(), big.tolist()), size)
+        return torch.stack([xs, xl], 1)
+
+    def _grid_positions(self, idx: list[int], n: int, sides: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Top/left of n crops per image on an evenly spaced grid that includes the corners."""
+        tops, lefts = [], []
+        for j, i in enumerate(idx):
+            H, W = self.store.sizes[i].tolist()
+            side = int(sides[j * n])
+            rows, cols = _grid_shape(n, H, W)
+            for t in _axis_positions(rows, H - side):
+                for l in _axis_positions(cols, W - side):
+                    tops.append(t)
+                    lefts.append(l)
+        return tops, lefts
+
     def test_crops(self, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
         """n crops per image, rows i*n .. i*n+n-1 for image idx[i]: (N * n, 3, size, size).
 
@@ -445,14 +498,7 @@ class CropSampler:
             tops = (u_t * (h - size + 1)).floor().long().tolist()
             lefts = (u_l * (w - size + 1)).floor().long().tolist()
         elif mode == "grid":
-            tops, lefts = [], []
-            for i in idx:
-                H, W = self.store.sizes[i].tolist()
-                rows, cols = _grid_shape(n, H, W)
-                for t in _axis_positions(rows, H - size):
-                    for l in _axis_positions(cols, W - size):
-                        tops.append(t)
-                        lefts.append(l)
+            tops, lefts = self._grid_positions(idx, n, torch.full((len(rep),), size))
         elif mode == "random":
             tops, lefts = self._random_pos(h, w, size, size, None)
         else:

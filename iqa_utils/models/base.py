@@ -36,6 +36,12 @@ class IQAModel(nn.Module):
         # non_blocking: a blocking host-to-device copy would wait for the GPU to finish its queue
         return {"x": x, "y": y.to(x.device, non_blocking=True), "idx": idx}
 
+    def test_views(self, sampler, idx: torch.Tensor, n: int, size: int, mode: str = "seeded_random",
+                   seed: int = 0) -> torch.Tensor:
+        """The inputs of n test views per image, rows i*n .. i*n+n-1 for idx[i] (evaluation's per-image
+        mean): size x size crops at the stored resolution, as DEIQT tests."""
+        return sampler.test_crops(idx, n, size, mode=mode, seed=seed)
+
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """The loss of one whole batch: its per-sample terms plus the set terms over its embeddings."""
         terms, emb, meta, logs = self.step_terms(batch)

@@ -189,6 +189,9 @@ class SyntheticSampler:
     def test_crops(self, idx, n, size, mode="seeded_random", seed=0):
         return self._x(len(idx) * n, 3, size, size)
 
+    def nested_test_crops(self, idx, n, ratio_small, ratio_large, size, mode="seeded_random", seed=0, nested=True):
+        return self._x(len(idx) * n, 2, 3, size, size)
+
 
 def _train_step_fn(model: nn.Module, input_size, device, batch: int, amp: str | None):
     """One full optimizer step: the model's own train_batch/loss when it has them, else MSE on scores."""

@@ -14,16 +14,16 @@ import pandas as pd
 import torch
 
 from ..config.check import make_config, override
-from ..data import synthetic
+from ..data import livefb, synthetic
 from ..data.cache import build_store
 from ..data.splits import Split
 from ..data.store import CropSampler, ImageStore
-from ..models import display_name, list_models
+from ..models import display_name
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
 from ..devices import resolve_device
-from ..system import MissingFile
-from ..training.evaluation import LabelNorm, predict_rows
+from ..system import KitError, MissingFile
+from ..training.evaluation import LabelNorm, predict_rows, test_views
 from ..training.predict import load_trained
 from . import plots
 from .index import record_output
@@ -69,11 +69,15 @@ def visual_context(profile: str, results_dir: str = "results", data_root: str | 
     cfg = planned[0][0]
     size = max(getattr(m, "input_size", 224) for m in models.values())
     store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, False, cfg.data.store)
-    test = np.asarray(split.test)
-    order = test[np.argsort(manifest.df.label.to_numpy()[test])]        # spread over the labels, low to high
-    rows = order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()
     return Visuals(profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
-                   data_root, n_images, rows)
+                   data_root, n_images, shown_rows(manifest, split, n_images))
+
+
+def shown_rows(manifest, split, n_images: int) -> list[int]:
+    """The test images the Grad-CAM figures show: n spread over the labels, low to high."""
+    test = np.asarray(split.test)
+    order = test[np.argsort(manifest.df.label.to_numpy()[test], kind="stable")]
+    return order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()
 
 
 def _out(results_dir, name) -> Path:
@@ -88,48 +92,88 @@ def _denorm(model, pred: np.ndarray) -> np.ndarray:
     return LabelNorm(meta["config"]["train"]["label_norm"], meta.get("label_range")).inverse(pred) if meta else pred
 
 
-def test_predictions(V: Visuals, model: str) -> np.ndarray:
-    """The run's test predictions (mean over its test crops, as evaluated) of the images V shows."""
-    p = V.records[model]["predictions"]
-    pred = dict(zip(p["rows"], p["pred"]))
-    return np.asarray([pred[r] for r in V.rows])
+CROP_MODES = ("crop", "crop_per_branch")
+CAM_POINT = "the tokens each encoder's last block hands on (what its final norm receives)"
+SCORE_NOTE = ("under each map, that model's score of the input shown (the whole test image resized to the "
+              "model's input size), the input the map was made on")
+
+
+def _large_half(model, reshape):
+    """CSFIQA's crop modes run both crops through the encoder as one batch (small first): the large
+    scale is the second half."""
+    if getattr(getattr(model, "c", None), "scale_mode", None) not in CROP_MODES:
+        return reshape
+    return lambda t: reshape(t[t.shape[0] // 2:])
+
+
+def cam_target(model) -> tuple[list, object]:
+    """Every model's main Grad-CAM point (plots.encoder_output_target), batch halves handled."""
+    points, reshape = plots.encoder_output_target(model)
+    return points, _large_half(model, reshape)
+
+
+def _last_tokens(model):
+    """Reshape taking the last gh*gw tokens: the large scale's patches, wherever they sit in the sequence."""
+    gh, gw = model.grids[1]
+    return lambda t: t[:, -gh * gw:].reshape(t.shape[0], gh, gw, -1).permute(0, 3, 1, 2)
+
+
+def crossvit_block_targets(model) -> list[tuple[str, list, object]]:
+    """(name, [(module, input index)], reshape) of each multi-scale block's large-branch output: the tokens
+    block i hands on are what block i+1's large-branch Transformer blocks (after the last block, the
+    final large-branch norm) receive."""
+    enc = model.encoder
+    nxt = [enc.blocks[i + 1].blocks[1] for i in range(len(enc.blocks) - 1)] + [enc.norm[1]]
+    reshape = _large_half(model, model.cam_reshape)
+    return [(f"block {i + 1} output", [(m, 0)], reshape) for i, m in enumerate(nxt)]
+
+
+def sfa_targets(model) -> list[tuple[str, list, object]]:
+    """The tokens the selective attention receives (before SFA) and, with the panel decoder, the tokens
+    the decoder reads (after SFA: its memory, input 1); the large scale's patch tokens of each."""
+    afs = model.afs[-1] if isinstance(model.afs, torch.nn.ModuleList) else model.afs
+    out = [("SFA input (before SFA)", [(afs, 0)], _last_tokens(model))]
+    if model.c.decoder == "panel":                 # a linear decoder reads the CLS alone: no token map
+        out.append(("decoder input (after SFA)", [(model.decoder, 1)], _last_tokens(model)))
+    return out
+
+
+def _cams_and_scores(models: dict, x, targets: dict | None = None) -> tuple[dict, dict]:
+    """Grad-CAM maps and, in label units, each model's score of the input its map was made on."""
+    raw = {}
+    cams = plots.gradcam_maps(models, x, targets=targets, scores=raw)
+    return cams, {k: _denorm(models[k], v) for k, v in raw.items()}
 
 
 def gradcam(V: Visuals, results_dir) -> Path:
-    """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM, GT and each model's test
-    prediction (the mean over its test crops) under them."""
+    """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM at the same kind of point (the
+    tokens its encoder's last block hands on); GT under the input, and under each map the model's score
+    of the input the map was made on."""
     size = max(m.input_size for m in V.models.values())
     x = V.views(V.rows, size)
     names = {display_name(k): m for k, m in V.models.items()}
-    cams = plots.gradcam_maps(names, x)
-    scores = {"GT": V.manifest.df.label.to_numpy()[V.rows],
-              **{display_name(k): test_predictions(V, k) for k in V.models}}
+    cams, scores = _cams_and_scores(names, x, {k: cam_target(m) for k, m in names.items()})
+    scores = {"GT": V.manifest.df.label.to_numpy()[V.rows], **scores}
     path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
-    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images); numbers: "
-                                  f"ground truth and each model's test prediction (mean over its test crops)")
+    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images), taken at "
+                                  f"{CAM_POINT}; numbers: ground truth under the input, {SCORE_NOTE} (the runs' "
+                                  f"test predictions, a mean over test crops, are in the summary table)")
     return path
 
 
-def crossvit_layer_targets(model) -> list[tuple[str, list, object]]:
-    """(name, Grad-CAM target layers, reshape) of each multi-scale block's large-branch output, the layers
-    before the SFA module: block i's output is what block i+1's first large-branch norm (or, after the last
-    block, the final norm) receives."""
-    blocks, enc = model.encoder.blocks, model.encoder
-    outs = [blocks[i + 1].blocks[1][0].norm1 for i in range(len(blocks) - 1)] + [enc.norm[1]]
-    return [(f"CSFIQA block {i + 1}", [layer], model.cam_reshape) for i, layer in enumerate(outs)]
-
-
 def csfiqa_layers(V: Visuals, results_dir) -> Path:
-    """CSFIQA Fig. 5: Grad-CAM of each encoder layer before the SFA module, then after it (the model's
-    own target, the large-branch tokens the decoder reads)."""
+    """CSFIQA Fig. 5: Grad-CAM of each encoder block's output (the tokens it hands on), of the tokens the
+    selective attention receives (before SFA) and of those the decoder reads (after SFA)."""
     m = V.models["csfiqa"]
     x = V.views(V.rows, m.input_size)
-    layers = crossvit_layer_targets(m)
-    cams = plots.gradcam_maps({name: m for name, _, _ in layers}, x,
-                            targets={name: (t, r) for name, t, r in layers})
-    cams["CSFIQA output (after SFA)"] = plots.gradcam_maps({"out": m}, x)["out"]
-    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"))
-    record_output(path, "figure", "CSFIQA Grad-CAM of each encoder layer before SFA, and of the output")
+    layers = crossvit_block_targets(m) + sfa_targets(m)
+    cams, scores = _cams_and_scores({name: m for name, _, _ in layers}, x,
+                                    {name: (t, r) for name, t, r in layers})
+    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"),
+                                   scores={"CSFIQA": next(iter(scores.values()))})
+    record_output(path, "figure", "CSFIQA Grad-CAM of each encoder block's output (the tokens it hands on), "
+                                  "of the tokens the selective attention receives (before SFA) and of the tokens "
+                                  f"the decoder reads (after SFA); {SCORE_NOTE}")
     return path
 
 
@@ -150,16 +194,33 @@ def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
     pre_l, post_l = f["pre_sfa"][:, -n_large:], f["post_sfa"][:, -n_large:]
     rows = [("large tokens before SFA", plots.token_maps(pre_l, grid=(gh, gw))),
             ("large tokens after SFA", plots.token_maps(post_l, grid=(gh, gw)))]
-    cams = plots.gradcam_maps({"CSFIQA Grad-CAM": m}, x)
-    rows.append(("Grad-CAM (score)", cams["CSFIQA Grad-CAM"]))
+    name, points, reshape = sfa_targets(m)[0]
+    rows.append((f"Grad-CAM at the {name}", plots.gradcam_maps({name: m}, x, targets={name: (points, reshape)})[name]))
     p2 = plots.plot_attention_maps(rows, _out(results_dir, "06_csfiqa_sfa_maps"), images=images)
     record_output(p2, "figure", "CSFIQA maps before and after SFA (AFS + Information Concentrator)")
     return [p1, p2]
 
 
+def _patch_scales(fb) -> tuple[pd.DataFrame, str]:
+    """LIVEFB's patch table with each patch's relative side: from the boxes (labels_image_3patch.csv),
+    else measured from the patch files against their images (labels_patch.csv); MissingFile naming what
+    is absent when neither gives a size."""
+    patches = fb.extras.get("patches")
+    if patches is None or patches.empty:
+        raise MissingFile(f"{fb.root}: neither {livefb.PATCH3_FILE} nor {livefb.PATCH_FILE} is there (LIVEFB's "
+                          f"patch labels, part of the FLIVE release)")
+    if patches["rel_side"].notna().any():
+        return patches, f"patch sizes from the boxes of {livefb.PATCH3_FILE}"
+    patches = patches.assign(rel_side=livefb.sides_from_files(patches, fb.root / livefb.IMAGES))
+    if patches["rel_side"].isna().all():
+        raise MissingFile(f"{fb.root / livefb.IMAGES / livefb.PATCH_DIR}: {livefb.PATCH_FILE} lists patches but "
+                          f"none of their files (nor a box file, {livefb.PATCH3_FILE}) is there to size them")
+    return patches, f"patch sizes measured from the patch files against their images ({livefb.PATCH_FILE})"
+
+
 def scale_labels(V: Visuals) -> tuple[pd.DataFrame, str]:
     """(one row per image: mos_small, mos_large (and mos_image), a note of what was used) — LIVEFB's patch
-    labels in the paper profile (sizes from the boxes), pseudo-MOS of 20% / 40% crops for the synthetic set."""
+    labels in the paper profile (`_patch_scales`), pseudo-MOS of 20% / 40% crops for the synthetic set."""
     if V.dataset.startswith("synthetic"):
         crops = synthetic.scale_labels(V.manifest, ratios=(0.2, 0.4), n_per_image=1)
         wide = crops.pivot_table(index="row", columns="ratio", values="mos_crop")
@@ -167,32 +228,40 @@ def scale_labels(V: Visuals) -> tuple[pd.DataFrame, str]:
                               "mos_image": V.manifest.df.label.to_numpy()[wide.index]}),
                 f"pseudo-MOS of one 20% and one 40% crop of each of {len(wide)} synthetic images")
     fb = V.manifest if V.dataset == "LIVEFB" else manifest_for(V.profile, "LIVEFB", V.data_root)
-    patches = fb.extras.get("patches")
-    if patches is None or patches.empty or patches["rel_side"].isna().all():
-        raise MissingFile(f"{fb.root / 'labels_image_3patch.csv'}: LIVEFB's patch labels with their boxes are "
-                          f"needed for the MOS-at-two-scales figure (the patch sizes come from the boxes); they "
-                          f"come with the FLIVE release")
+    patches, source = _patch_scales(fb)
     p = patches.assign(scale=patches["rel_side"].map(lambda r: 0.2 if abs(r - 0.2) < abs(r - 0.4) else 0.4))
     p = p[(p.rel_side - p.scale).abs() < 0.07]
     wide = p.pivot_table(index="image", columns="scale", values="mos", aggfunc="first")
     note = (f"{len(p)} of {len(patches)} listed patches used ({(p.scale == 0.2).sum()} at ~20%, "
-            f"{(p.scale == 0.4).sum()} at ~40% of the side, {len(wide)} images); "
+            f"{(p.scale == 0.4).sum()} at ~40% of the side, {len(wide)} images; {source}); "
             f"{fb.extras.get('patches_missing', 0)} listed patch files absent")
     return pd.DataFrame({"mos_small": wide.get(0.2), "mos_large": wide.get(0.4)}), note
 
 
+def not_made(results_dir, name: str, title: str, why: str) -> Path:
+    """A figure's place, holding "not made: <why>" (an optional file is absent): logged like a figure, so
+    the notebook goes on and results/README.md says what is missing."""
+    path = plots.plot_not_made(_out(results_dir, name), title, why)
+    record_output(path, "figure", f"{title}: not made: {why}")
+    return path
+
+
 def scale_mos(V: Visuals, results_dir) -> Path:
     """CSFIQA Fig. 2: MOS distributions at a large (40%) and a small (20%) scale."""
-    df, note = scale_labels(V)
+    title = "MOS at two scales (20% / 40% of the image)"
+    try:
+        df, note = scale_labels(V)
+    except (KitError, FileNotFoundError) as e:            # LIVEFB or its patch labels are optional
+        return not_made(results_dir, "06_mos_two_scales", title, str(e))
     path = plots.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
-    record_output(path, "figure", f"MOS at two scales (20% / 40% of the image): {note}")
+    record_output(path, "figure", f"{title}: {note}")
     return path
 
 
 @torch.no_grad()
 def crop_features(model, sampler, rows, n_crops: int, size: int) -> torch.Tensor:
     """(images, n_crops, D) L2-normalised quality features (the CLS fed to the decoder) of random crops."""
-    x = sampler.test_crops(torch.as_tensor(rows, dtype=torch.long), n_crops, size, mode="seeded_random", seed=7)
+    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), n_crops, size, seed=7)
     _, f = model(x, return_features=True)
     return torch.nn.functional.normalize(f["cls"].float(), dim=-1).reshape(len(rows), n_crops, -1).cpu()
 
@@ -233,7 +302,7 @@ def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> 
     out = []
     for i in range(0, len(rows), batch):
         idx = torch.as_tensor(rows[i:i + batch], dtype=torch.long)
-        x = sampler.test_crops(idx, n_crops, size)
+        x = test_views(model, sampler, idx, n_crops, size)
         _, f = model(x, return_features=True)
         out.append(f["cls"].float().reshape(len(idx), n_crops, -1).mean(1).cpu().numpy())
     return np.concatenate(out)
@@ -254,11 +323,13 @@ def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
 def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
     """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
     Exploration Database in the paper profile; the whole synthetic set in smoke)."""
+    title = "gMAD competition, DEIQT vs LML-IQA"
     if pool_dir:
         exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
         paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
-        if not paths:
-            raise FileNotFoundError(f"no images under the gMAD pool folder {pool_dir}")
+        if not paths:                                      # the pool is optional: say so, and go on
+            why = f"{pool_dir}: {'no images in' if Path(pool_dir).is_dir() else 'no such'} gMAD pool folder"
+            return not_made(results_dir, "06_gmad", title, why)
         size = max(m.input_size for m in V.models.values())
         store = ImageStore.from_paths(paths, min_side=size, device=V.device, progress=True)
         sampler = CropSampler(store, device=V.device)
@@ -271,8 +342,7 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
               for k in ("deiqt", "lmliqa")}
     table = plots.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
     path = plots.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
-    record_output(path, "figure", f"gMAD competition, DEIQT vs LML-IQA: {len(table)} pairs from a pool of "
-                                  f"{len(paths)} images")
+    record_output(path, "figure", f"{title}: {len(table)} pairs from a pool of {len(paths)} images")
     return path
 
 

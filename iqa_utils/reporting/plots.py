@@ -19,6 +19,7 @@ Which paper figure each function serves:
 """
 from __future__ import annotations
 
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from pytorch_grad_cam import GradCAM  # noqa: E402
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
@@ -115,29 +117,49 @@ def _blank(ax):
 
 # ================================================================ Grad-CAM
 
-def _vit_encoder(model):
-    enc = getattr(model, "encoder", None)
-    if enc is not None and hasattr(enc, "blocks") and hasattr(enc, "patch_embed"):
-        return enc
-    return None
+class InputTaps(ActivationsAndGradients):
+    """pytorch-grad-cam's recorder of activations and their gradients, hooked at what a module
+    *receives* (its positional input `arg`, a forward pre-hook) rather than what it returns: Grad-CAM at
+    the tokens one stage hands to the next, residual path included."""
+
+    def __init__(self, model, points: Sequence[tuple[torch.nn.Module, int]], reshape_transform, detach=True):
+        super().__init__(model, [], reshape_transform, detach)
+        for module, arg in points:
+            self.handles.append(module.register_forward_pre_hook(self._tap(arg)))
+
+    def _tap(self, arg: int):
+        def hook(module, args):
+            self.save_activation(module, args, args[arg])
+            self.save_gradient(module, args, args[arg])
+        return hook
 
 
-def cam_layers_and_reshape(model):
-    """(target layers, reshape) for Grad-CAM: the model's own `cam_target_layers()` and
-    `cam_reshape(tokens)` when it has them, else a fallback for a timm ViT at `model.encoder`:
-    the last block's norm1 output, prefix tokens dropped, folded to the patch grid."""
-    if hasattr(model, "cam_target_layers"):
-        return list(model.cam_target_layers()), getattr(model, "cam_reshape", None)
-    enc = _vit_encoder(model)
-    if enc is None:
-        raise TypeError(f"{type(model).__name__} has no cam_target_layers() and no timm ViT `.encoder`")
+def evaluated_net(model):
+    """The network that gives the score: LML-IQA's evaluated branch (D11), else the model itself."""
+    if hasattr(model, "student") and hasattr(model, "_branch"):
+        return model.teacher if model._branch() == "teacher" else model.student
+    return model
 
+
+def _vit_reshape(enc):
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
         patches = tokens[:, enc.num_prefix_tokens:]
         h, w = enc.patch_embed.grid_size
         return patches.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+    return reshape
 
-    return [enc.blocks[-1].norm1], reshape
+
+def encoder_output_target(model) -> tuple[list[tuple[torch.nn.Module, int]], object]:
+    """The default Grad-CAM point, the same kind for every model: the tokens the encoder's last block
+    hands on, i.e. what its final norm receives (a timm ViT's `encoder.norm`; CrossViT's large-branch
+    norm). Returns ([(module, input index)], reshape to (N, C, h, w))."""
+    net = evaluated_net(model)
+    enc = getattr(net, "encoder", None)
+    norm = getattr(enc, "norm", None)
+    if norm is None:
+        raise TypeError(f"{type(model).__name__} has no `.encoder.norm` to take its Grad-CAM at; pass targets=")
+    norm = norm[-1] if isinstance(norm, torch.nn.ModuleList) else norm
+    return [(norm, 0)], getattr(net, "cam_reshape", None) or _vit_reshape(enc)
 
 
 class ScoreTarget:
@@ -152,32 +174,40 @@ class ScoreTarget:
 
 
 def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, sign: float = 1.0,
-                 batch: int = 8, targets: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
+                 batch: int = 8, targets: Mapping[str, tuple] | None = None,
+                 scores: dict | None = None) -> dict[str, np.ndarray]:
     """Grad-CAM (pytorch-grad-cam's GradCAM) of each model's predicted score, per image.
 
     images: normalised (N, 3, H, W). Each model sees them resized to its `input_size` (when it has
     one); the maps come back at (H, W) so rows of different models align. Values are in [0, 1]
     (min-max per image, as the library does; all zeros when no region raises the score).
-    targets: {name: (target layers, reshape)} instead of the model's own (e.g. one row per layer).
+    targets: {name: ([(module, input index)], reshape)}: where the map is taken (the tokens `module`
+    receives, `InputTaps`); default `encoder_output_target` (e.g. one row per layer instead).
+    scores: a dict filled with {name: (N,) the model's score of the very input its map was made on}.
     """
     n, _, h, w = images.shape
     out = {}
     for name, model in models.items():
-        layers, reshape = (targets or {}).get(name) or cam_layers_and_reshape(model)
+        points, reshape = (targets or {}).get(name) or encoder_output_target(model)
         device = next(model.parameters()).device
         size = getattr(model, "input_size", None)
-        maps = []
+        maps, seen = [], []
         with train_mode(model, model.training):    # the library switches to eval; restore after
-            cam = GradCAM(model, layers, reshape_transform=reshape)
+            cam = GradCAM(model, [m for m, _ in points], reshape_transform=reshape)
+            cam.activations_and_grads.release()
+            cam.activations_and_grads = InputTaps(model, points, reshape)
             try:        # not `with cam:` -- the library's __exit__ swallows IndexError
                 for i in range(0, n, batch):
                     x = images[i:i + batch].to(device).float()
                     if size is not None and tuple(x.shape[-2:]) != (size, size):
                         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
                     maps.append(cam(x, targets=[ScoreTarget(sign)] * len(x)))
+                    seen.append(cam.outputs.detach().float().reshape(-1).cpu().numpy())
             finally:
                 cam.activations_and_grads.release()
         out[name] = resize_maps(np.concatenate(maps), (h, w))
+        if scores is not None:
+            scores[name] = np.concatenate(seen)
     return out
 
 
@@ -217,6 +247,16 @@ def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapp
             if r == 0 and col_titles is not None:
                 ax.set_title(col_titles[c], fontsize=9)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_not_made(path, title: str, why: str) -> Path:
+    """A figure's place when it cannot be made: its title and "not made: <why>"."""
+    fig, ax = plt.subplots(figsize=(7, 1.8))
+    _blank(ax)
+    ax.text(0.5, 0.62, title, ha="center", va="center", fontsize=11, weight="bold")
+    ax.text(0.5, 0.3, "\n".join(textwrap.wrap(f"not made: {why}", 90)), ha="center", va="center", fontsize=9,
+            color="tab:red")
     return _save(fig, path)
 
 

@@ -144,10 +144,11 @@ def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values
 
 
 def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
-    """Train on A (its training split), test on all of B."""
+    """Train on A (all of it by default, data.cross_train; kit X1), test on all of B; one run per side seed,
+    which sets the training seed (and the split seed, which draws the 80 % part under cross_train="split")."""
     p = plan(profile)
-    return [(c, "") for m in models for a, b in (pairs or p["cross_pairs"])
-            for c in configs(profile, m, [a], seeds or p["side_seeds"][:1], {"test_dataset": b})]
+    return [(make_config(profile, m, {"data.dataset": a, "test_dataset": b, "split_seed": s, "train.seed": s}), "")
+            for m in models for a, b in (pairs or p["cross_pairs"]) for s in (seeds or p["side_seeds"])]
 
 
 def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=None) -> Planned:

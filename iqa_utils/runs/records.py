@@ -132,12 +132,18 @@ def _warn_other_data(cfg: RunConfig, results_dir: Path, data: str, manifest) -> 
                       f"the dataset), e.g. {stale[0].name}; training on the data as it is now")
 
 
+def source_split(cfg: RunConfig, manifest):
+    """The split a run trains on: split_seed's train/val/test split, or in a cross-dataset run with
+    data.cross_train="whole" (kit X1) every source image for training (less any val carve-out)."""
+    ratio = 1.0 if cfg.is_cross() and cfg.data.cross_train == "whole" else cfg.data.split_ratio
+    return make_split(manifest, cfg.split_seed, ratio, cfg.data.train_fraction, cfg.data.val_fraction)
+
+
 def _train_and_record(cfg: RunConfig, results_dir: Path, data: str, manifest, test_manifest, progress: bool,
                       dist: distributed.Dist) -> dict:
     """Train cfg (resuming its checkpoint) and write its record; under torchrun only rank 0 writes."""
     _warn_other_data(cfg, results_dir, data, manifest)
-    split = make_split(manifest, cfg.split_seed, cfg.data.split_ratio, cfg.data.train_fraction,
-                       cfg.data.val_fraction)
+    split = source_split(cfg, manifest)
     key = run_key(cfg, data)
     work = results_dir / "work" / key
     result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)

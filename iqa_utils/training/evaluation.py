@@ -37,6 +37,13 @@ class LabelNorm:
         return p if self.kind == "raw" else p * self.span + self.lo
 
 
+def test_views(model, sampler, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
+    """A model's n test views per image (`IQAModel.test_views`; plain test crops for any other module)."""
+    if hasattr(model, "test_views"):
+        return model.test_views(sampler, idx, n, size, mode, seed)
+    return sampler.test_crops(idx, n, size, mode=mode, seed=seed)
+
+
 @torch.no_grad()
 def predict_rows(model, sampler, rows, n_crops: int, size: int, mode: str = "seeded_random", seed: int = 0,
                  batch_size: int = 64, amp: torch.dtype | None = None, channels_last: bool = False,
@@ -49,8 +56,8 @@ def predict_rows(model, sampler, rows, n_crops: int, size: int, mode: str = "see
     with train_mode(model, False):
         for i in tqdm(range(0, len(rows), per), desc=desc, leave=False, disable=not progress):
             chunk = rows[i:i + per]
-            x = sampler.test_crops(torch.tensor(chunk), n_crops, size, mode=mode, seed=seed).to(device)
-            if channels_last:
+            x = test_views(model, sampler, torch.tensor(chunk), n_crops, size, mode, seed).to(device)
+            if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 s = model(x)
