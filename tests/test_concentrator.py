@@ -202,3 +202,25 @@ def test_csfiqa_ic_norm_switch():
     assert isinstance(old.ic.out_norm, nn.Identity)
     n_ref = sum(p.numel() for p in ref.parameters() if p.requires_grad)
     assert n_ref - sum(p.numel() for p in old.parameters() if p.requires_grad) == 2 * ref.dim
+
+
+def test_tiny_stand_in_is_near_identity_on_realistic_activations():
+    """The smoke stand-in acts as a pretrained layer does: on what the smoke CSFIQA feeds it (W1 . the
+    tokens of a photo) it adds a small update to its residual stream instead of replacing it."""
+    from skimage import data
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False})).eval()
+    photo = torch.from_numpy(data.astronaut()[100:292:2, 150:342:2].copy()).permute(2, 0, 1).float() / 255
+    x = torch.stack([photo, photo.flip(-1)])
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    seen = {}
+
+    def hook(mod, args, out):
+        seen["in"], seen["out"] = args[0], out[0] if isinstance(out, tuple) else out
+    m.ic.llama.register_forward_hook(hook)
+    with torch.no_grad():
+        m(x)
+    h, y = seen["in"], seen["out"]
+    assert h.shape[-1] == TINY_LLAMA["hidden_size"] and h.std() > 0
+    assert (y - h).norm() / h.norm() < 0.25          # PyTorch's default init: ~1.4
+    assert torch.nn.functional.cosine_similarity(y, h, dim=-1).min() > 0.9
