@@ -117,7 +117,8 @@ def variant_configs(profile: str, model: str, variants: dict[str, dict], dataset
     """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
     p, tiny = plan(profile), make_config(profile).model.size == "tiny"
     return [(c, label) for label, ov in variants.items() if not (tiny and label in FULL_SIZE_ONLY)
-            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["side_seeds"], ov)]
+            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["side_seeds"],
+                             {**p["side_budget"], **ov})]
 
 
 def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values: list) -> Planned:
@@ -134,7 +135,8 @@ def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
     """Train on A (its training split), test on all of B."""
     p = plan(profile)
     return [(c, "") for m in models for a, b in (pairs or p["cross_pairs"])
-            for c in configs(profile, m, [a], seeds or p["side_seeds"][:1], {"test_dataset": b})]
+            for c in configs(profile, m, [a], seeds or p["side_seeds"][:1],
+                             {**p["side_budget"], "test_dataset": b})]
 
 
 def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=None) -> Planned:
@@ -142,7 +144,7 @@ def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=
     p = plan(profile)
     return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or p["fractions"])
             for c in configs(profile, m, datasets or p["fraction_datasets"], seeds or p["side_seeds"],
-                             {"data.train_fraction": f})]
+                             {**p["side_budget"], "data.train_fraction": f})]
 
 
 def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Planned:
