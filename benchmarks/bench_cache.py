@@ -16,9 +16,12 @@ disk. Then the disk modes read the file through once (an epoch of random crops r
 image), every mode runs one untimed warm-up epoch, and the warm epochs after that are compared. "major
 faults" counts their reads from disk (0: the page cache was warm). Crops per CPU second are the fairer
 comparison on a machine shared with other work.
-Peak RSS is the process's high-water mark over the epochs (reset through /proc/self/clear_refs after
-opening), so it includes mapped file pages that the kernel can drop at will; RSS anon is the part that
-only a kill frees.
+Memory, sampled every MEMORY_EVERY batches over the epochs (maxima): RSS anon, what the process owns
+(only freeing or a kill returns it: the figure that must stay under 2 GiB); RSS file, the mapped pages
+of the store file (and libraries) that the kernel drops at will when memory is short; PSS, shared pages
+divided among the processes that map them (what several workers on one store add up to); USS, pages no
+other process maps. Peak RSS (VmHWM, reset through /proc/self/clear_refs after opening) is anon + file
+and so overstates what a memory-mapped store costs.
 """
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ import torch
 from iqa_utils.data.cache import RELEASE_BYTES, open_store
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.store import CropSampler
-from bench_store import make_images
+from bench_store import make_images, peak_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("ram", "disk", "disk-keep")
+MEMORY_EVERY = 16            # batches between two samples of /proc (smaps_rollup walks the mappings)
 LABELS = {"ram": "in RAM (read from the cache)", "disk": "memory map", "disk-keep": "memory map, no unmapping"}
 
 
@@ -94,12 +98,16 @@ def _read_through(path: Path) -> None:
             pass
 
 
-def _epoch(sampler: CropSampler, n: int, crop: int, batch: int, g: torch.Generator) -> tuple[float, float]:
-    """Crops per wall-clock second and per CPU second (the machine may be shared) over one shuffled pass."""
+def _epoch(sampler: CropSampler, n: int, crop: int, batch: int, g: torch.Generator,
+           peak: dict | None = None) -> tuple[float, float]:
+    """Crops per wall-clock second and per CPU second (the machine may be shared) over one shuffled pass;
+    `peak` (when given) is raised to the process's memory every MEMORY_EVERY batches."""
     perm = torch.randperm(n, generator=g)
     t0, c0 = time.perf_counter(), time.process_time()
-    for k in range(0, n, batch):
+    for i, k in enumerate(range(0, n, batch)):
         x = sampler.random_crops(perm[k:k + batch], crop, True, g)
+        if peak is not None and i % MEMORY_EVERY == 0:
+            peak.update(peak_memory(peak))      # with the batch alive, as during a training step
         del x  # a training step drops its batch before the next is cut
     return n / (time.perf_counter() - t0), n / (time.process_time() - c0)
 
@@ -120,12 +128,12 @@ def _epochs(mode: str, store, args) -> dict:
     if mode != "ram":
         _read_through(store.path)
     _epoch(sampler, len(store), args.crop, args.batch, g)  # warm-up: maps pages, sizes malloc's pools
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
-    warm = [_epoch(sampler, len(store), args.crop, args.batch, g) for _ in range(args.epochs)]
+    faults, peak = resource.getrusage(resource.RUSAGE_SELF).ru_majflt, {}
+    warm = [_epoch(sampler, len(store), args.crop, args.batch, g, peak) for _ in range(args.epochs)]
     out["warm"], out["warm_cpu"] = (statistics.median(w[k] for w in warm) for k in (0, 1))
     out["majflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt - faults
-    out["peak_rss"], out["anon"] = _status_kib("VmHWM") * 1024, _status_kib("RssAnon") * 1024
-    return out
+    out["peak_rss"] = _status_kib("VmHWM") * 1024
+    return {**out, **{f"peak_{k}": v for k, v in peak_memory(peak).items()}}
 
 
 def measure(mode: str, args) -> dict:
@@ -168,13 +176,17 @@ def report(args, build: dict, runs: dict) -> None:
     print(f"cache build (decode + write): {build['build_s']:.1f} s, {_gib(build['disk'])} on disk, "
           f"peak RSS {_gib(build['peak_rss'])}\n")
     print("| store | open s (cold) | first epoch crops/s | warm crops/s | warm crops/CPU-s | vs RAM (CPU) "
-          "| peak RSS | RSS anon | major faults warm |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| RSS anon (own) | RSS file (droppable) | PSS | USS | peak RSS (anon + file) | major faults warm |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in MODES:
         cells = [f"{med(mode, 'open_s'):.1f}", f"{med(mode, 'first'):.0f}", f"{med(mode, 'warm'):.0f}",
                  f"{med(mode, 'warm_cpu'):.0f}", f"{med(mode, 'warm_cpu') / med('ram', 'warm_cpu'):.2f}",
-                 _gib(med(mode, "peak_rss")), _gib(med(mode, "anon")), str(max(r["majflt"] for r in runs[mode]))]
+                 *(_gib(med(mode, f"peak_{k}")) for k in ("anon", "file", "pss", "uss")),
+                 _gib(med(mode, "peak_rss")), str(max(r["majflt"] for r in runs[mode]))]
         print(f"| {LABELS[mode]} | " + " | ".join(cells) + " |")
+    own = max(med(mode, "peak_anon") for mode in ("disk", "disk-keep"))
+    print(f"\nmemory-mapped store: the process's own memory (RSS anon) peaks at {_gib(own)} "
+          f"({'under' if own < 2 * 2**30 else 'OVER'} 2 GiB)")
     if not all(r["reset"] for rs in runs.values() for r in rs):
         print("(peak RSS could not be reset after opening: it includes the opening)")
 

@@ -35,6 +35,37 @@ PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle[0]", "s
           "hubble_deep_field", "immunohistochemistry", "retina", "camera"]
 
 
+MEMORY_FIELDS = {"anon": ("status", "RssAnon"), "file": ("status", "RssFile"), "pss": ("smaps_rollup", "Pss"),
+                 "private_clean": ("smaps_rollup", "Private_Clean"), "private_dirty": ("smaps_rollup", "Private_Dirty")}
+
+
+def memory() -> dict[str, int]:
+    """This process's memory now, in bytes (Linux /proc; {} elsewhere). RSS mixes two things:
+    - anon (RssAnon): what the process owns; only freeing or killing it returns it;
+    - file (RssFile): mapped file pages (the memory-mapped store, libraries), which the kernel drops
+      when memory is short and reads again on the next touch;
+    - pss: shared pages divided by the number of processes that map them (sums correctly over workers);
+    - uss: pages no other process maps (private clean + dirty)."""
+    files = {}
+    for name in ("status", "smaps_rollup"):
+        try:
+            files[name] = Path(f"/proc/self/{name}").read_text().splitlines()
+        except OSError:
+            return {}
+    out = {}
+    for key, (name, field) in MEMORY_FIELDS.items():
+        line = next((l for l in files[name] if l.startswith(field + ":")), None)
+        out[key] = int(line.split()[1]) * 1024 if line else 0
+    out["uss"] = out.pop("private_clean") + out.pop("private_dirty")
+    return out
+
+
+def peak_memory(peak: dict[str, int]) -> dict[str, int]:
+    """`peak` raised to the memory now, key by key."""
+    now = memory()
+    return {k: max(peak.get(k, 0), v) for k, v in now.items()}
+
+
 def make_images(folder: Path, n: int, side: int) -> Manifest:
     """n photo-like side x side JPEGs: random square boxes of the skimage photos, resized.
 
@@ -131,7 +162,9 @@ def main(argv=None):
 
     print(f"{args.images} JPEGs of {args.side}x{args.side}, {args.crop}px crops, batch {args.batch}, "
           f"device {args.device}, torch threads {torch.get_num_threads()}, median of {args.rounds} rounds")
-    print(f"store: decoded once in {decode_s:.2f} s, {store.nbytes / 2**20:.0f} MiB uint8\n")
+    mem = memory()
+    print(f"store: decoded once in {decode_s:.2f} s, {store.nbytes / 2**20:.0f} MiB uint8; process memory: "
+          + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem.items()) + "\n")
     print(f"| {'method':<51} | {'crops/s':>9} | {'vs per-crop decode':>18} |")
     print(f"|{'-' * 53}|{'-' * 11}|{'-' * 20}|")
     rows = [("per-crop decode (PIL open+crop+ToTensor+Normalize)", base),

@@ -44,7 +44,7 @@ from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.models import concentrator, csfiqa
 from iqa_utils.models.costs import count_macs
-from iqa_utils.system import device_name, resolve_device
+from iqa_utils.devices import device_name, resolve_device
 from iqa_utils.training import engine
 from iqa_utils.training.evaluation import predict_rows
 from iqa_utils.training.optim import global_batch_for

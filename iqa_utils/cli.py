@@ -12,21 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-import papermill as pm
-
-from .config.check import decisions_table, make_config
 from .config.fields import ConfigError
-from .config.profiles import PROFILES, is_rehearsal, rehearsal_of
-from .data.images import check_images
-from .data.registry import load_manifest
-from .models import list_models, weights
-from .models.pretrained import LLAMA_HUB_ID, WEIGHTS_ENV
-from .reporting.index import write_index
-from .runs.budget import plan_table
-from .runs.experiments import llama_layers, run_all
+from .config.profiles import PROFILES, is_rehearsal, rehearsal_of, shard
 from .system import KitError, cache_dir, check_writable, os_error
-from .training.distributed import is_main_process
-from .training.predict import load_trained, predict_images
+
+# `iqa-kit --help`, `decisions` and every error about a bad argument answer without torch, timm,
+# transformers or papermill (8-12 s and 1 GB to import): each command imports what it needs inside its
+# own function, the one place in the kit where an import is not at the top (tests/test_layers.py allows
+# exactly these, by name).
+MODEL_NAMES = ("deiqt", "csfiqa", "lmliqa")     # for --model without importing the models; a test checks
+LLAMA_REPO = "huggyllama/llama-7b"              # models.pretrained.LLAMA_HUB_ID; a test checks
+WEIGHTS_ENV = "IQA_KIT_WEIGHTS"                 # models.pretrained.WEIGHTS_ENV; a test checks
 
 NOTEBOOKS = ["00_data_prep", "01_train_csfiqa", "02_train_lmliqa", "03_ablations", "04_cross_dataset",
              "05_cost_analysis", "06_visualizations"]
@@ -53,6 +49,7 @@ def _select(names: list[str] | None) -> list[str]:
 def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> float:
     """Execute one notebook into out_dir/<name>.ipynb. papermill rewrites its output as cells run, so it
     writes a file of this process's own and renames it at the end (two runs never write one file)."""
+    import papermill as pm
     t0 = time.time()
     print(f"[iqa-kit] {name} ({args.profile}) ...", flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,12 +68,16 @@ def _run_notebook(name: str, src: Path, out_dir: Path, params: dict, args) -> fl
 
 def _rehearsal_weights(profile: str) -> Path:
     """Stand-in weights in the real formats (written once into the cache folder), for the notebooks."""
+    from .models import weights
+    from .runs.experiments import llama_layers
     folder = cache_dir("rehearsal-weights")
     print(f"[iqa-kit] rehearsal: stand-in weights in {folder}", flush=True)
     return weights.write_stand_ins(folder, llama_layers(profile))
 
 
 def reproduce(args) -> int:
+    import papermill as pm
+    from .reporting.index import write_index
     results = check_writable(Path(args.results_dir).resolve())
     out_dir = results / "notebooks"
     profile = rehearsal_of(args.profile) if args.rehearse else args.profile
@@ -84,6 +85,10 @@ def reproduce(args) -> int:
         os.environ[WEIGHTS_ENV] = str(_rehearsal_weights(profile))      # the notebooks' kernels inherit it
     args.profile = profile
     params = {"profile": profile, "results_dir": str(results), "device": args.device}
+    if args.set:
+        params["overrides"] = _parse_sets(args.set)
+        for model in list_models():                  # a misspelt field stops here, not in a notebook
+            make_config(profile, model, params["overrides"])
     if args.pool_dir:
         params["pool_dir"] = str(_data_root(args.pool_dir, must_exist=True))
     if args.data_root:
@@ -125,9 +130,22 @@ def _data_root(path: str, must_exist: bool) -> Path:
     return p
 
 
+def _seed_config(profile: str, model: str, overrides: dict, seed: int):
+    """make_config for one of --seeds; a seed out of range names the flag the user typed."""
+    from .config.check import make_config
+    try:
+        return make_config(profile, model, {**overrides, "split_seed": seed})
+    except ConfigError as e:
+        if str(e).startswith("split_seed:"):
+            raise ConfigError("--seeds:" + str(e)[len("split_seed:"):]) from None
+        raise
+
+
 def train(args) -> int:
     overrides = {"data.dataset": args.dataset, "test_dataset": args.test_dataset, **_parse_sets(args.set)}
-    planned = [(make_config(args.profile, args.model, {**overrides, "split_seed": seed}), "") for seed in args.seeds]
+    planned = [(_seed_config(args.profile, args.model, overrides, seed), "") for seed in args.seeds]
+    from .runs.experiments import run_all             # checked configs first: a bad field answers at once
+    from .training.distributed import is_main_process
     synthetic = all(str(d).lower().startswith("synthetic") for d in (args.dataset, args.test_dataset) if d)
     data_root = str(_data_root(args.data_root, not synthetic)) if args.data_root else None
     check_writable(args.results_dir)
@@ -138,6 +156,7 @@ def train(args) -> int:
 
 
 def predict(args) -> int:
+    from .training.predict import load_trained, predict_images
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise KitError(f"{missing[0]}: image file not found" + (f" (and {len(missing) - 1} more)"
@@ -150,6 +169,7 @@ def predict(args) -> int:
 
 
 def decisions(args) -> int:
+    from .config.check import decisions_table
     df = decisions_table()
     print(df.to_markdown(index=False) if args.markdown else df.to_string(index=False))
     return 0
@@ -157,6 +177,8 @@ def decisions(args) -> int:
 
 def _check_dataset(name: str, args) -> bool:
     """Parse one dataset and (unless --no-decode) decode every image; print what is wrong, all of it."""
+    from .data.images import check_images
+    from .data.registry import load_manifest
     try:
         m = load_manifest(name, args.data_root, check_count=not args.any_count)
     except KitError as e:
@@ -166,7 +188,7 @@ def _check_dataset(name: str, args) -> bool:
     for path, why in problems:
         print(f"iqa-kit: {path}: {why}", file=sys.stderr)
     checked = "listed" if args.no_decode else "decoded"
-    status = f"{len(problems)} unreadable" if problems else f"all {checked}"
+    status = f"{len(problems)} unreadable or duplicated" if problems else f"all {checked}"
     print(f"{name}: {len(m)} images ({status}), {m.direction}, split by {m.split_unit}, root {m.root}")
     return not problems
 
@@ -177,6 +199,7 @@ def data(args) -> int:
 
 
 def plan_cmd(args) -> int:
+    from .runs.budget import plan_table
     profile = rehearsal_of(args.profile) if args.rehearse else args.profile
     data_root = str(_data_root(args.data_root, must_exist=True)) if args.data_root else None
     table = plan_table(profile, args.results_dir, data_root, args.crops_per_s)
@@ -189,6 +212,8 @@ def plan_cmd(args) -> int:
 
 
 def weights_cmd(args) -> int:
+    from .models import weights
+    from .runs.experiments import llama_layers
     layers = llama_layers(args.profile)
     if not args.check:
         weights.download(args.dir, layers, llama_repo=args.llama_repo)
@@ -217,12 +242,15 @@ def _reproduce_parser(sub) -> None:
     r.add_argument("--rehearse", action="store_true",
                    help="the profile's exact code path at a toy budget, with stand-in weights (CPU minutes)")
     r.add_argument("--pool-dir", help="gMAD pool: a folder of unlabelled images (notebook 06)")
+    r.add_argument("--set", nargs="*", metavar="FIELD=VALUE",
+                   help="config fields for every run and table, e.g. csfiqa.version=v1 (the reported numbers "
+                        "quoted); a run's own ablation or sweep value wins")
     r.set_defaults(fn=reproduce)
 
 
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train (or load the record of) one configuration")
-    t.add_argument("--model", default="deiqt", choices=list_models())
+    t.add_argument("--model", default="deiqt", choices=MODEL_NAMES)
     t.add_argument("--dataset", default="synthetic")
     t.add_argument("--test-dataset", help="cross-dataset: test on all of this dataset")
     t.add_argument("--profile", default="smoke", choices=list(PROFILES))
@@ -270,23 +298,53 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--dir", required=True, help="the folder to fill (then: export IQA_KIT_WEIGHTS=<it>)")
     w.add_argument("--check", action="store_true", help="only check the folder, offline")
     w.add_argument("--profile", default="paper", choices=["quick", "paper"])
-    w.add_argument("--llama-repo", default=LLAMA_HUB_ID, help="hub repo of LLaMA-7B in safetensors shards")
+    w.add_argument("--llama-repo", default=LLAMA_REPO, help="hub repo of LLaMA-7B in safetensors shards")
     w.set_defaults(fn=weights_cmd)
     return p
+
+
+def _check_dataset_names(args) -> None:
+    from .data.registry import canonical_name
+    named = [("--dataset: ", getattr(args, "dataset", None)), ("--test-dataset: ", getattr(args, "test_dataset", None))]
+    for flag, name in named + [("", n) for n in getattr(args, "datasets", [])]:
+        if name and not name.lower().startswith("synthetic"):
+            try:
+                canonical_name(name)
+            except KitError as e:
+                raise KitError(f"{flag}{e}") from None
+
+
+def check_args(args) -> None:
+    """What the user typed, checked before any work: one line naming the flag. Each check imports only
+    what it needs, so a bad argument is answered before the models or the data are loaded."""
+    if getattr(args, "shard", None):
+        shard([], args.shard)
+    _check_dataset_names(args)
+    if getattr(args, "device", None) not in (None, "auto"):
+        from .devices import check_device
+        flag = "--devices" if "," in args.device else "--device"
+        for name in args.device.split(","):
+            if name.strip() != "cuda:all":                  # checked where the pool counts the GPUs
+                check_device(name.strip(), flag)
+
+
+def _run(args) -> int:
+    check_args(args)
+    return args.fn(args)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:
-        return args.fn(args)
+        return _run(args)
     try:
-        return args.fn(args)
+        return _run(args)
     except KitError as e:
         print("iqa-kit: " + str(e).replace("\n", " "), file=sys.stderr)
     except OSError as e:                       # the OS's own errors, named by their file
         print(f"iqa-kit: {os_error(e.filename or '?', e, 'use')}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("iqa-kit: interrupted; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:             # claims.WaitInterrupted says what it waited for
+        print(f"iqa-kit: {e or 'interrupted; run the same command again to resume'}", file=sys.stderr)
         return 130
     return 2
 

@@ -1,6 +1,8 @@
-"""The bottom floor: the kit's error type, devices and precision, safe file writes, the environment.
+"""The bottom floor: the kit's error type, safe file writes, versions and the git commit.
 
-Nothing here imports another module of the package, so every other module may import it.
+Nothing here imports another module of the package, so every other module may import it, and nothing
+here imports torch, so the command line answers `--help` and argument errors at once (torch's side of
+the floor, devices and precision, is `devices.py`).
 
 Every file the kit writes goes through `atomic_write` (or the helpers built on it): the content goes to
 a temporary file with a unique name beside the target and is renamed over it only once complete, so an
@@ -12,23 +14,17 @@ warning instead of failing.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
-import platform
 import subprocess
-import sys
 import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from . import __version__
 
 
 CACHE_ENV = "IQA_KIT_CACHE"          # the kit's cache folder (synthetic set, image stores, stand-in weights)
@@ -51,55 +47,6 @@ class MissingFile(KitError, FileNotFoundError):
     """A file the kit needs is not there; the message names it and says where it comes from."""
 
 
-# ---- devices and precision -------------------------------------------------------------------------
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """"auto" (or None): CUDA when available, else the CPU."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA when supported, else fp16 (with loss scaling); off on CPU."""
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None, "fp32": None}[amp]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def train_mode(model: torch.nn.Module, mode: bool):
-    """Run a block with the model in train (True) or eval (False) mode, then restore its mode."""
-    was_training = model.training
-    model.train(mode)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def device_name(device="cpu") -> str:
-    """'NVIDIA H100 80GB HBM3' or the CPU model (from /proc/cpuinfo) with the thread count."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
-
-
 # ---- files -----------------------------------------------------------------------------------------
 def _umask() -> int:
     mask = os.umask(0)
@@ -110,7 +57,7 @@ def _umask() -> int:
 def os_error(path, e: OSError, doing: str = "write") -> KitError:
     """An OSError as a KitError naming the file; a full disk or a read-only folder says so."""
     if e.errno == errno.ENOSPC:
-        why = "the disk is full"
+        why = "no space left on the device (the disk is full)"
     elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         why = "permission denied (read-only folder?)"
     else:
@@ -140,9 +87,8 @@ def atomic_write(path, writer: Callable[[str], None]) -> Path:
     return path
 
 
-def atomic_save(obj, path, saver=torch.save) -> Path:
-    """saver(obj, tmp_path) (torch.save by default) through `atomic_write`."""
-    return atomic_write(path, lambda tmp: saver(obj, tmp))
+def atomic_write_bytes(data: bytes, path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(text: str, path) -> Path:
@@ -236,12 +182,3 @@ def git_commit(path=None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def environment(device=None) -> dict:
-    """What produced a result: package versions, the git commit and the device."""
-    dev = torch.device(device if device is not None else "cpu")
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__}
-    versions.update({pkg: package_version(pkg) for pkg in ("timm", "transformers")})
-    versions["iqa_kit"] = __version__
-    return {"versions": versions, "git_commit": git_commit(), "device": f"{dev.type}: {device_name(dev)}"}

@@ -20,6 +20,7 @@ def test_every_benchmark_is_covered():
     assert {p.name for p in (ROOT / "benchmarks").glob("bench_*.py")} == set(TOY)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(TOY))
 def test_benchmark_prints_its_table(script):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *TOY[script]], cwd=ROOT,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from iqa_utils.config.check import make_config
-from iqa_utils.models import create_model
+from iqa_utils.models import create_model, pretrained
 from iqa_utils.models.concentrator import (
     TINY_LLAMA,
     InformationConcentrator,
@@ -137,6 +137,7 @@ def test_hub_loader_fetches_only_needed_shards(tiny_ckpt, monkeypatch):
         return str(d / filename)
     import huggingface_hub
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(pretrained, "hub_offline", lambda: None)          # the fake hub is always there
     layer, _ = load_llama_layer("someone/llama-tiny", 1, dtype=torch.float32)
     wmap = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
     needed = {v for k, v in wmap.items() if k.startswith("model.layers.1.") or k == "model.norm.weight"}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from iqa_utils import system
+from iqa_utils import devices
 from iqa_utils.config.check import make_config
 from iqa_utils.models import costs, create_model
 from iqa_utils.models.deiqt import DEIQT
@@ -76,7 +76,7 @@ def test_timing_memory_and_table():
     assert df.loc[0, "GMACs_per_crop"] == pytest.approx(df.loc[1, "GMACs_per_crop"])
     assert df.loc[0, "GMACs_per_image"] == pytest.approx(4 * df.loc[0, "GMACs_per_crop"])
     assert df.loc[0, "latency_ms"] > 0 and math.isnan(df.loc[1, "latency_ms"])
-    assert df.loc[0, "device"] and df.loc[0, "device"] == system.device_name("cpu")
+    assert df.loc[0, "device"] and df.loc[0, "device"] == devices.device_name("cpu")
 
 
 @pytest.mark.parametrize("name, over", [

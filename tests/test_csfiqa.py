@@ -1,16 +1,24 @@
 """CSFIQA: SCL/NSM losses on hand-computed cases, top-k attention, every switch on the tiny model, cost."""
 import math
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from iqa_utils.config.check import make_config
+from iqa_utils.config.check import config_from_dict, make_config
 from iqa_utils.config.fields import ConfigError
 from iqa_utils.models import create_model
 from iqa_utils.models import losses as L
 from iqa_utils.models.costs import csfiqa_cost
+from iqa_utils.data.splits import make_split
 from iqa_utils.models.csfiqa import SelectiveAttention, topk_attention
+from iqa_utils.training import engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine import tiny_manifest  # noqa: E402
 
 
 # ---- Eq. 1-2: distances and masks ------------------------------------------------------------------
@@ -177,10 +185,79 @@ def test_nsm_choices_reach_the_loss():
         args = m.nsm_args(e, zs, zl, tokens)
         assert list(args) == keys
         if kind == "regional_weight":        # the earlier 'regional': noise regions only weight the pooled pair
-            rs, rl = m.region_embeddings(e, *tokens)
-            assert torch.equal(args["noise"], L.nsm_regional(rs, rl, 0.25)[0])
+            ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+            assert torch.equal(args["noise"], L.noise_regions(L.region_agreement(ts, tl), 0.25)[0])
         if kind == "regional":
             assert args["regions"][0].shape == (4, 36, 128) and args["regions"][2].dtype == torch.bool
+
+
+def test_region_agreement_flags_the_region_whose_relations_change():
+    torch.manual_seed(0)
+    t_small = torch.randn(1, 6, 4)
+    rot = torch.linalg.qr(torch.randn(8, 8))[0]
+    t_large = 3 * F.pad(t_small, (0, 4)) @ rot                             # another width, same relations
+    assert L.region_agreement(t_small, t_large).min() > 0.999
+    t_small[0, 2] = -t_small[0, 2]                                          # region 2 changes across scales
+    agree = L.region_agreement(t_small, t_large)
+    assert agree.shape == (1, 6) and agree[0].argmin() == 2
+    _, hard = L.noise_regions(agree, q=1 / 6)
+    assert hard[0].tolist() == [False, False, True, False, False, False]
+
+
+def test_nsm_selection_reads_detached_tokens_not_the_projection():
+    """nsm_input="tokens": the noise regions do not move when the projectors change (they are measured
+    before them, without gradient); "projected" (the earlier selection) does move."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 96, 96)
+    masks = {}
+    for source in ("tokens", "projected"):
+        torch.manual_seed(0)
+        m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm_input": source}))
+        e = m.encode(x)
+        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
+        before = m.nsm_args(e, zs, zl, tokens)["regions"][2]
+        with torch.no_grad():
+            for p in list(m.proj_small.parameters()) + list(m.proj_large.parameters()):
+                p.copy_(torch.randn_like(p))
+        zs, zl, tokens = m.scl_embeddings(e, m.scale_views(x))
+        masks[source] = (before, m.nsm_args(e, zs, zl, tokens)["regions"][2])
+    assert torch.equal(*masks["tokens"]) and not torch.equal(*masks["projected"])
+    assert masks["tokens"][0].float().mean() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("kind", ["regional", "regional_weight", "pooled", "qfm"])
+def test_nsm_starts_after_its_warmup_and_resumes_with_its_count(kind):
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind, "csfiqa.nsm_warmup_epochs": 1.0}))
+    m.steps_per_epoch = 2
+    x = torch.randn(6, 3, 96, 96)
+    y = torch.tensor([0.1, 0.15, 0.5, 0.9, 0.95, 0.3])
+
+    def noise(model):
+        e = model.encode(x)
+        args = model.nsm_args(e, *model.scl_embeddings(e, model.scale_views(x)))
+        return {"regional": lambda: args["regions"][2].float(), "regional_weight": lambda: args["noise"],
+                "pooled": lambda: args["noise"], "qfm": lambda: torch.tensor(args["qfm_weight"] - 1.0)}[kind]()
+    seen = []
+    for _ in range(3):
+        seen.append(noise(m).sum().item())
+        m.after_step()
+    assert seen[:2] == [0.0, 0.0] and m.steps_taken() == 3 and m.steps_done.item() == 3
+    if kind != "pooled":                # pooled flags only unusually dissimilar pairs: maybe none here
+        assert seen[2] > 0
+    assert m.loss({"x": x, "y": y})[1]["nsm_noise"].item() >= 0
+    fresh = create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": kind}))
+    fresh.steps_per_epoch = 2
+    assert not fresh.nsm_started()
+    fresh.load_state_dict(m.state_dict())                                   # a resumed run goes on
+    assert fresh.nsm_started() and fresh.steps_taken() == 3
+
+
+def test_the_engine_tells_the_model_its_epoch_length(tmp_path):
+    data = tiny_manifest(tmp_path / "data", n=10)
+    cfg = make_config("smoke", "csfiqa", {"data.crops_train": 4, "train.global_batch": 8})
+    run = engine.setup(cfg, data, make_split(data, 0), tmp_path / "run")
+    assert run.model.steps_per_epoch == run.steps == 4              # 8 training images x 4 crops / 8
 
 
 # ---- SCL features: each scale's own branch ---------------------------------------------------------
@@ -224,7 +301,9 @@ def test_topk_keeps_exactly_k_and_dense_when_all():
 
 # ---- the model: every switch builds, runs forward + backward ------------------------------------------
 SWITCHES = [
-    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": False},
+    {}, {"csfiqa.scl": False}, {"csfiqa.nsm": "off"}, {"csfiqa.nsm": "regional"}, {"csfiqa.afs": "dense"},
+    {"csfiqa.afs": "off"}, {"csfiqa.afs": "off", "csfiqa.afs_scope": "per_scale"},
+    {"csfiqa.nsm_input": "projected", "csfiqa.nsm": "regional_weight"},
     {"csfiqa.afs_scope": "per_scale"}, {"csfiqa.ic": "off"}, {"csfiqa.ic": "trainable_block"},
     {"csfiqa.ic": "llama_residual"}, {"csfiqa.ic_tokens": "all"}, {"csfiqa.ic_tokens": "cls"},
     {"csfiqa.decoder": "linear"},
@@ -291,10 +370,60 @@ def test_switch_forward_backward(ov):
 def test_switches_change_the_model():
     base = create_model(make_config("smoke", "csfiqa"))
     assert base.afs.keep_ratio == 0.5
-    assert create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": False})).afs.keep_ratio == 1.0
+    assert create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "dense"})).afs.keep_ratio == 1.0
     assert not hasattr(create_model(make_config("smoke", "csfiqa", {"csfiqa.ic": "off"})).ic, "llama")
     with pytest.raises(ValueError, match="regional"):
         create_model(make_config("smoke", "csfiqa", {"csfiqa.nsm": "regional", "csfiqa.scale_mode": "crop"}))
+
+
+SMALL_BRANCH = ("encoder.patch_embed.0.", "encoder.cls_token_0", "encoder.pos_embed_0", "encoder.norm.0.",
+                ".projs.", ".fusion.", ".revert_projs.")
+
+
+def _small_branch(name: str) -> bool:
+    return name.startswith(SMALL_BRANCH[:4]) or any(p in name for p in SMALL_BRANCH[4:]) or \
+        re.match(r"encoder\.blocks\.\d+\.blocks\.0\.", name) is not None
+
+
+def test_single_scale_encodes_the_large_branch_alone():
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"csfiqa.scale_mode": "single"}))
+    small = [n for n, _ in m.named_parameters() if _small_branch(n)]
+    assert any("patch_embed.0" in n for n in small) and any("fusion" in n for n in small)
+    loss, _ = m.loss(m.train_batch(FakeSampler(), torch.arange(6), torch.linspace(0, 1, 6),
+                                   torch.Generator().manual_seed(0)))
+    loss.backward()
+    grads = {n: p.grad for n, p in m.named_parameters()}
+    assert all(grads[n] is None or not grads[n].any() for n in small)
+    assert m.encoder.patch_embed[1].proj.weight.grad.abs().sum() > 0
+    assert m.encoder.blocks[-1].blocks[1][-1].attn.qkv.weight.grad.abs().sum() > 0
+    # the score does not read the small branch or the fusion at all
+    m.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = m(x)
+        for n, p in m.named_parameters():
+            if _small_branch(n):
+                p.add_(torch.randn_like(p))
+        torch.testing.assert_close(m(x), before, rtol=0, atol=0)
+
+
+def test_sfa_off_has_no_afs_or_concentrator():
+    both = create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "off", "csfiqa.ic": "off"}))
+    assert not [n for n, _ in both.named_parameters() if n.startswith(("afs.", "ic."))]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        _, feats = both(x, return_features=True)
+    assert torch.equal(feats["pre_sfa"], feats["post_sfa"])         # SFA is the identity
+    dense = create_model(make_config("smoke", "csfiqa", {"csfiqa.afs": "dense", "csfiqa.ic": "off"}))
+    assert [n for n, _ in dense.named_parameters() if n.startswith("afs.")]   # w/o AFS keeps a dense layer
+
+
+def test_old_records_afs_switch_reads_as_today_s_choice():
+    for old, new in ((True, "topk"), (False, "dense")):
+        d = make_config("smoke", "csfiqa").to_dict()
+        d["csfiqa"]["afs"] = old
+        assert config_from_dict(d).csfiqa.afs == new
 
 
 def test_features_and_cam():

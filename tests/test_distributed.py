@@ -81,6 +81,7 @@ def _rank(rank: int, world: int, port: int, cfg, manifest, split, out: str) -> N
         json.dump(result, f)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_accumulation(data, tmp_path):
     split = make_split(data, 1)
     over = {"train.selection": "max_test_plcc", "train.global_batch": 8, "train.epochs": 2,

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from iqa_utils import system
+from iqa_utils import devices
 from iqa_utils.config.check import config_from_dict, make_config
-from iqa_utils.config.fields import TrainConfig
+from iqa_utils.config.fields import ConfigError, TrainConfig
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
-from iqa_utils.system import atomic_save
+from iqa_utils.devices import atomic_save
 from iqa_utils.training import engine
 from iqa_utils.training.engine import TrainingInterrupted, train_run
 from iqa_utils.training.evaluation import LabelNorm, evaluate
@@ -218,7 +218,7 @@ def test_accumulation_is_exact(data):
                                           torch.device("cpu"))
         grads.append(({n: p.grad.clone() for n, p in model.named_parameters()}, loss))
     (g8, l8), (g3, l3) = grads
-    assert l3 == pytest.approx(l8, rel=1e-6)
+    assert float(l3) == pytest.approx(float(l8), rel=1e-6)     # approx takes numbers, not 0-d tensors
     for k in g8:
         torch.testing.assert_close(g3[k], g8[k], rtol=1e-4, atol=1e-6)
 
@@ -241,7 +241,7 @@ def test_zero_epochs_evaluates_the_untrained_model(data, tmp_path):
 
 
 def test_too_few_images_for_a_batch(data, tmp_path):
-    with pytest.raises(ValueError, match="less than one batch"):
+    with pytest.raises(ConfigError, match="train.global_batch: 4096 is more than"):
         train_run(tiny_cfg(**{"train.global_batch": 4096}), data, make_split(data, 0), tmp_path, progress=False)
 
 
@@ -250,12 +250,20 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     target = tmp_path / "checkpoint.pt"
     atomic_save({"a": torch.ones(2)}, target)
 
-    def dies_midway(obj, path):
-        Path(path).write_bytes(b"partial")
+    def dies_midway(obj, file):                     # savers write to a file object
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    def write_dies_midway(self, data):              # the interruption while the bytes reach the disk
+        with open(self, "wb") as f:
+            f.write(data[:3])
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"a": torch.zeros(2)}, target, dies_midway)
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(Path, "write_bytes", write_dies_midway)
+        atomic_save({"a": torch.zeros(2)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(2))   # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]                # no temp left
 
@@ -267,8 +275,8 @@ def test_config_round_trip_and_amp_choice():
     with pytest.raises(KeyError):
         config_from_dict({**cfg.to_dict(), "bogus": 1})
     cpu = torch.device("cpu")
-    assert system.amp_dtype("auto", cpu) is None
-    assert system.amp_dtype("bf16", cpu) is torch.bfloat16 and system.amp_dtype("off", cpu) is None
+    assert devices.amp_dtype("auto", cpu) is None
+    assert devices.amp_dtype("bf16", cpu) is torch.bfloat16 and devices.amp_dtype("off", cpu) is None
 
 
 def test_load_trained_missing_files(tmp_path):

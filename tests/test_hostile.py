@@ -14,6 +14,7 @@ from pathlib import Path
 
 import native_fixtures as nf
 import pytest
+import torch
 from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils import system
@@ -21,7 +22,9 @@ from iqa_utils.cli import main
 from iqa_utils.data.registry import DATASET_FOLDERS, load_manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.models.pretrained import save_weights
 from iqa_utils.models.registry import register_model
+from iqa_utils.training.checkpoint import save_checkpoint
 from iqa_utils.training.engine import train_run
 from iqa_utils.training.evaluation import NonFiniteError
 
@@ -180,7 +183,7 @@ def test_full_disk_and_unwritable_folder(tmp_path, capsys):
     def full(tmp):
         Path(tmp).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
-    with pytest.raises(system.KitError, match="disk is full"):
+    with pytest.raises(system.KitError, match="no space left on the device"):
         system.atomic_write(tmp_path / "x.json", full)
     assert files_under(tmp_path) == []
     (tmp_path / "file").write_text("")
@@ -197,6 +200,7 @@ def test_files_follow_the_umask(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_two_reproduce_runs_on_one_folder(tmp_path):
     """Two processes writing the same results folder: both finish, nothing is torn or left half-written."""
     env = {**os.environ, "IQA_KIT_DATA": str(tmp_path / "data")}
@@ -211,3 +215,82 @@ def test_two_reproduce_runs_on_one_folder(tmp_path):
     assert not [f for f in files_under(res) if f.endswith(".tmp") or "/." in f or f.startswith(".")]
     assert all(json.loads(line) for line in (res / "outputs.jsonl").read_text().splitlines())
     assert "datasets.md" in (res / "README.md").read_text()
+
+
+# ---- the first hour's remaining cases -------------------------------------------------------------------
+def test_duplicated_image_under_two_names_is_named(tmp_path, capsys):
+    """One LIVE image copied over another (a file listed under two names): `data` names both."""
+    root = nf.WRITERS["LIVE"](tmp_path / DATASET_FOLDERS["LIVE"])
+    paths = [Path(p) for p in nf.load_fixture("LIVE", root).df.path]
+    paths[3].write_bytes(paths[1].read_bytes())
+    rc = main(["data", "LIVE", "--data-root", str(tmp_path), "--any-count", "--quiet"])
+    one_line(capsys, rc, f"iqa-kit: {paths[3]}: same pixels as {paths[1]}")
+
+
+BAD_ARGUMENTS = {
+    ("train", "--dataset", "NoSuchSet"): "--dataset: unknown dataset 'NoSuchSet'",
+    ("train", "--test-dataset", "NoSuchSet"): "--test-dataset: unknown dataset 'NoSuchSet'",
+    ("data", "NoSuchSet"): "unknown dataset 'NoSuchSet'; known: LIVE",
+    ("train", "--shard", "half"): "--shard half: must look like i/N",
+    ("train", "--shard", "2/2"): "--shard 2/2: out of range",
+    ("reproduce", "--shard", "0/0"): "--shard 0/0: out of range",
+    ("train", "--seeds", "0", "-1"): "--seeds: -1 is out of range",
+    ("train", "--device", "warp"): "--device warp: not a device name",
+}
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS, ids=" ".join)
+def test_bad_arguments_are_one_line_naming_the_flag(argv, tmp_path, capsys):
+    rc = main([*argv, "--results-dir", str(tmp_path / "res")] if argv[0] != "data" else list(argv))
+    one_line(capsys, rc, BAD_ARGUMENTS[argv])
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    for flag, device in (("--device", "cuda"), ("--devices", "cuda:0,cuda:1")):
+        rc = main(["train", flag, device, "--results-dir", str(tmp_path / "res")])
+        one_line(capsys, rc, f"{flag} cuda", "no CUDA device is visible")
+
+
+def test_predict_with_a_missing_checkpoint_folder_names_the_folder(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    image.write_bytes(b"")
+    rc = main(["predict", str(image), "--checkpoint", str(tmp_path / "nowhere")])
+    line = one_line(capsys, rc, f"{tmp_path / 'nowhere'}: checkpoint folder not found")
+    assert "config.json" not in line
+
+
+def test_global_batch_larger_than_the_split_is_one_line(tmp_path, capsys):
+    rc = main(["train", "--data-root", str(tmp_path / "d"), "--results-dir", str(tmp_path / "res"), "--device",
+               "cpu", "--set", *TINY, "train.global_batch=4096"])
+    one_line(capsys, rc, "train.global_batch: 4096 is more than")
+
+
+def _full_disk(monkeypatch):
+    """The disk fills during the write: half the bytes land, then the write fails with ENOSPC."""
+    def write_bytes(self, data):
+        with open(self, "wb") as f:
+            f.write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_full_disk_while_saving_a_checkpoint_or_weights_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = DEIQT("tiny", 32)
+    opt = torch.optim.AdamW(model.parameters())
+    kw = dict(ident={"run": "x"}, model=model, opt=opt, scaler=torch.amp.GradScaler("cpu", enabled=False),
+              state={"epoch": 1}, best_weights=None, shuffle_gen=torch.Generator())
+    ckpt, weights = tmp_path / "checkpoint.pt", tmp_path / "model.safetensors"
+    save_checkpoint(ckpt, **kw)
+    save_weights(model, weights)
+    before = {p: p.read_bytes() for p in (ckpt, weights)}
+    with monkeypatch.context() as m:
+        _full_disk(m)
+        for path, save in ((ckpt, lambda: save_checkpoint(ckpt, **{**kw, "state": {"epoch": 2}})),
+                           (weights, lambda: save_weights(DEIQT("tiny", 32), weights))):
+            with pytest.raises(system.KitError, match=f"{path}: cannot write: no space left") as e:
+                save()
+            assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in before} == before                # the previous files, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "model.safetensors"]

@@ -330,6 +330,30 @@ def test_queue_fills_wraps_and_skips_own_image():
     assert not valid[0, 7] and valid[1].all()
 
 
+def test_queue_holds_the_ema_teacher_keys():
+    """MoCo (D16 "teacher"): the queue gets the EMA teacher's keys of the step's crops, through an EMA
+    copy of the projector; "student" keeps the student's own detached embeddings."""
+    m = _tiny(queue_size=16, k_crops=4, con_share=0.5, ema_momentum=0.9)
+    assert m.lcfg.queue_source == "teacher" and not any(p.requires_grad for p in m.teacher_proj.parameters())
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
+    b, _, _ = _step(m, opt)
+    with torch.no_grad():
+        want = m.embed(m.teacher(b["crops"].flatten(0, 1), return_features=True)[1], m.teacher_proj)
+        student = m.embed(m.student(b["crops"].flatten(0, 1), return_features=True)[1])
+    tp0 = [p.clone() for p in m.teacher_proj.parameters()]
+    m.after_step()
+    torch.testing.assert_close(m.queue[:8], want)
+    assert not torch.allclose(m.queue[:8], student, atol=1e-3)           # not the student's embeddings
+    for t, a, s in zip(m.teacher_proj.parameters(), tp0, m.proj.parameters()):   # EMA of the projector
+        torch.testing.assert_close(t, 0.9 * a + 0.1 * s.detach())
+    old = _tiny(queue_size=16, k_crops=4, con_share=0.5, queue_source="student")
+    assert old.teacher_proj is None and "teacher_proj.fc1.weight" not in old.state_dict()
+    b, _, _ = _step(old)
+    z_crop = old._pending[0][0]
+    with torch.no_grad():
+        torch.testing.assert_close(z_crop, old.embed(old.student(b["crops"].flatten(0, 1), return_features=True)[1]))
+
+
 @pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
 def test_queue_resumes_bit_identically(tmp_path):
     data = tiny_manifest(tmp_path / "data", n=20)

@@ -24,6 +24,7 @@ def test_notebooks_are_stripped_and_parameterised(name):
         assert f"{p} =" in params[0].source
 
 
+@pytest.mark.slow
 def test_failing_notebook_is_named_with_its_cell(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "nbs"
     bad.mkdir()

@@ -44,6 +44,7 @@ def test_parse_devices():
     assert parse_devices("cpu") == ["cpu"] and parse_devices(None) == [] and parse_devices("") == []
 
 
+@pytest.mark.slow
 def test_two_workers_train_every_run_once(data_root, tmp_path):
     cfgs = configs("smoke", "deiqt", ["synthetic"], SEEDS, TINY)
     data = data_digest(load_manifest("synthetic", data_root))
@@ -74,6 +75,7 @@ print(json.dumps(df.srcc.tolist()))
 """
 
 
+@pytest.mark.slow
 def test_two_commands_on_one_results_folder(data_root, tmp_path):
     results = tmp_path / "results"
     cmd = [sys.executable, "-c", SCRIPT, str(results), str(data_root), json.dumps(TINY), json.dumps(SEEDS)]

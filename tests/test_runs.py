@@ -9,8 +9,9 @@ import pytest
 from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils.config.check import override
+from iqa_utils.config.profiles import shard
 from iqa_utils.data.splits import Split
-from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load, shard
+from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load
 from iqa_utils.system import git_commit
 from iqa_utils.training import engine
 

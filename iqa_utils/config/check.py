@@ -68,7 +68,7 @@ def _accepts(base, meta) -> str:
     choices, spec = meta.get("choices") or [], meta.get("range")
     if meta.get("pattern"):
         return meta["pattern"][1]
-    if base is str and choices and all("<" not in str(c) for c in choices):
+    if choices and base is not bool:
         return "one of " + ", ".join(map(str, choices))
     kind = {bool: "True or False", int: "a whole number", float: "a number", str: "text",
             tuple: "a pair of numbers in [0, 1)"}.get(base, str(base))
@@ -102,8 +102,7 @@ def check_field(name: str, hint, meta, value):
 
 def _check_allowed(name: str, meta, value):
     choices = meta.get("choices") or []
-    closed = isinstance(value, str) and choices and all(isinstance(c, str) and "<" not in c for c in choices)
-    if closed and value not in choices:
+    if choices and value not in choices:
         raise ConfigError(f"{name}: {value!r} is not allowed")
     spec = meta.get("range")
     if spec and not isinstance(value, (str, tuple)) and not _in_interval(value, spec):
@@ -202,9 +201,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
 RETIRED_FIELDS = ("results_dir",)
 
 
+# Fields whose values changed form: an older record's value -> today's (the same behaviour).
+RENAMED_VALUES = {"csfiqa.afs": {True: "topk", False: "dense"}}
+
+
 def config_from_dict(d: dict) -> RunConfig:
     """RunConfig from cfg.to_dict() output (a record or config.json); unknown fields raise."""
     flat = {k: v for k, v in _flat(d).items() if k not in RETIRED_FIELDS}
+    for k, table in RENAMED_VALUES.items():
+        if k in flat and isinstance(flat[k], bool):
+            flat[k] = table[flat[k]]
     return override(RunConfig(), flat)
 
 
@@ -218,7 +224,7 @@ def decisions_table(cfg: RunConfig | None = None) -> pd.DataFrame:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         rows.append({
             "field": name, "decision": f.metadata["decision"], "value": value, "default": default,
-            "alternatives": ", ".join(map(str, f.metadata["choices"])),
+            "alternatives": ", ".join(map(str, f.metadata["alternatives"])),
             "source of default": f.metadata["source"], "note": f.metadata["doc"],
         })
     return pd.DataFrame(rows)

@@ -3,12 +3,13 @@
 A field whose value the papers do not fix is built with `decision(...)` and carries:
     decision    the id used in docs/csfiqa.md, docs/lmliqa.md and docs/protocol.md (e.g. "CSFIQA D15")
     source      where the default comes from ("paper", "reviews", "DEIQT code", "kit default", ...)
-    choices     the alternatives a reader can switch to
+    choices     the closed set of values it takes (enforced), or
+    alternatives  values worth trying (listed, not enforced: a number is bounded by its range)
 `decisions_table()` lists them, so a reader with the PDF can change one line and re-run.
 
 Every field is checked when a config is made (`make_config`, `override`, `config_from_dict`), not
-during training: its type (from the annotation), its range (`range="(0, inf)"`), and, for text fields
-with choices, that the value is one of them. A bad value raises `ConfigError` naming the field and what
+during training: its type (from the annotation), its range (`range="(0, inf)"`), its pattern (open
+text), and, for fields with choices, that the value is one of them. A bad value raises `ConfigError` naming the field and what
 it accepts. Configs are never changed in place: `override(cfg, {"csfiqa.tau": 0.2})` returns a copy.
 """
 from __future__ import annotations
@@ -31,9 +32,18 @@ class UnknownFieldError(ConfigError, KeyError):
         return str(self.args[0])
 
 
-def decision(default, *, id: str, source: str, choices=(), doc: str = "", range: str | None = None):
-    """A config field whose value the papers leave open (or that the kit chose)."""
-    meta = {"decision": id, "source": source, "choices": list(choices), "doc": doc, "range": range}
+def decision(default, *, id: str, source: str, choices=(), alternatives=(), doc: str = "",
+             range: str | None = None, pattern: tuple[str, str] | None = None):
+    """A config field whose value the papers leave open (or that the kit chose).
+
+    choices       the closed set of values the field takes (always enforced, whatever the type)
+    alternatives  values worth trying, listed in the decisions table but not enforced (a number's
+                  bounds are its `range`, open text's its `pattern`)
+    """
+    if choices and alternatives:
+        raise TypeError(f"decision {id}: give choices (closed) or alternatives (listed), not both")
+    meta = {"decision": id, "source": source, "choices": list(choices),
+            "alternatives": list(choices or alternatives), "doc": doc, "range": range, "pattern": pattern}
     if isinstance(default, (list, dict, tuple)):
         return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,10 +51,10 @@ def decision(default, *, id: str, source: str, choices=(), doc: str = "", range:
 
 def setting(default, *, choices=(), range: str | None = None, pattern: tuple[str, str] | None = None,
             doc: str = ""):
-    """A plain field with its allowed values: choices, an interval (range, e.g. "[0, 1)") or a
-    pattern (regular expression, description) for text."""
-    return field(default=default, metadata={"choices": list(choices), "range": range, "pattern": pattern,
-                                            "doc": doc})
+    """A plain field with its allowed values: choices (a closed set, always enforced), an interval
+    (range, e.g. "[0, 1)") or a pattern (regular expression, description) for text."""
+    return field(default=default, metadata={"choices": list(choices), "alternatives": list(choices),
+                                            "range": range, "pattern": pattern, "doc": doc})
 
 
 @dataclass
@@ -54,16 +64,16 @@ class DataConfig:
     split_ratio: float = setting(0.8, range="(0, 1]", doc="train share of the split units (DEIQT: 80/20)")
     train_fraction: float = setting(1.0, range="(0, 1]", doc="data-efficient runs keep this share")
     val_fraction: float = decision(
-        0.0, id="kit F1", source="kit default", choices=[0.0, 0.1], range="[0, 1)",
+        0.0, id="kit F1", source="kit default", alternatives=[0.0, 0.1], range="[0, 1)",
         doc="share of the training units carved out as validation for model selection")
     resize_mode: str = decision(
         "keep_aspect", id="DEIQT F3", source="kit default",
         choices=["keep_aspect", "deiqt_parity", "native"],
         doc="deiqt_parity squashes KonIQ/SPAQ to H512xW384 as DEIQT's loaders do")
     crop_size: int = setting(224, range="[8, 4096]")
-    crops_train: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25],
+    crops_train: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", alternatives=[10, 25],
                                 range="[1, 1000]")
-    crops_test: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", choices=[10, 25],
+    crops_test: int = decision(10, id="CSFIQA D21", source="DEIQT YAMLs (PATCH_NUM)", alternatives=[10, 25],
                                range="[1, 1000]")
     test_crops: str = decision(
         "seeded_random", id="DEIQT F5", source="kit default",
@@ -143,15 +153,15 @@ class CSFIQAConfig:
     encoder: str = decision(
         "crossvit_small_240", id="CSFIQA D2", source="inferred from 233M params (reviews)",
         choices=["crossvit_small_240", "crossvit_15_240", "crossvit_18_240", "crossvit_9_240"])
-    input_size: int = decision(240, id="CSFIQA D3", source="CrossViT native size", choices=[240, 224],
+    input_size: int = decision(240, id="CSFIQA D3", source="CrossViT native size", alternatives=[240, 224],
                                range="[24, 1024]")
     scale_mode: str = decision(
         "branch", id="CSFIQA D4", source="inferred", choices=["branch", "crop", "crop_per_branch", "single"],
         doc="branch: CrossViT's 12px/16px branches are the two scales; crop: 20%/40% crops (Fig. 2); "
             "single: one scale only (large branch), the one-vs-two-scales ablation")
-    crop_ratio_small: float = decision(0.2, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.2],
+    crop_ratio_small: float = decision(0.2, id="CSFIQA D4", source="Fig. 2 caption", alternatives=[0.2],
                                        range="(0, 1]")
-    crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", choices=[0.4],
+    crop_ratio_large: float = decision(0.4, id="CSFIQA D4", source="Fig. 2 caption", alternatives=[0.4],
                                        range="(0, 1]")
     crop_nesting: str = decision(
         "nested", id="CSFIQA D4", source="inferred (the same content at two scales; test views are nested)",
@@ -165,20 +175,20 @@ class CSFIQAConfig:
         doc="branch_patch_mean: mean patch token of each scale's branch run alone (no cross-branch fusion; "
             "one extra encoder pass in training); cls / mean: CLS or mean patch token of the joint pass, "
             "where both already carry the other branch (the CLS directly, the patches through it)")
-    proj_dim: int = decision(128, id="CSFIQA D6", source="kit default", choices=[128, 0], range="[0, 65536]")
+    proj_dim: int = decision(128, id="CSFIQA D6", source="kit default", alternatives=[128, 0], range="[0, 65536]")
     label_distance: str = decision(
         "batch_minmax", id="CSFIQA D7", source="kit default", choices=["batch_minmax", "dataset_range", "rank"])
-    gamma1: float = decision(0.2, id="CSFIQA D8", source="reviews", choices=[0.1, 0.2, 0.3], range="[0, 1]")
-    gamma2: float = decision(0.7, id="CSFIQA D8", source="reviews", choices=[0.5, 0.7, 0.8], range="[0, 1]")
+    gamma1: float = decision(0.2, id="CSFIQA D8", source="reviews", alternatives=[0.1, 0.2, 0.3], range="[0, 1]")
+    gamma2: float = decision(0.7, id="CSFIQA D8", source="reviews", alternatives=[0.5, 0.7, 0.8], range="[0, 1]")
     infonce: str = decision(
         "multi_positive", id="CSFIQA D9", source="kit default", choices=["multi_positive", "supcon"])
-    tau: float = decision(0.1, id="CSFIQA D10", source="kit default", choices=[0.05, 0.07, 0.1, 0.2, 0.5],
+    tau: float = decision(0.1, id="CSFIQA D10", source="kit default", alternatives=[0.05, 0.07, 0.1, 0.2, 0.5],
                           range="(0, 100]")
-    alpha: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0],
+    alpha: float = decision(1.0, id="CSFIQA D11", source="kit default", alternatives=[0.5, 1.0, 2.0],
                             range="[0, 1000]")
-    beta: float = decision(1.0, id="CSFIQA D11", source="kit default", choices=[0.5, 1.0, 2.0],
+    beta: float = decision(1.0, id="CSFIQA D11", source="kit default", alternatives=[0.5, 1.0, 2.0],
                            range="[0, 1000]")
-    lam: float = decision(0.1, id="CSFIQA D12", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
+    lam: float = decision(0.1, id="CSFIQA D12", source="kit default", alternatives=[0.01, 0.05, 0.1, 0.5, 1.0],
                           range="[0, 1000]")
     nsm: str = decision(
         "regional", id="CSFIQA D13", source="kit default (the caption's 'same image differing across scales', "
@@ -189,15 +199,32 @@ class CSFIQAConfig:
             "region; qfm: feature-similar pairs whose labels differ by > gamma2 weigh nsm_weight times as "
             "negatives (QFM-IQM); regional_weight: noise regions only weight the pooled pair (earlier "
             "'regional')")
-    nsm_quantile: float = decision(0.25, id="CSFIQA D13", source="kit default", choices=[0.1, 0.25, 0.5],
+    nsm_quantile: float = decision(0.25, id="CSFIQA D13", source="kit default", alternatives=[0.1, 0.25, 0.5],
                                    range="(0, 1]",
                                    doc="regional NSM: share of least-similar regions taken as noise regions")
-    nsm_weight: float = decision(2.0, id="CSFIQA D13", source="kit default", choices=[2.0, 4.0],
+    nsm_input: str = decision(
+        "tokens", id="CSFIQA D13", source="kit default (the selection should not read the embeddings it then "
+        "pushes apart)", choices=["tokens", "projected"],
+        doc="regional NSM: what the noise regions are measured on. tokens: the detached SCL-layer tokens "
+            "before the projectors, compared by each region's similarity to the image's other regions at "
+            "each scale (the two scales' widths differ); projected: the cosine of the projected region "
+            "embeddings that the NSM term then contrasts (the kit's earlier selection)")
+    nsm_warmup_epochs: float = decision(
+        1.0, id="CSFIQA D13", source="kit default (the projectors and features start random)",
+        alternatives=[1.0, 0.0, 3.0], range="[0, 10000]",
+        doc="epochs of training before NSM selects noise (until then no region or pair is noise: the "
+            "regional term contrasts every region as a positive); 0 = from the first step (earlier behaviour)")
+    nsm_weight: float = decision(2.0, id="CSFIQA D13", source="kit default", alternatives=[2.0, 4.0],
                                  range="[0, 1000]",
                                  doc="qfm NSM: weight of a noise pair among the negatives (1 = no NSM)")
-    afs: bool = True
+    afs: str = decision(
+        "topk", id="CSFIQA D15", source="paper (AFS keeps the top-k attention scores)",
+        choices=["topk", "dense", "off"],
+        doc="topk: the selective-attention layer keeping afs_k of the keys; dense: the same trainable layer "
+            "keeping every key (the kit's earlier afs=False, the 'w/o AFS' row); off: no such layer "
+            "(identity; 'w/o SFA' with ic='off')")
     afs_scope: str = decision("joint", id="CSFIQA D14", source="kit default", choices=["joint", "per_scale"])
-    afs_k: float = decision(0.5, id="CSFIQA D15", source="kit default", choices=[0.25, 0.5, 0.75, 1.0],
+    afs_k: float = decision(0.5, id="CSFIQA D15", source="kit default", alternatives=[0.25, 0.5, 0.75, 1.0],
                             range="(0, 1]", doc="share of keys kept per query (1.0 = dense attention)")
     ic: str = decision(
         "llama", id="CSFIQA D16", source="inferred (LM4VisualEncoding)",
@@ -208,13 +235,13 @@ class CSFIQAConfig:
         doc="reference: RMSNorm with unit gain after the frozen layer, then a trainable LayerNorm at the visual "
             "width after W2; llama_final_norm: the checkpoint's model.norm weights, no LayerNorm after W2 "
             "(the kit's earlier arrangement)")
-    ic_layer: int = decision(31, id="CSFIQA D16", source="LM4VisualEncoding", choices=[31, 15, 0],
+    ic_layer: int = decision(31, id="CSFIQA D16", source="LM4VisualEncoding", alternatives=[31, 15, 0],
                              range="[0, 1000]")
     ic_tokens: str = decision("large", id="CSFIQA D17", source="inferred from 45G MACs",
                               choices=["large", "all", "cls"])
     ic_weights: str | None = decision(
         None, id="CSFIQA D23", source="kit default",
-        choices=["<hub repo id>", "<local folder with sharded safetensors>"],
+        alternatives=["<hub repo id>", "<local folder with sharded safetensors>"],
         doc="LLaMA-7B checkpoint (paper profile); the smoke profile uses a tiny random layer")
     ic_dtype: str = decision(
         "auto", id="CSFIQA D23", source="kit default", choices=["auto", "bfloat16", "float16", "float32"],
@@ -233,11 +260,11 @@ class LMLIQAConfig:
         "global_view", id="LML D3", source="kit default", choices=["global_view", "train_crop", "native_crop"],
         doc="global_view: the whole image squashed to the crop size; train_crop: a random regression crop; "
             "native_crop: a crop at the crops' resolution centred on the saliency peak (regressed too)")
-    k_crops: int = decision(4, id="LML D4", source="kit default", choices=[2, 4, 6, 8], range="[2, 64]")
+    k_crops: int = decision(4, id="LML D4", source="kit default", alternatives=[2, 4, 6, 8], range="[2, 64]")
     crop_mode: str = decision("native", id="LML D4", source="kit default", choices=["native", "multiscale"])
     max_iou: float = decision(
         0.5, id="LML D4", source="kit default (0.5: PASCAL VOC's overlap for 'the same region')",
-        choices=[0.3, 0.5, 0.7, 1.0], range="(0, 1]",
+        alternatives=[0.3, 0.5, 0.7, 1.0], range="(0, 1]",
         doc="largest IoU between any two of an image's K crops, so an intra-image negative is never nearly "
             "the positive; each crop takes the first of 10 draws within it, else the least-overlapping "
             "draw; 1.0 = no limit (the kit's earlier behaviour)")
@@ -248,35 +275,41 @@ class LMLIQAConfig:
     loss_form: str = decision("single", id="LML D5", source="kit default", choices=["single", "two_term"])
     intra_negatives: bool = True
     inter_negatives: bool = True
-    w_intra: float = decision(1.0, id="LML D5", source="kit default", choices=[0.5, 1.0, 2.0], range="[0, 1000]")
-    proj_dim: int = decision(128, id="LML D6", source="kit default", choices=[128, 0], range="[0, 65536]",
+    w_intra: float = decision(1.0, id="LML D5", source="kit default", alternatives=[0.5, 1.0, 2.0], range="[0, 1000]")
+    proj_dim: int = decision(128, id="LML D6", source="kit default", alternatives=[128, 0], range="[0, 65536]",
                              doc="0 = no projector (the pooled feature itself, L2-normalised)")
     proj_source: str = decision("cls", id="LML D6", source="kit default",
                                 choices=["cls", "patch_mean", "decoder"],
                                 doc="what the projector reads: CLS token, mean patch token, mean panel output")
-    tau: float = decision(0.1, id="LML D7", source="kit default", choices=[0.05, 0.07, 0.1, 0.2], range="(0, 100]")
-    lambda_con: float = decision(0.1, id="LML D7", source="kit default", choices=[0.01, 0.05, 0.1, 0.5, 1.0],
+    tau: float = decision(0.1, id="LML D7", source="kit default", alternatives=[0.05, 0.07, 0.1, 0.2], range="(0, 100]")
+    lambda_con: float = decision(0.1, id="LML D7", source="kit default", alternatives=[0.01, 0.05, 0.1, 0.5, 1.0],
                                  range="[0, 1000]")
     mutual: str = decision("ema_only", id="LML D8", source="caption ('enabled via EMA')",
                            choices=["ema_only", "pred_consistency", "off"])
-    lambda_mut: float = decision(0.1, id="LML D8", source="kit default", choices=[0.05, 0.1, 0.5], range="[0, 1000]")
-    ema_momentum: float = decision(0.99, id="LML D8", source="kit default", choices=[0.9, 0.99, 0.996, 0.999],
+    lambda_mut: float = decision(0.1, id="LML D8", source="kit default", alternatives=[0.05, 0.1, 0.5], range="[0, 1000]")
+    ema_momentum: float = decision(0.99, id="LML D8", source="kit default", alternatives=[0.9, 0.99, 0.996, 0.999],
                                    range="[0, 1]")
     budget: str = decision("match_deiqt", id="LML D9", source="kit default", choices=["match_deiqt", "extra"],
                            doc="match_deiqt: the K crops replace K of the step's regression crops; extra: on top")
-    con_share: float = decision(0.5, id="LML D9", source="kit default", choices=[0.25, 0.5, 1.0], range="(0, 1]",
+    con_share: float = decision(0.5, id="LML D9", source="kit default", alternatives=[0.25, 0.5, 1.0], range="(0, 1]",
                                 doc="share of a step's batch spent on K-crop groups: M = max(2, round(share "
                                     "* batch / K)) images per step get the K crops and the global view")
     teacher_init: str = decision("student", id="LML D10", source="kit default", choices=["student", "checkpoint"])
     teacher_checkpoint: str | None = decision(
-        None, id="LML D10", source="kit default", choices=["<path to a trained DEIQT checkpoint>"],
+        None, id="LML D10", source="kit default", alternatives=["<path to a trained DEIQT checkpoint>"],
         doc="teacher_init='checkpoint': a DEIQT state dict (or a dict holding it under 'model')")
     eval_branch: str = decision("student", id="LML D11", source="caption ('student decoder')",
                                 choices=["student", "teacher", "mean"])
     queue_size: int = decision(
-        0, id="LML D16", source="kit default", choices=[0, 1024, 4096], range="[0, 1000000]",
-        doc="memory queue of past crop embeddings (student, detached) used as extra inter-image negatives "
-            "(crops of the anchor's own image excluded); 0 = off, the batch's images only")
+        0, id="LML D16", source="kit default", alternatives=[0, 1024, 4096], range="[0, 1000000]",
+        doc="memory queue of past crop embeddings used as extra inter-image negatives (crops of the anchor's "
+            "own image excluded); 0 = off, the batch's images only")
+    queue_source: str = decision(
+        "teacher", id="LML D16", source="MoCo (He et al., CVPR 2020): keys from the momentum encoder",
+        choices=["teacher", "student"],
+        doc="what the queue holds: teacher = MoCo's keys, the EMA teacher (with an EMA copy of the projector) "
+            "on the step's crops, one no-grad pass; student = the student's own detached crop embeddings "
+            "(the kit's earlier queue)")
 
 
 @dataclass
@@ -305,9 +338,11 @@ class RunConfig:
         d["train"].pop("num_threads", None)
         if not (d["model"]["pretrained"] and d["model"]["size"] == "tiny" and not d["model"]["weights"]):
             d["model"].pop("proxy_pretraining")      # the weights do not come from a proxy recipe
-        # method knobs of the other models do not change this run
+        # method knobs of the other models do not change this run, nor which paper version a table quotes
         for other in ("csfiqa", "lmliqa"):
             if d["model"]["name"] != other:
                 d.pop(other)
+            else:
+                d[other].pop("version")
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]

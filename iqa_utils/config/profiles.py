@@ -113,3 +113,22 @@ def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ConfigError(f"profile: unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return profile
+
+
+# ---- sharding a plan over machines (--shard i/N) ---------------------------------------------------
+class ShardError(ConfigError):
+    """A shard that is not "i/N" with 0 <= i < N."""
+
+
+def shard(items, spec: str | None):
+    """The i-th of N interleaved shares of items ("i/N", i from 0): machine i runs items i, i+N, ..."""
+    items = list(items)
+    if not spec:
+        return items
+    try:
+        i, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise ShardError(f"--shard {spec}: must look like i/N (e.g. 0/4: the first of 4 shares)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ShardError(f"--shard {spec}: out of range; i/N needs N >= 1 and 0 <= i < N")
+    return items[i::n]

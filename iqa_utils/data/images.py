@@ -15,6 +15,7 @@ that passes the check also decodes for training:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,29 +53,45 @@ def read_rgb8(path) -> np.ndarray:
         return rgb8(im)
 
 
-def image_problem(path) -> str | None:
-    """None when `path` decodes, else a short reason: missing, empty, not an image, truncated, ..."""
+def _checked(path) -> tuple[str | None, str | None]:
+    """(None, a digest of the decoded pixels) when `path` decodes, else (a short reason, None): missing,
+    empty, not an image, truncated, ..."""
     path = Path(path)
     if not path.is_file():
-        return "missing"
+        return "missing", None
     if path.stat().st_size == 0:
-        return "empty file (0 bytes)"
+        return "empty file (0 bytes)", None
     try:
-        read_rgb8(path)
+        a = read_rgb8(path)
     except UnidentifiedImageError:
-        return "not an image PIL can read"
+        return "not an image PIL can read", None
     except Exception as e:  # PIL raises several types; the message says which problem it is
         text = str(e).splitlines()[0] if str(e) else type(e).__name__
-        return ("truncated: " if "truncated" in text.lower() else "cannot decode: ") + text[:_MAX_REASON]
-    return None
+        return ("truncated: " if "truncated" in text.lower() else "cannot decode: ") + text[:_MAX_REASON], None
+    return None, hashlib.blake2b(np.ascontiguousarray(a).tobytes() + str(a.shape).encode(), digest_size=16).hexdigest()
+
+
+def image_problem(path) -> str | None:
+    """None when `path` decodes, else a short reason: missing, empty, not an image, truncated, ..."""
+    return _checked(path)[0]
 
 
 def check_images(manifest, progress: bool = True) -> list[tuple[str, str]]:
     """Decode every image of `manifest` once (threads; PIL releases the GIL while decoding) and return
-    every unreadable one as (path, reason), in manifest order; [] when all decode."""
+    every unreadable one as (path, reason), in manifest order, and every image whose decoded pixels equal
+    an earlier one's as (path, "same pixels as <the earlier path>"): a file listed under two names would
+    put one image on both sides of a split. [] when all decode and differ."""
     paths = [str(p) for p in manifest.df.path]
     workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
     with ThreadPoolExecutor(workers) as pool:
-        problems = list(tqdm(pool.map(image_problem, paths), total=len(paths), unit="img",
-                             desc=f"checking {manifest.name}", disable=not progress, leave=False))
-    return [(p, why) for p, why in zip(paths, problems) if why is not None]
+        checked = list(tqdm(pool.map(_checked, paths), total=len(paths), unit="img",
+                            desc=f"checking {manifest.name}", disable=not progress, leave=False))
+    first: dict[str, str] = {}
+    problems = []
+    for path, (why, digest) in zip(paths, checked):
+        if why is None and digest in first:
+            why = f"same pixels as {first[digest]}"
+        first.setdefault(digest, path)
+        if why is not None:
+            problems.append((path, why))
+    return problems

@@ -55,6 +55,12 @@ _ALIASES = {"kadid": "KADID-10k", "kadid10k": "KADID-10k", "koniq": "KonIQ-10k",
             "flive": "LIVEFB", "clive": "LIVEC", "livechallenge": "LIVEC", "tid": "TID2013"}
 
 
+class UnknownDataset(DatasetError, KeyError):
+    """A dataset name the kit does not know (a KeyError too, as a dict lookup's would be)."""
+    def __str__(self) -> str:          # KeyError would quote the message
+        return str(self.args[0])
+
+
 def canonical_name(name: str) -> str:
     """The canonical dataset name, ignoring case and punctuation ("koniq10k" -> "KonIQ-10k")."""
     if name in DATASETS:
@@ -65,8 +71,8 @@ def canonical_name(name: str) -> str:
             return canon
     if key in _ALIASES:
         return _ALIASES[key]
-    raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
-                   f"and synthetic / synthetic_a / synthetic_b")
+    raise UnknownDataset(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
+                         f"and synthetic / synthetic_a / synthetic_b")
 
 
 def dataset_path(name: str, data_root: Path | str | None = None) -> Path:

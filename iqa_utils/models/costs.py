@@ -37,7 +37,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
 from ..config.check import make_config, override
-from ..system import amp_dtype, autocast, device_name, train_mode
+from ..devices import amp_dtype, autocast, device_name, train_mode
 from .csfiqa import CSFIQA
 
 # ---------------------------------------------------------------- parameters

@@ -11,7 +11,8 @@ component as the IC, 233M params / 45G MACs. Everything else is a reconstruction
 - scale_mode (D4): "branch" - CrossViT's 12-px branch is the small scale, its 16-px branch the large
   one; "crop" - a 0.2 and a 0.4 image-side crop, each resized to the input size and encoded by the whole
   CrossViT (the scale's tokens are the 16-px branch of that crop); "crop_per_branch" - small crop into
-  the 12-px branch, large crop into the 16-px branch, one pass; "single" - large branch only. In the crop
+  the 12-px branch, large crop into the 16-px branch, one pass; "single" - the large (16-px) branch
+  encoded alone (its own blocks and norm; the small branch and the fusion are not run). In the crop
   modes the small training crop lies inside the large one (crop_nesting, D4), as the test views do.
 - SCL features (D5, D6): per scale, the mean patch token after multi-scale block l of the scale's branch
   run alone (no cross-branch fusion), or the CLS / mean patch token of the joint pass (before the final
@@ -144,12 +145,23 @@ def _projector(d_in: int, d_out: int) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------------
+def _forget_host_steps(model, _incompatible) -> None:
+    """After a state-dict load the step count is the checkpoint's: read it again when next needed."""
+    model._steps = None
+
+
 class CSFIQA(IQAModel):
     def __init__(self, c, size: str = "tiny", regression: str = "smooth_l1", device=None):
         super().__init__()
         self.c, self.size, self.regression = c, size, regression
         self.input_size = c.input_size
         self.label_range = None            # set by the caller for label_distance='dataset_range'
+        self.steps_per_epoch = None        # set by the engine: NSM's warm-up is counted in epochs (D13)
+        # optimizer steps taken (NSM warm-up); a buffer, so a resumed run goes on from its checkpoint.
+        # `_steps` mirrors it on the host (read back once after a load), so no step waits on the device.
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self._steps = 0
+        self.register_load_state_dict_post_hook(_forget_host_steps)
         self.encoder = build_crossvit(size, c.encoder, c.input_size)
         enc = self.encoder
         d0, d1 = enc.embed_dim
@@ -161,11 +173,7 @@ class CSFIQA(IQAModel):
         self.dim = d1
         two = c.scale_mode != "single"
         self.to_common = (nn.Linear(self.d_small, d1) if self.d_small != d1 else nn.Identity()) if two else None
-        ratio = c.afs_k if c.afs else 1.0
-        if c.afs_scope == "joint" or not two:
-            self.afs = SelectiveAttention(d1, heads, ratio)
-        else:                                               # per_scale
-            self.afs = nn.ModuleList([SelectiveAttention(d1, heads, ratio), SelectiveAttention(d1, heads, ratio)])
+        self.afs = self._build_afs(d1, heads, joint=c.afs_scope == "joint" or not two)
         self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
                                      dtype=c.ic_dtype, num_heads=heads, device=device, ic_norm=c.ic_norm)
         self.decoder = PanelDecoder(d1, heads) if c.decoder == "panel" else nn.Linear(d1, 1)
@@ -173,7 +181,29 @@ class CSFIQA(IQAModel):
         self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
                            (nn.Linear(self.d_small, d1, bias=False) if self.d_small != d1 else nn.Identity())) \
             if two else None
+        if not two:
+            self._freeze_small_branch()
         self._init_new_modules()
+
+    def _build_afs(self, dim: int, heads: int, joint: bool) -> nn.Module:
+        """D15: top-k selective attention, the same layer dense ("w/o AFS"), or none ("off", identity)."""
+        if self.c.afs == "off":
+            return nn.Identity()
+        ratio = self.c.afs_k if self.c.afs == "topk" else 1.0
+        if joint:
+            return SelectiveAttention(dim, heads, ratio)
+        return nn.ModuleList([SelectiveAttention(dim, heads, ratio), SelectiveAttention(dim, heads, ratio)])
+
+    def _freeze_small_branch(self):
+        """Single scale: only the large branch's own parts (patch embedding, CLS, position embedding,
+        Transformer blocks, norm) are trained; the rest of CrossViT stays in the module, so that a
+        checkpoint still loads strictly, but gets no gradient and no update."""
+        enc = self.encoder
+        enc.requires_grad_(False)
+        for mod in [enc.patch_embed[1], enc.norm[1], *[blk.blocks[1] for blk in enc.blocks]]:
+            mod.requires_grad_(True)
+        enc.cls_token_1.requires_grad_(True)
+        enc.pos_embed_1.requires_grad_(True)
 
     def _init_new_modules(self):
         """trunc-normal(0.02) on the modules CSFIQA adds (as DEIQT and timm do); the encoder keeps timm's
@@ -210,15 +240,20 @@ class CSFIQA(IQAModel):
         final = [norm(t) for norm, t in zip(self.encoder.norm, xs)]
         return blocks, final
 
+    def _branch_blocks(self, i: int, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        """Branch i's tokens after each multi-scale block up to `upto`, the other branch cut off."""
+        t, out = self._embed_branch(i, x), []
+        for blk in self.encoder.blocks[:upto + 1]:
+            t = blk.blocks[i](t)
+            out.append(t)
+        return out
+
     def branch_alone(self, i: int, x: torch.Tensor, upto: int) -> torch.Tensor:
         """Branch i's tokens after multi-scale block `upto` with the other branch cut off: each block's
         own Transformer blocks of branch i, no CLS fusion. In the joint pass only the CLS tokens are
         fused, but the patch tokens of every later block attend to that CLS, so they carry the other
         branch from the second block on; these do not (SCL's scale-pure features, D6)."""
-        t = self._embed_branch(i, x)
-        for blk in self.encoder.blocks[:upto + 1]:
-            t = blk.blocks[i](t)
-        return t
+        return self._branch_blocks(i, x, upto)[-1]
 
     def _views(self, x):
         """(small view, large view) for the crop modes. A 5-D (B, 2, 3, S, S) batch holds both; a plain
@@ -247,6 +282,9 @@ class CSFIQA(IQAModel):
         'small'/'large' (final, normed), 'grid_small'/'grid_large'."""
         mode = self.c.scale_mode
         xs, xl = self.scale_views(x)
+        if mode == "single":           # the large branch alone: no small patch embedding, no fusion (D4)
+            bl = self._branch_blocks(1, xl, len(self.encoder.blocks) - 1)
+            return {"blocks_large": bl, "large": self.encoder.norm[1](bl[-1]), "grid_large": self.grids[1]}
         if mode != "crop":                                   # one pass: branch 0 = small, branch 1 = large
             blocks, final = self._crossvit(xs, xl)
             bs, bl, fs, fl, gs, gl = [b[0] for b in blocks], [b[1] for b in blocks], final[0], final[1], \
@@ -256,14 +294,14 @@ class CSFIQA(IQAModel):
             b = xs.shape[0]
             bs, bl = [t[1][:b] for t in blocks], [t[1][b:] for t in blocks]
             fs, fl, gs, gl = final[1][:b], final[1][b:], self.grids[1], self.grids[1]
-        out = {"blocks_large": bl, "large": fl, "grid_large": gl}
-        if mode != "single":
-            out.update({"blocks_small": bs, "small": fs, "grid_small": gs})
-        return out
+        return {"blocks_large": bl, "large": fl, "grid_large": gl, "blocks_small": bs, "small": fs,
+                "grid_small": gs}
 
     # ---- SFA + decoder ----------------------------------------------------------------------------
     def sfa(self, small: torch.Tensor | None, large: torch.Tensor):
-        """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after)."""
+        """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after).
+        The decoder reads the large-scale tokens after the joint AFS (ic_tokens="large"), or both scales'
+        tokens (the mean of the two CLS as query) when the IC takes all of them, or when AFS is off."""
         c = self.c
         if small is None:                                   # single scale
             pre = large
@@ -278,10 +316,12 @@ class CSFIQA(IQAModel):
             j = self.afs(pre)
             small, large = j[:, :ns], j[:, ns:]
         if c.ic_tokens == "large":
-            large = self.ic(large)
-            post = torch.cat([small, large], 1)
-            return large[:, 0], large[:, 1:], pre, post
-        if c.ic_tokens == "all":
+            post = torch.cat([small, self.ic(large)], 1)
+            if c.afs != "off":
+                return post[:, ns], post[:, ns + 1:], pre, post
+            # afs="off": nothing has brought the small scale into the large tokens, so the decoder
+            # reads both scales' tokens (as ic_tokens="all" does); else the small scale would be lost
+        elif c.ic_tokens == "all":
             post = self.ic(torch.cat([small, large], 1))
         else:                                               # cls: only the two CLS tokens go through the IC
             cls = self.ic(torch.stack([small[:, 0], large[:, 0]], 1))
@@ -339,11 +379,10 @@ class CSFIQA(IQAModel):
         branch_patch_mean: each scale's branch run alone on its view (`branch_alone`); else the joint
         pass's block outputs."""
         li, mode = self._scl_layer(), self.c.scale_mode
-        if self.c.scl_pool != "branch_patch_mean":
+        if self.c.scl_pool != "branch_patch_mean" or mode == "single":    # single: encoded alone already
             return (e["blocks_small"][li] if "blocks_small" in e else None), e["blocks_large"][li]
         small_branch = 1 if mode == "crop" else 0           # crop: each scale is the 16-px branch of its crop
-        small = None if mode == "single" else self.branch_alone(small_branch, views[0], li)
-        return small, self.branch_alone(1, views[1], li)
+        return self.branch_alone(small_branch, views[0], li), self.branch_alone(1, views[1], li)
 
     def _pool(self, t):
         return t[:, 0] if self.c.scl_pool == "cls" else t[:, 1:].mean(1)
@@ -360,18 +399,43 @@ class CSFIQA(IQAModel):
         rs, rl = L.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
         return F.normalize(self.proj_small(rs).float(), dim=-1), F.normalize(self.proj_large(rl).float(), dim=-1)
 
+    def after_step(self) -> None:
+        self.steps_done += 1
+        self._steps = self.steps_taken() + 1
+
+    def steps_taken(self) -> int:
+        if self._steps is None:                   # after a load: the checkpoint's count, read once
+            self._steps = int(self.steps_done.item())
+        return self._steps
+
+    def nsm_started(self) -> bool:
+        """NSM selects noise after nsm_warmup_epochs of steps (D13); without an epoch length (a model
+        used outside the engine) it starts at once."""
+        w = self.c.nsm_warmup_epochs
+        return not w or self.steps_per_epoch is None or self.steps_taken() >= w * self.steps_per_epoch
+
     def nsm_args(self, e: dict, zs, zl, tokens) -> dict:
-        """The NSM (D13) keyword arguments of `losses.scl_loss`."""
-        kind = self.c.nsm
+        """The NSM (D13) keyword arguments of `losses.scl_loss`; before the warm-up ends nothing is noise."""
+        kind, on = self.c.nsm, self.nsm_started()
         if kind == "off" or zs is None:
             return {}
         if kind == "pooled":
-            return {"noise": L.nsm_pooled(zs, zl)}
+            return {"noise": L.nsm_pooled(zs, zl) if on else zs.new_zeros(len(zs))}
         if kind == "qfm":
-            return {"qfm_weight": self.c.nsm_weight}
+            return {"qfm_weight": self.c.nsm_weight if on else 1.0}
         rs, rl = self.region_embeddings(e, *tokens)
-        weight, hard = L.nsm_regional(rs, rl, self.c.nsm_quantile)
+        weight, hard = self.noise_regions(e, tokens, rs, rl)
+        if not on:
+            weight, hard = torch.zeros_like(weight), torch.zeros_like(hard)
         return {"noise": weight} if kind == "regional_weight" else {"regions": (rs, rl, hard)}
+
+    def noise_regions(self, e: dict, tokens, rs, rl):
+        """Regional NSM's selection (D13, nsm_input): on the detached SCL-layer tokens before the
+        projectors (`losses.region_agreement`), or on the projected region embeddings rs, rl."""
+        if self.c.nsm_input == "projected":
+            return L.nsm_regional(rs, rl, self.c.nsm_quantile)
+        ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+        return L.noise_regions(L.region_agreement(ts, tl), self.c.nsm_quantile)
 
     def loss(self, batch: dict):
         c = self.c

@@ -26,6 +26,7 @@ on its image's label.
       image `crops_train` crops per epoch, as in DEIQT. Extra cost: M student + M teacher passes on the
       global views.
     * "extra": all B listed samples get their regression crop and the M*K crops come on top.
+With a memory queue (D16) the teacher also encodes the step's M*K crops once (no grad) for its keys.
 """
 from __future__ import annotations
 
@@ -169,6 +170,10 @@ class LMLIQA(IQAModel):
         self._ema = get_ema_multi_avg_fn(float(lcfg.ema_momentum))
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        # D16 "teacher": MoCo's momentum keys need the projector on the teacher's side too (an EMA copy)
+        self.teacher_proj = None
+        if lcfg.queue_size > 0 and lcfg.queue_source == "teacher":
+            self.teacher_proj = copy.deepcopy(self.proj).requires_grad_(False)
         # D16: a ring buffer of past crop embeddings (and their store index) as extra inter-image
         # negatives; buffers, so checkpoints carry them and a resumed run matches an uninterrupted one
         if lcfg.queue_size > 0:
@@ -192,7 +197,11 @@ class LMLIQA(IQAModel):
         self._enqueue()
         if self.lcfg.mutual == "off":
             return
-        self._ema(list(self.teacher.parameters()), [p.detach() for p in self.student.parameters()], 0)
+        pairs = [(self.teacher, self.student)]
+        if self.teacher_proj is not None:
+            pairs.append((self.teacher_proj, self.proj))
+        for t, s in pairs:
+            self._ema(list(t.parameters()), [p.detach() for p in s.parameters()], 0)
         for bt, bs in zip(self.teacher.buffers(), self.student.buffers()):
             bt.copy_(bs)
 
@@ -204,6 +213,15 @@ class LMLIQA(IQAModel):
             return {}
         img = self.queue_img.view(1, -1)
         return {"queue": self.queue, "queue_valid": (img >= 0) & (img != idx_con.view(-1, 1).to(img.device))}
+
+    @torch.no_grad()
+    def _queue_keys(self, crops: torch.Tensor, z_crop: torch.Tensor) -> torch.Tensor:
+        """The step's crops as queue entries (M*K, P): the EMA teacher's keys (one no-grad pass through
+        the teacher and its projector, MoCo) or the student's detached embeddings ("student")."""
+        if self.teacher_proj is None:
+            return z_crop.detach().flatten(0, 1).float()
+        _, feats = self.teacher(crops.flatten(0, 1), return_features=True)
+        return self.embed(feats, self.teacher_proj)
 
     @torch.no_grad()
     def _enqueue(self) -> None:
@@ -261,11 +279,13 @@ class LMLIQA(IQAModel):
             feats["proj"] = self.embed(feats)
         return score, feats
 
-    def embed(self, feats: dict) -> torch.Tensor:
+    def embed(self, feats: dict, proj: nn.Module | None = None) -> torch.Tensor:
+        """The L2-normalised contrastive embedding (D6) of one branch's features, by `proj` (the student's
+        projector unless given)."""
         src = self.lcfg.proj_source
         h = feats["cls"] if src == "cls" else feats["patches"].mean(1) if src == "patch_mean" \
             else feats["panel"].mean(1)
-        return F.normalize(self.proj(h).float(), dim=-1)
+        return F.normalize((self.proj if proj is None else proj)(h).float(), dim=-1)
 
     def cam_target_layers(self) -> list[nn.Module]:
         """Last encoder block of the evaluated branch (the student for "student" and "mean")."""
@@ -343,7 +363,7 @@ class LMLIQA(IQAModel):
         lc = self.lcfg
         q = self._queue_args(batch["idx_con"])
         if lc.queue_size:
-            self._pending.append((z_crop.detach().flatten(0, 1).float(),
+            self._pending.append((self._queue_keys(batch["crops"], z_crop),
                                   batch["idx_con"].repeat_interleave(z_crop.shape[1])))
         if lc.loss_form == "single":
             return local_manifold_loss(z_anchor, z_crop, pos, lc.tau, lc.w_intra, intra=lc.intra_negatives,

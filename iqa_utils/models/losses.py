@@ -94,17 +94,36 @@ def align_grids(tok_small: torch.Tensor, tok_large: torch.Tensor, grid_small, gr
 
 
 def nsm_regional(r_small: torch.Tensor, r_large: torch.Tensor, q: float = 0.25):
-    """NSM's noise regions (D13): r_* (B, R, D) aligned region embeddings. The batch-wide least-similar
-    q-share of regions (ceil(q * B * R), at least one) are noise; an image's weight is the share of its
-    regions among them ("regional_weight" uses it on the pooled pair). Returns ((B,) weights in [0, 1],
-    (B, R) bool noise-region mask)."""
-    sim = F.cosine_similarity(r_small.detach(), r_large.detach(), dim=-1)    # (B, R)
+    """NSM's noise regions (D13) by the cosine of aligned region embeddings r_* (B, R, D) (nsm_input
+    "projected"): `noise_regions` of their similarity."""
+    return noise_regions(F.cosine_similarity(r_small.detach(), r_large.detach(), dim=-1), q)
+
+
+def noise_regions(sim: torch.Tensor, q: float = 0.25):
+    """The batch-wide least-similar q-share of regions (ceil(q * B * R), at least one) of a (B, R)
+    cross-scale similarity are noise; an image's weight is the share of its regions among them
+    ("regional_weight" uses it on the pooled pair). Returns ((B,) weights in [0, 1], (B, R) bool mask)."""
     k = max(1, int(torch.ceil(torch.tensor(q * sim.numel())).item()))
     idx = sim.flatten().topk(k, largest=False).indices
     hard = torch.zeros(sim.numel(), dtype=torch.bool, device=sim.device)
     hard[idx] = True
     hard = hard.view_as(sim)
     return hard.float().mean(1), hard
+
+
+def region_agreement(t_small: torch.Tensor, t_large: torch.Tensor) -> torch.Tensor:
+    """(B, R) cross-scale agreement of aligned region tokens t_* (B, R, C_*) whose widths may differ
+    (nsm_input "tokens", D13): the correlation, over the image's other regions, of how similar region r
+    is to each of them at the small scale and at the large scale. A region whose relations to the rest of
+    its image change across scales scores low. Detached: the selection takes no gradient."""
+    def profile(t):
+        t = F.normalize(t.detach().float(), dim=-1)
+        g = t @ t.transpose(1, 2)                                            # (B, R, R) cosines
+        off = ~torch.eye(g.shape[-1], dtype=torch.bool, device=g.device)
+        g = torch.where(off, g, torch.zeros_like(g))
+        mean = g.sum(-1, keepdim=True) / off.sum(-1).clamp_min(1)
+        return torch.where(off, g - mean, torch.zeros_like(g))               # centred, self left out
+    return F.cosine_similarity(profile(t_small), profile(t_large), dim=-1, eps=1e-8)
 
 
 def nsm_regional_loss(r_small: torch.Tensor, r_large: torch.Tensor, d: torch.Tensor, noise: torch.Tensor, *,

@@ -4,20 +4,24 @@ Never `trust_remote_code`; `torch.load` only with weights_only=True; safetensors
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
+import socket
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import huggingface_hub
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from ..system import KitError, MissingFile, atomic_write
+from ..devices import atomic_save, save_safetensors
+from ..system import KitError, MissingFile
 
 
 class WeightsError(KitError, RuntimeError):
@@ -70,6 +74,49 @@ def looks_local(source: str) -> bool:
         source.endswith((".safetensors", ".pth", ".pt", ".bin", ".json"))
 
 
+HUB_PROBE_S = 3.0                 # one connection attempt to the hub's host, instead of the client's retries
+
+
+@functools.lru_cache(maxsize=None)
+def _unreachable(endpoint: str) -> str | None:
+    """Why endpoint's host cannot be reached (one TCP connection, HUB_PROBE_S at most), or None."""
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_PROBE_S).close()
+    except OSError as e:
+        return f"{url.hostname} cannot be reached: {e.strerror or type(e).__name__}"
+    return None
+
+
+def hub_offline() -> str | None:
+    """Why the Hugging Face hub is out of reach (HF_HUB_OFFLINE set, or its host not answering: probed
+    once per process), or None. Behind an HTTPS proxy the client is left to decide."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true") or \
+            huggingface_hub.constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return None
+    return _unreachable(huggingface_hub.constants.ENDPOINT)
+
+
+class HubOffline(OSError):
+    """The hub is out of reach and the file is not in the local hub cache."""
+
+
+def hub_download(repo: str, filename: str, **kw) -> str:
+    """huggingface_hub.hf_hub_download; offline, only the local hub cache is read (without the client,
+    which would still try the network), so a file that is not there fails at once instead of after the
+    client's retries (about 40 s)."""
+    offline = hub_offline()
+    if not offline:
+        return huggingface_hub.hf_hub_download(repo, filename, **kw)
+    cached = None if kw else huggingface_hub.try_to_load_from_cache(repo, filename)
+    if isinstance(cached, str):
+        return cached
+    raise HubOffline(f"{repo}/{filename} is not in the local hub cache ({offline})")
+
+
 def resolve_weights(source: str, filename: str = "model.safetensors") -> Path:
     """A local file (or folder holding `filename`), else `filename` of a hub repo id, downloaded to the
     Hugging Face cache. A missing file is one WeightsError sentence saying how to get it."""
@@ -84,10 +131,11 @@ def resolve_weights(source: str, filename: str = "model.safetensors") -> Path:
     if looks_local(source):
         raise WeightsError(f"weights file {p} does not exist; {HOW_TO_DOWNLOAD}.")
     try:
-        return Path(huggingface_hub.hf_hub_download(source, filename))
+        return Path(hub_download(source, filename))
     except Exception as e:  # offline, wrong id, gated repo, missing file
+        offline = hub_offline()
         raise WeightsError(f"could not get {filename} of {source!r} from the Hugging Face hub "
-                           f"({type(e).__name__}); {HOW_TO_DOWNLOAD}.") from e
+                           f"({type(e).__name__}{'; ' + offline if offline else ''}); {HOW_TO_DOWNLOAD}.") from e
 
 
 def kit_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -120,9 +168,9 @@ def load_kit_state(model: nn.Module, sd: dict, where) -> None:
 
 
 def save_weights(model: nn.Module, path) -> Path:
-    """kit_state(model) as safetensors, atomically."""
+    """kit_state(model) as safetensors, atomically (a full disk is one line naming the file)."""
     state = {k: v.detach().contiguous() for k, v in kit_state(model).items()}
-    return atomic_write(path, lambda tmp: save_file(state, tmp))
+    return atomic_save(state, path, save_safetensors)
 
 
 def load_weights(model: nn.Module, path) -> Path:

@@ -43,12 +43,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..data.synthetic import DEFAULT_N_REFS, SOURCES, default_root, photo
-from ..system import KitError, atomic_save, atomic_write_json, file_sha256, read_json
+from ..devices import atomic_save, save_safetensors
+from ..system import KitError, atomic_write_json, file_sha256, read_json
 from .pretrained import weights_source
 
 # skimage.data photos inside the wheel (no download) that are no source of the synthetic set's references
@@ -293,7 +293,7 @@ def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, rec
         return path
     t0 = time.perf_counter()
     state, log = pretrain(build, RECIPES[recipe])
-    atomic_save(state, path, lambda sd, p: save_file(sd, p))
+    atomic_save(state, path, save_safetensors)
     n = max(1, len(log) // 10)                # the last tenth of the steps
     atomic_write_json({"identity": _identity(name, recipe), "sha256": file_sha256(path),
                        "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__,

@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import huggingface_hub
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from ..system import atomic_save, atomic_write_json, atomic_write_text, file_sha256, read_json
+from ..devices import atomic_save, save_safetensors
+from ..system import atomic_write_json, atomic_write_text, file_sha256, read_json
 from .concentrator import LLAMA_7B
 from .csfiqa import build_crossvit, crossvit_key_map
 from .deiqt import build_vit
@@ -33,6 +32,7 @@ from .pretrained import (
     LLAMA_HUB_ID,
     WeightsError,
     crossvit_hub_id,
+    hub_download,
     map_deit_keys,
     read_state_dict,
     resolve_weights,
@@ -59,7 +59,7 @@ def _llama_tensors(layers, n_layers: int = 32) -> dict[str, str]:
 # ---- download ------------------------------------------------------------------------------------------
 def _fetch(repo: str, filename: str, folder: Path) -> Path:
     try:
-        return Path(huggingface_hub.hf_hub_download(repo, filename, local_dir=str(folder)))
+        return Path(hub_download(repo, filename, local_dir=str(folder)))
     except Exception as e:                   # offline, gated, wrong repo id
         raise WeightsError(f"{repo}/{filename}: download failed ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); run this command where the "
@@ -200,7 +200,7 @@ def _crossvit_safetensors(folder: Path, encoder: str) -> None:
           for k, v in enc.state_dict().items()}
     for i, d in enumerate(enc.embed_dim):
         sd[f"head.{i}.weight"], sd[f"head.{i}.bias"] = torch.zeros(1000, d), torch.zeros(1000)
-    atomic_save(sd, folder / "model.safetensors", lambda t, p: save_file(t, p))
+    atomic_save(sd, folder / "model.safetensors", save_safetensors)
 
 
 def _llama_folder(folder: Path, layers) -> None:
@@ -221,7 +221,7 @@ def _llama_folder(folder: Path, layers) -> None:
     every = {f"model.layers.{i}.{k}": (shard if i in layers else "model-00001-of-00002.safetensors")
              for i in range(LLAMA_7B["num_hidden_layers"]) for k in shapes}
     every.update({"model.norm.weight": shard, "model.embed_tokens.weight": "model-00001-of-00002.safetensors"})
-    atomic_save(tensors, folder / shard, lambda t, p: save_file(t, p))
+    atomic_save(tensors, folder / shard, save_safetensors)
     atomic_write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": every}, indent=1), folder / INDEX)
     atomic_write_text(json.dumps({**LLAMA_7B, "model_type": "llama", "vocab_size": 32000,
                                   "max_position_embeddings": 2048}, indent=1), folder / "config.json")

@@ -21,7 +21,8 @@ from ..data.store import CropSampler, ImageStore
 from ..models import display_name, list_models
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
-from ..system import MissingFile, resolve_device
+from ..devices import resolve_device
+from ..system import MissingFile
 from ..training.evaluation import LabelNorm, predict_rows
 from ..training.predict import load_trained
 from . import plots

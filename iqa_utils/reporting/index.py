@@ -18,12 +18,12 @@ import torch
 
 from ..config.check import decisions_table, make_config
 from ..config.profiles import is_rehearsal
+from ..devices import device_name
 from ..system import (
     KitError,
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
-    device_name,
     package_version,
     read_json,
     read_jsonl,

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
+from ..config.check import make_config
 from ..config.profiles import is_rehearsal, plan
 from ..runs.pool import parse_devices
 from . import index, plots, tables
@@ -32,6 +33,7 @@ class Session:
     shard: str | None
     plan: dict = field(default_factory=dict)
     devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
+    overrides: dict = field(default_factory=dict)   # dotted fields set on every run and table (--set)
 
     @property
     def rehearsal(self) -> bool:
@@ -48,7 +50,7 @@ class Session:
     @property
     def versions(self) -> dict:
         """The paper versions whose reported numbers the tables quote."""
-        return paper_versions(self.profile)
+        return paper_versions(self.profile, self.overrides)
 
     def publish(self, table: pd.DataFrame, name: str, caption: str) -> pd.DataFrame:
         """Write results/tables/<name>.md and .csv (logged for the index) and show the table; a table
@@ -64,7 +66,7 @@ class Session:
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.runs.experiments functions."""
         return {"results_dir": self.results_dir, "data_root": self.data_root, "shard": self.shard,
-                "device": self.devices or self.device}
+                "device": self.devices or self.device, "overrides": self.overrides}
 
 
 def in_colab() -> bool:
@@ -78,7 +80,8 @@ def _mount_drive() -> None:
 
 
 def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results", data_root: str | None = None,
-          device: str = "auto", shard: str | None = None, drive_dir: str | None = None) -> Session:
+          device: str = "auto", shard: str | None = None, drive_dir: str | None = None,
+          overrides: dict | None = None) -> Session:
     """Resolve paths, mount Google Drive when asked (Colab), and log outputs to this notebook's name.
 
     device may list several devices ("cuda:0,cuda:1", `iqa-kit reproduce --devices`): the notebook's
@@ -87,8 +90,15 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     With `drive_dir`, results (run records, checkpoints) and data live on Drive, so a Colab session that
     disconnects resumes where it stopped: finished runs are loaded from their records, an interrupted one
     continues from its last epoch checkpoint.
+
+    overrides (`iqa-kit reproduce --set FIELD=VALUE`): dotted config fields for every run and table,
+    e.g. {"csfiqa.version": "v1"} quotes CSFIQA v1's reported numbers; checked here, so a misspelt
+    field stops the notebook at its first cell.
     """
     runs = plan(profile)
+    overrides = dict(overrides or {})
+    for model in ("deiqt", "csfiqa", "lmliqa"):
+        make_config(profile, model, overrides)
     if drive_dir:
         _mount_drive()
         base = Path(drive_dir).expanduser()
@@ -103,7 +113,7 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
     devices = parse_devices(device)
     return Session(notebook, profile, results_dir, data_root, devices[0] if devices else device, shard,
-                   dict(runs), devices=device if len(devices) > 1 else None)
+                   dict(runs), devices=device if len(devices) > 1 else None, overrides=overrides)
 
 
 def show(table, caption: str = ""):

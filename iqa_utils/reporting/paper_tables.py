@@ -10,10 +10,11 @@ from ..runs.experiments import named_sweep_configs, run_all
 from . import tables
 
 
-def paper_versions(profile: str) -> dict[str, str]:
-    """Which version of each paper the tables quote (csfiqa.version, lmliqa.version; docs D1)."""
-    return {display_name("csfiqa"): make_config(profile, "csfiqa").csfiqa.version,
-            display_name("lmliqa"): make_config(profile, "lmliqa").lmliqa.version}
+def paper_versions(profile: str, overrides: dict | None = None) -> dict[str, str]:
+    """Which version of each paper the tables quote (csfiqa.version, lmliqa.version; docs D1): the
+    profile's, or the one `overrides` (`iqa-kit reproduce --set csfiqa.version=v1`) sets."""
+    return {display_name("csfiqa"): make_config(profile, "csfiqa", overrides).csfiqa.version,
+            display_name("lmliqa"): make_config(profile, "lmliqa", overrides).lmliqa.version}
 
 
 def data_efficiency_table(runs: pd.DataFrame, versions: dict | None = None) -> pd.DataFrame:
@@ -28,7 +29,7 @@ def sensitivity_table(profile: str, model: str, name: str, **kw) -> pd.DataFrame
     """One named sweep run (or loaded) and compared with the reported cells of its table."""
     runs = run_all(named_sweep_configs(profile, model, name), **kw)
     return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"),
-                                   versions=paper_versions(profile))
+                                   versions=paper_versions(profile, kw.get("overrides")))
 
 
 def cost_vs_reported(cost: pd.DataFrame) -> pd.DataFrame:

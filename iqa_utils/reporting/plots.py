@@ -39,7 +39,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from ..system import atomic_write, train_mode  # noqa: E402
+from ..devices import train_mode  # noqa: E402
+from ..system import atomic_write  # noqa: E402
 
 CAM_CMAP = "jet"
 _STAMP = {"text": None}

@@ -8,7 +8,11 @@ do; it trains, writes the record, then deletes the claim. While it holds the cla
 file every HEARTBEAT_S seconds. Another process that finds the claim judges it stale:
 - on the same machine (same host name and boot id): when its process is gone (pid, and its start time
   where /proc has it, so a reused pid is not mistaken for the owner);
-- from another machine: when the file has not been touched for STALE_AFTER_S seconds.
+- from another machine: when the file has not been touched for STALE_AFTER_S seconds;
+- empty or not JSON for longer than WRITE_GRACE_S (its owner writes it in one call right after creating
+  it, so such a file was cut short, e.g. by a full disk): at once, wherever it came from.
+A process waiting on a live claim says which process holds it (pid, host, since when) and how to clear
+it if that process is not training the run; Ctrl-C while waiting says the same (`WaitInterrupted`).
 A stale claim is taken over under a takeover lock (a second O_EXCL file held for milliseconds): the
 claim is read again under the lock and replaced only if it is still the stale one, and the new claim is
 again created with O_EXCL, so two processes never both take one over. Works on local disks and NFS;
@@ -31,6 +35,11 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 LOCK_STALE_S = 60.0
 POLL_S = 10.0
+WRITE_GRACE_S = 2.0
+
+
+class WaitInterrupted(KeyboardInterrupt):
+    """Ctrl-C while waiting for another process's run; the message names that process and the claim."""
 
 
 def _boot_id() -> str:
@@ -78,10 +87,14 @@ def owner(path: Path) -> tuple[dict | None, float | None]:
 
 
 def is_stale(info: dict | None, mtime: float, now: float | None = None) -> bool:
-    """A claim whose process is gone (same machine) or whose heartbeat stopped (another machine)."""
-    if info and info.get("host") == HOST and info.get("boot") == BOOT:
+    """A claim whose process is gone (same machine), whose heartbeat stopped (another machine), or that
+    is still empty or unreadable WRITE_GRACE_S after it was made (its write failed)."""
+    age = (now or time.time()) - mtime
+    if not isinstance(info, dict) or "pid" not in info:
+        return age > WRITE_GRACE_S
+    if info.get("host") == HOST and info.get("boot") == BOOT:
         return not _alive(int(info["pid"]), info.get("started"))
-    return (now or time.time()) - mtime > STALE_AFTER_S
+    return age > STALE_AFTER_S
 
 
 class Claim:
@@ -136,6 +149,9 @@ def _create(path: Path, previous: dict | None = None) -> Claim | None:
         raise os_error(path, e) from e
     try:
         os.write(fd, json.dumps(info).encode())
+    except OSError as e:                      # a full disk: leave no empty claim behind
+        path.unlink(missing_ok=True)
+        raise os_error(path, e) from e
     finally:
         os.close(fd)
     return Claim(path, info, previous)
@@ -174,6 +190,16 @@ def try_claim(path: Path) -> Claim | None:
     return _take_over(path, info) if is_stale(info, mtime) else None
 
 
+def holder(path: Path) -> str:
+    """Who holds the claim at path, and how to clear it: one line for a waiting user."""
+    info, mtime = owner(path)
+    if not isinstance(info, dict) or "pid" not in info:
+        return f"a process whose claim {path} is still being written"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("time") or mtime))
+    return (f"pid {info['pid']} on {info.get('host', '?')} (claimed {since}); if that process is not "
+            f"training this run any more, delete {path}")
+
+
 def claim_output(target: Path, wait: bool = True, poll: float | None = None):
     """A held claim for producing `target` (its claim file is target.claim), or None when `target`
     exists (another process wrote it meanwhile) or, with wait=False, when a live process holds it.
@@ -190,8 +216,13 @@ def claim_output(target: Path, wait: bool = True, poll: float | None = None):
         if not wait or target.exists():
             return None
         if not told:
-            info, _ = owner(path)
-            who = f"pid {info['pid']} on {info['host']}" if info else "another process"
-            print(f"[iqa-kit] {target.stem}: trained by {who}; waiting for its record", flush=True)
+            print(f"[iqa-kit] {target.stem}: trained by {holder(path)}; waiting for its record", flush=True)
             told = True
-        time.sleep(POLL_S if poll is None else poll)
+        pause = POLL_S if poll is None else poll
+        if owner(path)[0] is None:                     # empty or cut short: stale after WRITE_GRACE_S
+            pause = min(pause, WRITE_GRACE_S)
+        try:
+            time.sleep(pause)
+        except KeyboardInterrupt:
+            raise WaitInterrupted(f"interrupted while waiting for {target.stem}, held by {holder(path)}; "
+                                  f"a rerun waits again while that process lives") from None

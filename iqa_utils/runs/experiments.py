@@ -16,12 +16,12 @@ import torch
 from ..config.check import make_config, override
 from ..config.fields import RunConfig
 from ..config.profiles import plan
+from ..config.profiles import shard as take_shard
 from ..data.registry import load_manifest
 from ..models import costs, create_model, display_name, list_models
-from ..system import resolve_device
+from ..devices import resolve_device
 from .pool import parse_devices, run_on_pool
 from .records import record_row, run_or_load
-from .records import shard as take_shard
 
 RESULT_METRICS = ("srcc", "plcc", "plcc_logistic", "krcc", "rmse")
 
@@ -83,13 +83,26 @@ def method_row(rec: dict, variant: str = "") -> dict:
 Planned = list[tuple[RunConfig, str]]         # (config, variant label) pairs, in order
 
 
+def with_base(planned: Planned, overrides: dict | None) -> Planned:
+    """The planned runs with the user's overrides (`iqa-kit reproduce --set`) on every field the plan
+    itself does not vary: they set the base, while a sweep's or an ablation's own field keeps its
+    row's value (so a row labelled tau=0.1 runs at 0.1)."""
+    if not overrides:
+        return planned
+    varied = {k for k in overrides if len({repr(getattr_dotted(c, k)) for c, _ in planned}) > 1}
+    keep = {k: v for k, v in overrides.items() if k not in varied}
+    return [(override(cfg, keep), label) for cfg, label in planned]
+
+
 def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
-            shard: str | None = None, progress: bool = True, device: str | None = None) -> pd.DataFrame:
+            shard: str | None = None, progress: bool = True, device: str | None = None,
+            overrides: dict | None = None) -> pd.DataFrame:
     """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics.
 
     device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
-    per device (pool.py), and this process loads their records (and trains any run a dead worker left)."""
-    pairs = take_shard(planned, shard)
+    per device (pool.py), and this process loads their records (and trains any run a dead worker left).
+    overrides: dotted fields set on every run, except those the plan varies (`with_base`)."""
+    pairs = take_shard(with_base(planned, overrides), shard)
     manifests = _Manifests(data_root)
     devices = parse_devices(device)
     where = {"data.data_root": data_root, **({"train.device": devices[0]} if devices else {})}
@@ -203,9 +216,9 @@ ABLATIONS = {
         "w/o SCL": {"csfiqa.scl": False},
         "w/o NSM": {"csfiqa.nsm": "off"},
         "NSM pooled (one weight per image)": {"csfiqa.nsm": "pooled"},
-        "w/o AFS (dense attention)": {"csfiqa.afs": False},
+        "w/o AFS (dense attention)": {"csfiqa.afs": "dense"},
         "w/o Information Concentrator": {"csfiqa.ic": "off"},
-        "w/o SFA (neither AFS nor IC)": {"csfiqa.afs": False, "csfiqa.ic": "off"},
+        "w/o SFA (neither AFS nor IC)": {"csfiqa.afs": "off", "csfiqa.ic": "off"},
         "IC: a trainable block instead of LLaMA": {"csfiqa.ic": "trainable_block"},
         "IC: LLaMA layer 15 instead of 31": {"csfiqa.ic_layer": 15},
         "one scale": {"csfiqa.scale_mode": "single"},
@@ -216,6 +229,7 @@ ABLATIONS = {
         "saliency: spectral residual": {"lmliqa.saliency": "spectral_residual"},
         "saliency: random (random positive)": {"lmliqa.saliency": "random"},
         "anchor: the training crop": {"lmliqa.anchor": "train_crop"},
+        "anchor: a native-resolution crop at the saliency peak": {"lmliqa.anchor": "native_crop"},
         "two-term loss (v1 reading)": {"lmliqa.loss_form": "two_term"},
         "w/o mutual learning": {"lmliqa.mutual": "off"},
     },

@@ -8,7 +8,7 @@
     results/checkpoints/<key>/model.safetensors      the final (selected) weights + config.json
 
 `run_or_load(cfg, results_dir)` trains only when the record is missing, so notebooks, a Colab session
-that reconnects, and sweeps sharded over machines (`shard(items, "i/N")`) all pick up where they stopped.
+that reconnects, and sweeps sharded over machines (`config.profiles.shard(items, "i/N")`) all pick up where they stopped.
 A claim file keeps two processes (pool workers, or two commands started on one results folder) from
 training the same run; under torchrun, rank 0 claims and writes for the whole process group.
 """
@@ -24,7 +24,8 @@ import pandas as pd
 from ..config.fields import RunConfig
 from ..data.registry import load_manifest
 from ..data.splits import make_split
-from ..system import atomic_write_json, environment, read_json, resolve_device
+from ..devices import environment, resolve_device
+from ..system import atomic_write_json, read_json
 from ..training import distributed, engine
 from ..training.checkpoint import CHECKPOINT
 from ..training.predict import CONFIG, WEIGHTS
@@ -188,17 +189,3 @@ def load_records(results_dir="results", **filters):
         want = list(want) if isinstance(want, (list, tuple, set)) else [want]
         df = df[df[col].isin(want)]
     return df.reset_index(drop=True)
-
-
-def shard(items, spec: str | None):
-    """The i-th of N interleaved shares of items ("i/N", i from 0): machine i runs items i, i+N, ..."""
-    items = list(items)
-    if not spec:
-        return items
-    try:
-        i, n = (int(v) for v in str(spec).split("/"))
-    except ValueError:
-        raise ValueError(f"shard must look like 'i/N' (e.g. 0/4), not {spec!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard {spec!r}: need N >= 1 and 0 <= i < N")
-    return items[i::n]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..models.pretrained import kit_state
-from ..system import KitError, atomic_save, os_error
+from ..devices import atomic_save
+from ..system import KitError, os_error
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..system import KitError, resolve_device
+from ..devices import resolve_device
+from ..system import KitError
 
 
 def launched() -> bool:

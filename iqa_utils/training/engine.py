@@ -30,12 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config.check import in_batch_contrastive
-from ..config.fields import RunConfig
+from ..config.fields import ConfigError, RunConfig
 from ..data.cache import build_store
 from ..data.store import CropSampler, CropStream
 from ..models import create_model
 from ..models.pretrained import load_kit_state
-from ..system import KitError, amp_dtype, autocast
+from ..devices import amp_dtype, autocast
+from ..system import KitError
 from . import distributed
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
 from .distributed import Dist, accumulate
@@ -114,8 +115,8 @@ def _batching(cfg: RunConfig, dataset: str, n_train: int, dist: Dist) -> tuple[i
     E = steps_per_epoch(n_train, cfg.data.crops_train, G)
     E = min(E, cfg.train.max_steps_per_epoch or E)
     if E == 0 and cfg.train.epochs > 0:
-        raise ValueError(f"{n_train} training images x {cfg.data.crops_train} crops make less than one "
-                         f"batch of {G}; lower train.global_batch")
+        raise ConfigError(f"train.global_batch: {G} is more than the {n_train} training images x "
+                          f"{cfg.data.crops_train} crops of {dataset} make; lower it")
     if dist.world > 1 and in_batch_contrastive(cfg):
         raise KitError(f"torchrun: {cfg.model.name}'s contrastive loss builds its positives and negatives "
                        f"within a step's batch, which {dist.world} processes would split; train it with one "
@@ -135,7 +136,7 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if tc.selection == "val" and not split.val:
-        raise ValueError("selection='val' needs a validation split: set data.val_fraction > 0")
+        raise ConfigError("train.selection: 'val' needs a validation split; set data.val_fraction > 0")
     G, E, micro = _batching(cfg, manifest.name, len(split.train), dist)
     seed_all(tc.seed)
     model = create_model(cfg).to(device)
@@ -150,6 +151,8 @@ def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=No
     norm = LabelNorm(tc.label_norm, manifest.label_range)
     if hasattr(model, "label_range") and manifest.label_range:
         model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
+    if hasattr(model, "steps_per_epoch"):          # CSFIQA's NSM warm-up counts epochs of steps
+        model.steps_per_epoch = E
     dtype = amp_dtype(tc.amp, device)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,

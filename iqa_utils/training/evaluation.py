@@ -14,7 +14,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import LogisticFitError, all_metrics
-from ..system import KitError, amp_dtype, autocast, train_mode
+from ..devices import amp_dtype, autocast, train_mode
+from ..system import KitError
 
 
 class NonFiniteError(KitError):

@@ -17,7 +17,8 @@ from ..config.fields import RunConfig
 from ..data.store import CropSampler, ImageStore
 from ..models import create_model
 from ..models.pretrained import load_kit_state, load_weights, save_weights
-from ..system import KitError, MissingFile, amp_dtype, atomic_write_text, read_json, resolve_device
+from ..devices import amp_dtype, resolve_device
+from ..system import KitError, MissingFile, atomic_write_text, read_json
 from .checkpoint import read_checkpoint
 from .evaluation import LabelNorm, predict_rows
 
@@ -42,6 +43,9 @@ def save_trained(model, cfg: RunConfig, manifest, out_dir, min_side: int, select
 def load_trained(path, device: str | None = "cpu"):
     """(model, cfg) from a run folder, its model.safetensors, or a training checkpoint.pt."""
     path = Path(path)
+    if not path.exists():
+        raise MissingFile(f"{path}: checkpoint folder not found; pass a run's checkpoint folder "
+                          f"(results/checkpoints/<key>/)")
     folder = path if path.is_dir() else path.parent
     if not (folder / CONFIG).is_file():
         raise MissingFile(f"{folder / CONFIG} is missing: pass a run's checkpoint folder "
