@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import skimage.data
 import torch
 from torch import nn
 
@@ -236,3 +237,24 @@ def test_fp16_cards_run_the_frozen_layer_in_float32():
     assert torch.isfinite(outs[torch.float16]).all()
     torch.testing.assert_close(outs[torch.float16].float(), ref.detach().float(), rtol=2e-2, atol=2e-2)
     assert not torch.isfinite(outs["fp16 layer"]).all()
+
+
+def test_tiny_stand_in_is_near_identity_on_realistic_activations():
+    """The smoke stand-in acts as a pretrained layer does: on what the smoke CSFIQA feeds it (W1 . the
+    tokens of a photo) it adds a small update to its residual stream instead of replacing it."""
+    torch.manual_seed(0)
+    m = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False})).eval()
+    photo = torch.from_numpy(skimage.data.astronaut()[100:292:2, 150:342:2].copy()).permute(2, 0, 1).float() / 255
+    x = torch.stack([photo, photo.flip(-1)])
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    seen = {}
+
+    def hook(mod, args, out):
+        seen["in"], seen["out"] = args[0], out[0] if isinstance(out, tuple) else out
+    m.ic.llama.register_forward_hook(hook)
+    with torch.no_grad():
+        m(x)
+    h, y = seen["in"], seen["out"]
+    assert h.shape[-1] == TINY_LLAMA["hidden_size"] and h.std() > 0
+    assert (y - h).norm() / h.norm() < 0.25          # PyTorch's default init: ~1.4
+    assert torch.nn.functional.cosine_similarity(y, h, dim=-1).min() > 0.9

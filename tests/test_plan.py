@@ -36,3 +36,15 @@ def test_cross_runs_vary_the_training_seed_over_the_side_seeds():
     assert all(c.split_seed == c.train.seed and c.test_dataset == "CSIQ" and c.data.cross_train == "whole"
                for c, _ in planned)
 
+
+def test_smoke_spends_its_budget_on_the_main_runs():
+    """The main runs (and notebook 06's, which reuse them) train at the profile's budget; the other
+    tables at the plan's cheaper side budget."""
+    steps = lambda c: c.train.epochs * (448 * c.data.crops_train // c.train.global_batch)
+    main = {c.key(): c for c, _ in E.main_configs("smoke")}
+    assert {c.key() for c, _ in E.visual_configs("smoke")} <= set(main)
+    side = (E.variant_configs("smoke", "csfiqa", E.ABLATIONS["csfiqa"]) + E.fraction_configs("smoke", ("deiqt",))
+            + E.cross_configs("smoke", ("deiqt",)) + E.named_sweep_configs("smoke", "lmliqa", "tau"))
+    assert all(c.train.epochs == plan("smoke")["side_budget"]["train.epochs"] for c, _ in side)
+    assert min(steps(c) for c in main.values()) >= 4 * max(steps(c) for c, _ in side)
+    assert all(plan(p)["side_budget"] == {} for p in PROFILE_PLAN if p != "smoke")

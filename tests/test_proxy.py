@@ -109,8 +109,8 @@ def test_the_config_names_the_recipes():
     f = {f.name: f for f in RunConfig.__dataclass_fields__["model"].default_factory.__dataclass_fields__.values()}
     assert set(f["proxy_pretraining"].metadata["choices"]) == set(proxy.RECIPES)
     assert f["proxy_pretraining"].default == proxy.DEFAULT_RECIPE
-    smoke = make_config("smoke")
-    assert smoke.model.pretrained and smoke.model.size == "tiny"
+    smoke = make_config("smoke", overrides={"model.pretrained": True})
+    assert smoke.model.proxy_pretraining == proxy.DEFAULT_RECIPE and smoke.model.size == "tiny"
 
 
 def _encoders(model):
@@ -119,7 +119,7 @@ def _encoders(model):
 
 @pytest.mark.parametrize("name,weights", [("deiqt", "vit_tiny"), ("lmliqa", "vit_tiny"), ("csfiqa", "crossvit_tiny")])
 def test_smoke_models_start_from_the_proxy_weights(tmp_path, name, weights):
-    model = create_model(make_config("smoke", name, {"data.data_root": str(tmp_path)}))
+    model = create_model(make_config("smoke", name, {"data.data_root": str(tmp_path), "model.pretrained": True}))
     saved = load_file(str(proxy.folder(tmp_path) / f"{weights}.safetensors"))
     for enc in _encoders(model):
         own = enc.state_dict()
@@ -131,7 +131,8 @@ def test_smoke_models_start_from_the_proxy_weights(tmp_path, name, weights):
     assert any(not torch.equal(own[k], saved[k]) for k in own)
 
 def test_other_crop_sizes_resample_the_positions(tmp_path):
-    model = create_model(make_config("smoke", "deiqt", {"data.data_root": str(tmp_path), "data.crop_size": 32}))
+    model = create_model(make_config("smoke", "deiqt", {"data.data_root": str(tmp_path), "data.crop_size": 32,
+                                                        "model.pretrained": True}))
     saved = load_file(str(proxy.folder(tmp_path) / "vit_tiny.safetensors"))
     own = model.encoder.state_dict()
     assert own["pos_embed"].shape == (1, 16, 48) and saved["pos_embed"].shape == (1, 144, 48)

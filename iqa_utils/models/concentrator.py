@@ -55,15 +55,35 @@ def _make_bidirectional(layer: nn.Module) -> nn.Module:
     return layer
 
 
+def _init_like_llama(layer: nn.Module, std: float) -> None:
+    """LLaMA's own initialisation (transformers' LlamaPreTrainedModel._init_weights: every Linear
+    N(0, initializer_range), no biases, norms at unit gain), which a bare LlamaDecoderLayer skips: built
+    alone it keeps PyTorch's Linear default (uniform, ~1/sqrt(fan_in)), about 5x larger at width 64."""
+    for m in layer.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+
+
 def build_llama_layer(dims: dict, layer_idx: int = 0, seed: int = 0, dtype=torch.float32, device=None):
     """A LLaMA decoder layer + final RMSNorm with random weights from `seed` (smoke profile: TINY_LLAMA;
-    with device="meta" and LLAMA_7B: shapes only, for the cost report)."""
+    with device="meta" and LLAMA_7B: shapes only, for the cost report).
+
+    The smoke stand-in must act as a pretrained layer does on its residual stream: close to the identity,
+    each sublayer adding a small update to what it receives (a trained LLaMA layer's update is a small
+    fraction of the stream). Initialised as LLaMA is (`_init_like_llama`, std 0.02), the pre-norm
+    sublayers read unit-RMS tokens and write updates of RMS ~0.03, so on the activations the smoke
+    CSFIQA feeds it (W1 . tokens of a synthetic image, RMS ~0.15 at the start) its update is ~10 % of
+    the input's norm (cosine 0.99; tests/test_concentrator.py). PyTorch's default init made it a random
+    mixing of the tokens instead (update ~1.4x the input), which destroyed the features the IC is meant
+    to concentrate (smoke: full CSFIQA below its "w/o Information Concentrator" row)."""
     cfg = _llama_config(**dims)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device or "cpu"):
             layer = LlamaDecoderLayer(cfg, layer_idx)
             norm = LlamaRMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+            if device is None or str(device) != "meta":
+                _init_like_llama(layer, cfg.initializer_range)
     return _make_bidirectional(layer).to(dtype), norm.to(dtype)
 
 

@@ -130,7 +130,8 @@ def variant_configs(profile: str, model: str, variants: dict[str, dict], dataset
     """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
     p, tiny = plan(profile), make_config(profile).model.size == "tiny"
     return [(c, label) for label, ov in variants.items() if not (tiny and label in FULL_SIZE_ONLY)
-            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["side_seeds"], ov)]
+            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["side_seeds"],
+                             {**p["side_budget"], **ov})]
 
 
 def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values: list) -> Planned:
@@ -147,7 +148,8 @@ def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
     """Train on A (all of it by default, data.cross_train; kit X1), test on all of B; one run per side seed,
     which sets the training seed (and the split seed, which draws the 80 % part under cross_train="split")."""
     p = plan(profile)
-    return [(make_config(profile, m, {"data.dataset": a, "test_dataset": b, "split_seed": s, "train.seed": s}), "")
+    return [(make_config(profile, m, {**p["side_budget"], "data.dataset": a, "test_dataset": b, "split_seed": s,
+                                      "train.seed": s}), "")
             for m in models for a, b in (pairs or p["cross_pairs"]) for s in (seeds or p["side_seeds"])]
 
 
@@ -156,7 +158,7 @@ def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=
     p = plan(profile)
     return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or p["fractions"])
             for c in configs(profile, m, datasets or p["fraction_datasets"], seeds or p["side_seeds"],
-                             {"data.train_fraction": f})]
+                             {**p["side_budget"], "data.train_fraction": f})]
 
 
 def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Planned:
