@@ -19,6 +19,7 @@ from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, Memor
                                   open_store, ram_available, read_index)
 from iqa_utils.data.manifest import DatasetError
 from iqa_utils.data.store import CropSampler, ImageStore, resize_settings
+from iqa_utils.reporting.notebook import setup
 from iqa_utils.system import KitError
 from test_store import SIZES, _coded_image, _manifest
 
@@ -309,3 +310,32 @@ def test_gpu_store(data):
     copied = open_store(m, kind="gpu", device="cuda", cache_dir=cache_dir, **QUIET)
     assert decoded.kind == copied.kind == "gpu" and "copied from cache" in copied.reason
     assert _same_pixels(decoded.to("cpu"), ram) and _same_pixels(copied.to("cpu"), ram)
+
+
+def test_a_disk_store_maps_its_local_copy_made_once(data, decodes, tmp_path):
+    """Colab: the cache file stays on Drive (cache_dir), each session maps a copy on local disk."""
+    m, cache_dir = data
+    local = tmp_path / "local"
+    first = open_store(m, cache_dir=cache_dir, kind="disk", local_dir=local, **QUIET)
+    original = next(cache_dir.glob("*.u8"))
+    assert first.path == local / original.name and "local copy" in first.reason
+    assert original.read_bytes() == first.path.read_bytes()
+    made = first.path.stat().st_ino
+    again = open_store(m, cache_dir=cache_dir, kind="disk", local_dir=local, **QUIET)
+    assert again.path.stat().st_ino == made and _same_pixels(again, _ram(m))    # reused, not copied again
+    Path(m.df.path[0]).write_bytes(Path(m.df.path[1]).read_bytes())          # a source changes: rebuilt
+    rebuilt = open_store(m, cache_dir=cache_dir, kind="disk", local_dir=local, **QUIET)
+    assert rebuilt.path.stat().st_ino != made and torch.equal(rebuilt[0], rebuilt[1])
+    assert sorted(os.listdir(local)) == [original.name]                        # no temporary file left
+
+
+def test_a_drive_session_keeps_the_caches_on_drive_and_stores_local(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.LOCAL_STORES_ENV, "")       # recorded, so the teardown removes setup's value
+    monkeypatch.delenv(cache.LOCAL_STORES_ENV)
+    monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path / "mine"))               # a user's choice is kept
+    setup("00_data_prep", drive_dir=str(tmp_path / "drive"))
+    assert os.environ["IQA_KIT_CACHE"] == str(tmp_path / "mine")
+    assert os.environ[cache.LOCAL_STORES_ENV].endswith("iqa-kit-stores")
+    monkeypatch.delenv("IQA_KIT_CACHE")
+    setup("00_data_prep", drive_dir=str(tmp_path / "drive"))
+    assert os.environ["IQA_KIT_CACHE"] == str(tmp_path / "drive" / "cache")

@@ -78,6 +78,7 @@ TRAILER = struct.Struct("<Q8s")          # index length, magic
 RELEASE_BYTES = 512 * 2**20              # unmap the touched pages after serving this many image bytes
 STALE_TEMP_S = 3600                      # a build's temp file unchanged this long was left by a killed build
 KINDS = ("auto", "gpu", "ram", "disk")
+LOCAL_STORES_ENV = "IQA_KIT_LOCAL_STORES"   # a fast local folder for copies of the cache files (Colab)
 DECODER_CODE = (decode_image, working_size)  # their code is part of the cache key (captured at import)
 
 
@@ -88,6 +89,27 @@ class CacheError(KitError):
 def default_cache_dir() -> Path:
     """$IQA_KIT_CACHE/stores, else ~/.cache/iqa-kit/stores."""
     return cache_dir("stores")
+
+
+def local_copy(path: Path, local_dir) -> Path:
+    """The cache file copied to a fast local folder, once: Colab keeps the cache on Google Drive across
+    sessions, but reading crops through Drive's FUSE mount is slow, so each session maps a local copy.
+    The copy is reused while its size and modification time match the original's (a rebuilt cache has a
+    new time); it is written whole or not at all (`atomic_write`)."""
+    local = Path(local_dir).expanduser() / path.name
+    if local.resolve() == path.resolve():
+        return path
+    src = path.stat()
+    if local.exists() and (local.stat().st_size, local.stat().st_mtime_ns) == (src.st_size, src.st_mtime_ns):
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(local.parent, src.st_size)
+
+    def write(tmp):
+        shutil.copyfile(path, tmp)
+        os.utime(tmp, ns=(src.st_atime_ns, src.st_mtime_ns))   # the rename keeps it: the reuse test above
+    atomic_write(local, write)
+    return local
 
 
 def _gib(n: float) -> str:
@@ -429,7 +451,7 @@ class MemoryBudget:
 def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side: int | None = None,
                min_side: int | None = 224, device="cpu", kind: str = "auto", cache_dir=None,
                progress: bool = True, budget: MemoryBudget | None = None,
-               release_bytes: int | None = RELEASE_BYTES) -> ImageStore:
+               release_bytes: int | None = RELEASE_BYTES, local_dir=None) -> ImageStore:
     """The manifest's decoded images on the GPU, in RAM or memory-mapped from a cache file on disk.
 
     kind "auto" picks the GPU (CUDA `device` only) when the pixels take under a third of its free memory,
@@ -441,6 +463,8 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
     progress). `budget` replaces the measured free memory (tests, or a machine shared with others).
     `release_bytes`: a "disk" store unmaps the pages it touched after serving this many bytes, so its
     RSS stays bounded (None: never; faster, see the module docstring).
+    `local_dir` (default $IQA_KIT_LOCAL_STORES; set by a notebook's `setup(drive_dir=...)` on Colab): a
+    "disk" store maps a copy of its cache file made there once (`local_copy`), not the file itself.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}; choose one of {KINDS}")
@@ -456,7 +480,8 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
     else:
         reason = f"kind={kind!r} asked for, {_gib(nbytes)} of pixels"
     store, how = _serve(kind, manifest, cache, index, nbytes=nbytes, size=size, device=device,
-                        release_bytes=release_bytes, progress=progress)
+                        release_bytes=release_bytes, progress=progress,
+                        local_dir=local_dir or os.environ.get(LOCAL_STORES_ENV))
     store.reason = f"{reason}; {how}"
     if progress:
         print(f"store {manifest.name}: {store.kind} ({store.reason})")
@@ -464,7 +489,8 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
 
 
 def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, *, nbytes: int, size: dict,
-           device: torch.device, release_bytes: int | None, progress: bool) -> tuple[ImageStore, str]:
+           device: torch.device, release_bytes: int | None, progress: bool,
+           local_dir=None) -> tuple[ImageStore, str]:
     """The store of the chosen kind and how its pixels were obtained."""
     labels = torch.from_numpy(manifest.df.label.to_numpy(dtype=np.float64).copy())
     paths = [str(p) for p in manifest.df.path]
@@ -473,7 +499,9 @@ def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, 
         if index is None:
             cache.report("rebuilding it", progress)
             index, how = cache.build(paths, nbytes, progress), f"cache {cache.path} built"
-        return MappedImageStore(cache.path, index, labels, paths, release_bytes), how
+        path = local_copy(cache.path, local_dir) if local_dir else cache.path
+        how += f", mapped from its local copy {path}" if path != cache.path else ""
+        return MappedImageStore(path, index, labels, paths, release_bytes), how
     cache.report("decoding instead", progress)
     if index is not None:
         if kind == "ram":

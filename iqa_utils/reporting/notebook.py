@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from IPython.display import Markdown, display
 
 from ..config.check import make_config
 from ..config.profiles import is_rehearsal, plan
+from ..data.cache import LOCAL_STORES_ENV
 from ..runs.pool import parse_devices
+from ..system import CACHE_ENV
 from . import index, plots, tables
 from .paper_tables import paper_versions
 
@@ -79,6 +82,16 @@ def _mount_drive() -> None:
         drive.mount("/content/drive")
 
 
+def _drive_caches(base: Path) -> None:
+    """With results on Drive, the kit's cache (image stores, synthetic set, weights stand-ins) lives there
+    too, so a new Colab session does not decode every image again; each session maps a copy of a store
+    on the VM's local disk (data.cache.local_copy), since crops read through Drive's mount are slow.
+    Environment variables, because training may run in worker processes (--devices), which inherit them;
+    values the user set are kept."""
+    os.environ.setdefault(CACHE_ENV, str(base / "cache"))
+    os.environ.setdefault(LOCAL_STORES_ENV, str(Path(tempfile.gettempdir()) / "iqa-kit-stores"))
+
+
 def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results", data_root: str | None = None,
           device: str = "auto", shard: str | None = None, drive_dir: str | None = None,
           overrides: dict | None = None) -> Session:
@@ -104,6 +117,7 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
         base = Path(drive_dir).expanduser()
         results_dir = str(base / "results")
         data_root = data_root or str(base / "data")
+        _drive_caches(base)
     results_dir = str(Path(results_dir).expanduser().resolve())
     if data_root:
         data_root = str(Path(data_root).expanduser().resolve())
