@@ -21,12 +21,12 @@ from ..config.check import make_config
 from ..config.fields import RunConfig
 from ..config.profiles import plan
 from ..data.manifest import EXPECTED_COUNTS
-from ..data.splits import make_split
+from ..devices import amp_dtype
 from ..models import costs, create_model
-from ..system import KitError, amp_dtype, atomic_write_json, cache_dir, read_json
+from ..system import KitError, atomic_write_json, cache_dir, read_json
 from ..training.optim import global_batch_for, steps_per_epoch
 from .experiments import full_size_model, manifest_for, notebook_plan
-from .records import data_digest, record_path
+from .records import data_digest, record_path, source_split
 
 
 def _model(profile: str, name: str):
@@ -59,10 +59,10 @@ def _split_sizes(cfg: RunConfig, manifest) -> tuple[int, int, int, bool]:
     """(train, val, test) images of the run's split, and whether they are exact."""
     d = cfg.data
     if manifest is not None:
-        s = make_split(manifest, cfg.split_seed, d.split_ratio, d.train_fraction, d.val_fraction)
+        s = source_split(cfg, manifest)
         return len(s.train), len(s.val), len(s.test), True
     n = plan(cfg.profile)["images"] or EXPECTED_COUNTS.get(d.dataset, 0)
-    train = round(d.split_ratio * n)
+    train = round((1.0 if cfg.is_cross() and d.cross_train == "whole" else d.split_ratio) * n)
     val = round(d.val_fraction * train)
     return max(1, round(d.train_fraction * (train - val))), val, n - train, False
 
