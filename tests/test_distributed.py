@@ -25,6 +25,8 @@ from iqa_utils.training.distributed import Dist
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
 
+SMOKE_BATCH = make_config("smoke").train.global_batch      # the profile's, whatever it is
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -56,7 +58,7 @@ def test_shares_and_refusals():
     with pytest.raises(KitError, match="^train.micro_batch: 3 does not divide the 4 samples"):
         engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, Dist(0, 3))
     for model in ("csfiqa", "lmliqa"):          # contrastive sets over the global batch: split like any other
-        assert engine._batching(make_config("smoke", model), "synthetic", 400, two)[::2] == (32, 16)
+        assert engine._batching(make_config("smoke", model), "synthetic", 400, two)[::2] == (SMOKE_BATCH, SMOKE_BATCH // 2)
 
 
 # ---- contrastive sets gathered over the ranks ------------------------------------------------------

@@ -35,7 +35,7 @@ def test_largest_micro_is_the_largest_divisor_that_fits():
 def test_memory_table_of_a_profile(tmp_path, monkeypatch):
     monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path))
     t = memory_table("smoke", models=("deiqt", "csfiqa"))
-    assert list(t.model) == ["deiqt", "csfiqa"] and (t["global batch"] == 32).all()
+    assert list(t.model) == ["deiqt", "csfiqa"] and (t["global batch"] == make_config("smoke").train.global_batch).all()
     assert {"peak GiB at batch", "fits at batch", "micro on 16 GB", "micro on 141 GB"} <= set(t.columns)
     assert (t["MiB / sample"] > 0).all()
     assert len(list((tmp_path / "memory").glob("*.json"))) == 2                # measured once, cached

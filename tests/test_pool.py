@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 from test_claims import _dead_pid, _plant
 
+from iqa_utils.config.check import make_config
 from iqa_utils.data.registry import load_manifest
 from iqa_utils.data.synthetic import build_synthetic
 from iqa_utils.runs.experiments import configs, run_all
 from iqa_utils.runs.pool import parse_devices
 from iqa_utils.runs.records import CLAIMS_LOG, data_digest, load_records, record_path, run_key
 from iqa_utils.system import read_jsonl
+
+SMOKE_BATCH = make_config("smoke").train.global_batch      # the profile's, whatever it is
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"train.epochs": 1, "data.crops_train": 1, "data.crops_test": 1, "train.warmup_epochs": 0,
@@ -103,4 +106,4 @@ def test_torchrun_trains_one_run_over_two_processes(data_root, tmp_path):
     recs = load_records(results)
     assert len(recs) == 1 and _trained(results) == Counter({recs.key[0]: 1})
     rec = json.loads(Path(recs.path[0]).read_text())
-    assert rec["processes"] == 2 and rec["global_batch"] == 32 and rec["micro_batch"] == 16
+    assert rec["processes"] == 2 and rec["global_batch"] == SMOKE_BATCH and rec["micro_batch"] == SMOKE_BATCH // 2
