@@ -323,6 +323,7 @@ def test_a_disk_store_maps_its_local_copy_made_once(data, decodes, tmp_path):
     made = first.path.stat().st_ino
     again = open_store(m, cache_dir=cache_dir, kind="disk", local_dir=local, **QUIET)
     assert again.path.stat().st_ino == made and _same_pixels(again, _ram(m))    # reused, not copied again
+    assert cache.local_copy(original, local) == again.path and again.path.stat().st_ino == made
     Path(m.df.path[0]).write_bytes(Path(m.df.path[1]).read_bytes())          # a source changes: rebuilt
     rebuilt = open_store(m, cache_dir=cache_dir, kind="disk", local_dir=local, **QUIET)
     assert rebuilt.path.stat().st_ino != made and torch.equal(rebuilt[0], rebuilt[1])

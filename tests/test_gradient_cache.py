@@ -11,6 +11,7 @@ from iqa_utils.config.check import make_config
 from iqa_utils.config.fields import ConfigError
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models import create_model
+from iqa_utils.models.losses import over_sets
 from iqa_utils.training import engine
 
 CPU = torch.device("cpu")
@@ -113,3 +114,16 @@ def test_set_terms_run_in_float32_under_autocast(sampler):
 def test_bad_splits_name_the_field(over, field):
     with pytest.raises(ConfigError, match=f"^{field}: "):
         make_config("smoke", "csfiqa", {**TINY, **over})
+
+
+def test_over_sets_is_the_mean_of_each_sets_loss():
+    """Per-device sets (set_size): each run of equal set ids is its own loss; the step takes their mean."""
+    z = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+
+    def loss(emb, meta):                     # a set's loss depends on the whole set: sum(z) * max(y)
+        return emb["z"].sum() * meta["y"].max(), {"n": torch.tensor(float(len(emb["z"])))}
+    whole, _ = over_sets(loss, {"z": z}, {"y": y}, None)
+    per, logs = over_sets(loss, {"z": z}, {"y": y}, torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert whole.item() == pytest.approx(21 * 0.6)
+    assert per.item() == pytest.approx((6 * 0.3 + 15 * 0.6) / 2) and logs["n"].item() == 3
