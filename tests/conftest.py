@@ -10,6 +10,8 @@
   of by whichever tests of both workers get there first (a test's time limit does not count it).
 - The full run (`-n 2 --dist worksteal`) starts the LONGEST tests side by side, one per worker, instead of
   leaving one of them queued behind the other while the other worker runs out of work.
+- Fixtures several test files use are defined here (the tiny DEIQT data, the synthetic set, a run trained
+  through the command line); plain helpers they share live in helpers.py and native_fixtures.py.
 - pytest-timeout: every test has a limit (pyproject.toml's `timeout`, for fast tests); tests marked
   `slow` get SLOW_TIMEOUT_S unless they set their own with `@pytest.mark.timeout(seconds)`. A hung test
   then fails with its name and stack instead of stalling the run.
@@ -18,12 +20,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from iqa_utils.cli import main
+from iqa_utils.data.synthetic import build_synthetic, default_root
 from iqa_utils.reporting import index, plots
 from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
+
+from helpers import tiny_manifest
 
 SLOW_TIMEOUT_S = 1800                  # the rehearsals' own subprocess limit
 LONGEST = ["test_rehearsal.py::test_paper_and_quick_rehearsals",            # longest first
@@ -109,6 +116,34 @@ def pytest_unconfigure(config):
 def kit_cache() -> Path:
     """The session's kit cache folder (IQA_KIT_CACHE), shared by its xdist workers."""
     return Path(os.environ[CACHE_ENV])
+
+
+@pytest.fixture(scope="session")
+def data_root(kit_cache) -> Path:
+    """A data root holding the embedded synthetic set (all its references): the session's kit cache,
+    where the smoke profile reads it too, so it is built once per session. Tests only read it."""
+    build_synthetic(default_root(), progress=False)
+    return default_root().parent
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """20 tiny learnable images (helpers.tiny_manifest), made once per test file."""
+    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
+
+
+@pytest.fixture(scope="session")
+def trained(data_root, tmp_path_factory) -> SimpleNamespace:
+    """One DEIQT run trained by `iqa-kit train` on the synthetic set (one short epoch, seed 0): its
+    results folder, checkpoint folder and the command's arguments (rerunning them loads the record).
+    A test that damages one of its files puts the file back."""
+    results = tmp_path_factory.mktemp("trained") / "results"
+    args = ["train", "--model", "deiqt", "--dataset", "synthetic", "--data-root", str(data_root),
+            "--results-dir", str(results), "--seeds", "0", "--device", "cpu",
+            "--set", "train.epochs=1", "data.crops_train=1", "data.crops_test=2", "train.warmup_epochs=0"]
+    assert main(args) == 0
+    return SimpleNamespace(data_root=data_root, results=results, args=args,
+                           checkpoint=next((results / "checkpoints").iterdir()))
 
 
 @pytest.fixture(autouse=True)

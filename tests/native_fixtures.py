@@ -8,6 +8,7 @@ iqa_utils/data/<dataset>.py's docstrings, so parsers read these exactly as they 
     write_all(data_root) -> {name: folder}   every dataset under data_root/DATASET_FOLDERS[name]
     FIXTURE_COUNTS[name]                      image count each writer gives with its defaults
     load_fixture(name, folder, **kw)          parse a fixture with expected_count=FIXTURE_COUNTS[name]
+    fresh(name, root, **kw)                   a private copy of one fixture, for a test that damages it
 
 The counts are not the releases', so pass expected_count (or load_manifest(..., check_count=False)).
 """
@@ -19,6 +20,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 from PIL import Image
+
+from iqa_utils.data.registry import DATASET_FOLDERS, DATASETS
 
 LIVE_REFS = ("bikes", "building2", "buildings", "caps", "carnivaldolls", "cemetry", "churchandcapitol",
              "coinsinfountain", "dancers", "flowersonih35", "house", "lighthouse", "lighthouse2",
@@ -344,13 +347,16 @@ WRITERS = {"LIVE": write_live, "CSIQ": write_csiq, "TID2013": write_tid2013, "KA
 
 def write_all(data_root: Path) -> dict[str, Path]:
     """Every dataset's fixture (defaults) under data_root/DATASET_FOLDERS[name]."""
-    from iqa_utils.data.registry import DATASET_FOLDERS
     return {name: writer(Path(data_root) / DATASET_FOLDERS[name]) for name, writer in WRITERS.items()}
+
+
+def fresh(name: str, root: Path, **kw) -> Path:
+    """A private copy of one dataset's fixture under root/DATASET_FOLDERS[name], for a test that damages it."""
+    return WRITERS[name](Path(root) / DATASET_FOLDERS[name], **kw)
 
 
 def load_fixture(name: str, folder: Path, **kwargs):
     """Parse a default fixture, expecting FIXTURE_COUNTS[name] images."""
-    from iqa_utils.data.registry import DATASETS
     kwargs.setdefault("expected_count", FIXTURE_COUNTS[name])
     return DATASETS[name](folder, **kwargs)
 
@@ -358,7 +364,6 @@ def load_fixture(name: str, folder: Path, **kwargs):
 def write_rehearsal_root(base: Path) -> tuple[Path, Path]:
     """(data root, gMAD pool): all eight datasets in their native layouts, the image-split ones with 10
     images (a rehearsal's 80/20 split then keeps 2 for testing), and a folder of unlabelled images."""
-    from iqa_utils.data.registry import DATASET_FOLDERS
     data = Path(base) / "data"
     for name, writer in WRITERS.items():
         kw = {"n_images": 10} if name in ("KonIQ-10k", "SPAQ", "LIVEFB") else {}

@@ -9,8 +9,6 @@ changed something its label does not name, fails here.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +18,7 @@ from iqa_utils.models import costs
 from iqa_utils.models.registry import create_model
 from iqa_utils.runs.experiments import ABLATIONS, FULL_SIZE_ONLY
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_csfiqa import FakeSampler as CSFIQASampler  # noqa: E402
-from test_lmliqa import FakeSampler as LMLIQASampler  # noqa: E402
+from helpers import FakeCSFIQASampler, FakeLMLIQASampler
 
 SMALL_BRANCH = ("encoder.patch_embed.0.", "encoder.cls_token_0", "encoder.pos_embed_0", "encoder.norm.0.",
                 "encoder.blocks.", "to_common.", "proj_small.")
@@ -57,7 +53,7 @@ EXPECTED = {
 }
 # the test's own size and batch, the same for the full method and every row
 BASE = {"csfiqa": {}, "lmliqa": {"data.crop_size": 64, "lmliqa.con_share": 1.0, "lmliqa.budget": "extra"}}
-SAMPLER = {"csfiqa": CSFIQASampler, "lmliqa": LMLIQASampler}
+SAMPLER = {"csfiqa": FakeCSFIQASampler, "lmliqa": FakeLMLIQASampler}
 IDX = torch.tensor([0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 2, 3, 5, 6, 7, 4])
 ROWS = [(m, label) for m in ABLATIONS for label in ABLATIONS[m]]
 

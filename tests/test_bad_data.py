@@ -7,7 +7,6 @@ involved (and the rows, for label problems). Image files that exist but do not d
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +14,14 @@ import pandas as pd
 import pytest
 import scipy.io
 
-sys.path.insert(0, str(Path(__file__).parent))
-import native_fixtures as nf  # noqa: E402
+from iqa_utils.data.images import check_images
+from iqa_utils.data.manifest import DatasetError, row_word
+from iqa_utils.data.registry import DATASETS
+from iqa_utils.system import KitError
 
-from iqa_utils.data.images import check_images  # noqa: E402
-from iqa_utils.data.manifest import DatasetError, row_word  # noqa: E402
-from iqa_utils.data.registry import DATASET_FOLDERS, DATASETS  # noqa: E402
-from iqa_utils.system import KitError  # noqa: E402
+import native_fixtures as nf
 
 NAMES = list(DATASETS)
-
-
-def fresh(name: str, tmp_path: Path) -> Path:
-    return nf.WRITERS[name](tmp_path / DATASET_FOLDERS[name])
 
 
 def one_line_error(call, expected) -> str:
@@ -124,7 +118,7 @@ PAIRS = [(n, c) for n in NAMES for c in CASES if not (n == "LIVE" and c.startswi
 
 @pytest.mark.parametrize("name, case", PAIRS)
 def test_bad_release_fails_in_one_line_naming_the_file(name, case, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     expected = CASES[case](name, root)
     one_line_error(lambda: nf.load_fixture(name, root), expected)
 
@@ -132,7 +126,7 @@ def test_bad_release_fails_in_one_line_naming_the_file(name, case, tmp_path):
 @pytest.mark.parametrize("name", ["TID2013", "LIVEC", "KonIQ-10k"])
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_many_bad_labels_are_counted(name, value, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     table = nf.read_label_table(name, root)
     table.loc[table.index[-7:], "label"] = value
     path, n = nf.write_label_table(name, root, table), len(table)
@@ -143,7 +137,7 @@ def test_many_bad_labels_are_counted(name, value, tmp_path):
 
 
 def test_live_orgs_must_be_zero_or_one(tmp_path):
-    root = fresh("LIVE", tmp_path)
+    root = nf.fresh("LIVE", tmp_path)
     path = root / "dmos_realigned.mat"
     mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
     mat["orgs"][0, 3] = np.nan
@@ -174,7 +168,7 @@ IMAGE_DAMAGE = {
 @pytest.mark.parametrize("kind", IMAGE_DAMAGE)
 @pytest.mark.parametrize("name", NAMES)
 def test_undecodable_images_are_all_reported(name, kind, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     damage, reason = IMAGE_DAMAGE[kind]
     victims = [Path(p) for p in nf.load_fixture(name, root).df.path[[1, 3]]]
     for victim in victims:
@@ -188,7 +182,7 @@ def test_undecodable_images_are_all_reported(name, kind, tmp_path):
 
 
 def test_check_images_reports_missing_files_too(tmp_path):
-    root = fresh("KonIQ-10k", tmp_path)
+    root = nf.fresh("KonIQ-10k", tmp_path)
     manifest = nf.load_fixture("KonIQ-10k", root)
     Path(manifest.df.path[0]).unlink()
     assert check_images(manifest, progress=False) == [(manifest.df.path[0], "missing")]

@@ -1,6 +1,6 @@
 """Store cache: memory-mapped pixels equal decoded ones; reused, rebuilt, checked; the automatic choice.
 
-Images are the coded ones of test_store (R = row, G = column, B = noise), a few KB each.
+Images are the coded ones of helpers.coded_manifest (R = row, G = column, B = noise), a few KB each.
 """
 import os
 import threading
@@ -21,14 +21,15 @@ from iqa_utils.data.manifest import DatasetError
 from iqa_utils.data.store import CropSampler, ImageStore, resize_settings
 from iqa_utils.reporting.notebook import setup
 from iqa_utils.system import KitError
-from test_store import SIZES, _coded_image, _manifest
+
+from helpers import CODED_SIZES, coded_image, coded_manifest
 
 QUIET = {"resize_mode": "native", "min_side": None, "progress": False}
 
 
 def _images(tmp_path: Path, **kw):
     (tmp_path / "img").mkdir()
-    return _manifest(tmp_path / "img", **kw)
+    return coded_manifest(tmp_path / "img", **kw)
 
 
 @pytest.fixture
@@ -111,13 +112,13 @@ def test_rebuilt_when_a_source_changes(data, decodes, capsys):
     m, cache_dir = data
     before = _disk(m, cache_dir)
     changed = Path(m.df.path[2])
-    PIL.Image.fromarray(_coded_image(*SIZES[2], seed=99)).save(changed)
+    PIL.Image.fromarray(coded_image(*CODED_SIZES[2], seed=99)).save(changed)
     os.utime(changed, ns=(time.time_ns(), changed.stat().st_mtime_ns + 10**9))
     after = open_store(m, cache_dir=cache_dir, kind="disk", resize_mode="native", min_side=None)
     assert len(decodes) == 2 * len(m) and "built" in after.reason
     assert "out of date: 1 source images changed" in capsys.readouterr().out
     assert after.path == before.path and _files(cache_dir) == [after.path.name]  # replaced in place
-    assert np.array_equal(after[2].permute(1, 2, 0).numpy(), _coded_image(*SIZES[2], seed=99))
+    assert np.array_equal(after[2].permute(1, 2, 0).numpy(), coded_image(*CODED_SIZES[2], seed=99))
     assert _same_pixels(after, _ram(m))
 
 
@@ -166,7 +167,7 @@ def test_full_verification(data):
     m, cache_dir = data
     path = _disk(m, cache_dir).path
     raw = bytearray(path.read_bytes())
-    raw[3 * SIZES[0][0] * SIZES[0][1] + 5] ^= 0xFF  # a pixel of image 1: not the spot-checked first or last
+    raw[3 * CODED_SIZES[0][0] * CODED_SIZES[0][1] + 5] ^= 0xFF  # a pixel of image 1: not the spot-checked first or last
     path.write_bytes(bytes(raw))
     read_index(path)
     with pytest.raises(CacheError, match=f"{path.name}: corrupt .*checksum mismatch in image 1 \\(img1.png\\)"):
@@ -235,7 +236,7 @@ def test_two_builds_at_once(data, monkeypatch):
 
 def test_auto_choice(data, capsys):
     m, cache_dir = data
-    n = sum(3 * h * w for h, w in SIZES)
+    n = sum(3 * h * w for h, w in CODED_SIZES)
     small = open_store(m, cache_dir=cache_dir, budget=MemoryBudget(ram_available=4 * n - 1),
                        resize_mode="native", min_side=None)
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("store coded")]

@@ -4,8 +4,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -15,18 +13,7 @@ from iqa_utils import cli
 from iqa_utils.runs import claims
 from iqa_utils.system import KitError, read_jsonl
 
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def _plant(path, **info):
-    """A claim file as another process would have left it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": 1, "host": claims.HOST, "boot": claims.BOOT, "started": None,
-                                "time": time.time(), "token": "theirs", **info}))
+from helpers import dead_pid, plant_claim
 
 
 def test_one_holder_at_a_time(tmp_path):
@@ -50,8 +37,8 @@ def test_one_holder_at_a_time(tmp_path):
 def test_a_dead_process_claim_is_taken_over(tmp_path):
     target, log = tmp_path / "run.json", tmp_path / "claims.jsonl"
     path = target.with_suffix(".claim")
-    dead = _dead_pid()
-    _plant(path, pid=dead)
+    dead = dead_pid()
+    plant_claim(path, pid=dead)
     mine = claims.claim_output(target, wait=False)
     assert mine is not None and json.loads(path.read_text())["pid"] == os.getpid()
     mine.log(log, target.stem)
@@ -60,13 +47,13 @@ def test_a_dead_process_claim_is_taken_over(tmp_path):
     mine.release()
     # a live pid that is another process than the one that claimed (its start time differs): stale too
     if claims._started(os.getpid()) is not None:
-        _plant(path, pid=os.getpid(), started="1")
+        plant_claim(path, pid=os.getpid(), started="1")
         assert claims.try_claim(path) is not None
 
 
 def test_another_machine_claim_goes_stale_without_heartbeat(tmp_path):
     path = tmp_path / "run.claim"
-    _plant(path, pid=12345, host="elsewhere", boot="other")
+    plant_claim(path, pid=12345, host="elsewhere", boot="other")
     assert claims.try_claim(path) is None                      # fresh: its owner may be training
     old = time.time() - claims.STALE_AFTER_S - 5
     os.utime(path, (old, old))
@@ -85,7 +72,7 @@ def test_heartbeat_and_loss(tmp_path, monkeypatch):
     touched.clear()
     assert touched.wait(30)
     assert path.stat().st_mtime > old + 50                      # touched by the heartbeat
-    _plant(path, token="someone else")                        # taken over behind its back
+    plant_claim(path, token="someone else")                        # taken over behind its back
     with pytest.warns(UserWarning, match="taken over"):
         mine._beat.join(30)                                   # the heartbeat sees it, warns and stops
     assert mine.lost and not mine._beat.is_alive()

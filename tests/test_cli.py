@@ -1,25 +1,13 @@
 """iqa-kit train / predict / decisions / data from the command line, on the embedded synthetic set."""
 import json
-from pathlib import Path
 
 import pytest
 
 from iqa_utils.cli import main
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    results = root / "results"
-    args = ["train", "--model", "deiqt", "--dataset", "synthetic", "--data-root", str(root / "data"),
-            "--results-dir", str(results), "--seeds", "0", "--device", "cpu",
-            "--set", "train.epochs=1", "data.crops_train=1", "data.crops_test=2", "train.warmup_epochs=0"]
-    assert main(args) == 0
-    return root, results, args
-
-
 def test_train_writes_a_record_and_a_rerun_skips_it(trained, capsys):
-    root, results, args = trained
+    results, args = trained.results, trained.args
     records = list((results / "runs" / "deiqt" / "synthetic").glob("*.json"))
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
@@ -32,9 +20,8 @@ def test_train_writes_a_record_and_a_rerun_skips_it(trained, capsys):
 
 
 def test_predict_scores_images_with_the_checkpoint(trained, capsys):
-    root, results, _ = trained
-    ckpt = next((results / "checkpoints").iterdir())
-    images = sorted((root / "data" / "synthetic" / "images").glob("*.png"))[:3]
+    ckpt = trained.checkpoint
+    images = sorted((trained.data_root / "synthetic" / "images").glob("*.png"))[:3]
     capsys.readouterr()
     assert main(["predict", *map(str, images), "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -1,10 +1,13 @@
+"""The run config: overrides, profiles, the key that names a run, decisions and their table, and every
+check made when a config is made (a bad value is one ConfigError line naming its field)."""
 import dataclasses
 from dataclasses import dataclass
 
 import pytest
 
-from iqa_utils.config.check import check_field, decisions_table, make_config, override
+from iqa_utils.config.check import check_batch, check_field, config_from_dict, decisions_table, make_config, override
 from iqa_utils.config.fields import ConfigError, RunConfig, decision, setting
+from iqa_utils.config.profiles import is_rehearsal, rehearsal_of
 
 
 def test_override_unknown_field_is_an_error():
@@ -77,3 +80,77 @@ def test_numeric_decisions_list_alternatives_and_take_any_value_in_range():
     assert row.alternatives == "0.1, 0.2, 0.3"
     with pytest.raises(ValueError, match="csfiqa.nsm: 'noisy' is not allowed"):
         override(cfg, {"csfiqa.nsm": "noisy"})
+
+
+def test_rehearsal_names():
+    assert rehearsal_of("paper") == "paper-rehearsal" and is_rehearsal("paper-rehearsal")
+    assert rehearsal_of("smoke") == "smoke" and not is_rehearsal("quick")
+    with pytest.raises(ConfigError, match="profile: unknown profile"):
+        rehearsal_of("huge")
+
+
+# ---- checked where the config is made: one line naming the field ---------------------------------
+def test_csfiqa_choices_are_checked_where_the_config_is_made():
+    for bad in ({"csfiqa.scl_pool": "prefusion"}, {"csfiqa.ic_norm": "none"}, {"csfiqa.crop_nesting": "centre"},
+                {"csfiqa.nsm": "regional_weight", "csfiqa.scale_mode": "crop"}, {"csfiqa.nsm_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "csfiqa", bad)
+
+
+def test_lmliqa_fields_are_checked_where_the_config_is_made():
+    for bad in ({"lmliqa.max_iou": 0.0}, {"lmliqa.max_iou": 1.5}, {"lmliqa.queue_size": -1},
+                {"lmliqa.anchor": "salient_crop"}, {"lmliqa.flip_crops": "yes"}):
+        with pytest.raises(ConfigError):
+            make_config("smoke", "lmliqa", bad)
+
+
+@pytest.mark.parametrize("over,field", [({"train.micro_batch": 3}, "train.micro_batch"),
+                                        ({"csfiqa.set_size": 16}, "csfiqa.set_size"),
+                                        ({"csfiqa.set_size": 3}, "csfiqa.set_size")])
+def test_bad_splits_name_the_field(over, field):
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        make_config("smoke", "csfiqa", {"model.pretrained": False, "train.global_batch": 8, **over})
+
+
+def test_check_batch_names_the_field():
+    cfg = make_config("smoke", "csfiqa", {"train.micro_batch": 4})
+    with pytest.raises(ConfigError, match="train.micro_batch: 4 does not divide the 18"):
+        check_batch(cfg, 18)              # a dataset's own batch, known only when the run starts
+    with pytest.raises(ConfigError, match="train.global_batch: 15 does not split evenly over 2"):
+        check_batch(make_config("smoke"), 15, world=2)
+    cfg = make_config("smoke", "csfiqa", {"csfiqa.set_size": 8})
+    with pytest.raises(ConfigError, match="csfiqa.set_size: sets of 8 samples do not tile the global batch of 12"):
+        check_batch(cfg, 12)
+    check_batch(make_config("smoke", "csfiqa", {"train.micro_batch": 4, "csfiqa.set_size": 8}), 16)
+
+
+def test_micro_batch_auto_is_the_default():
+    assert make_config("smoke", "csfiqa", {"train.micro_batch": "auto"}).train.micro_batch is None
+
+
+# ---- what names a run: the key, cross runs, records written by older versions -------------------
+def test_the_quoted_version_does_not_change_the_run():
+    for model in ("csfiqa", "lmliqa"):
+        assert make_config("smoke", model, {f"{model}.version": "v1"}).key() == make_config("smoke", model).key()
+    assert make_config("smoke", "csfiqa", {"csfiqa.tau": 0.2}).key() != make_config("smoke", "csfiqa").key()
+
+
+def test_is_cross_needs_another_test_dataset():
+    assert not make_config("smoke").is_cross()
+    assert not make_config("smoke", "deiqt", {"test_dataset": "synthetic"}).is_cross()
+    assert make_config("paper", "deiqt", {"data.dataset": "LIVE", "test_dataset": "CSIQ"}).is_cross()
+
+
+def test_config_round_trip():
+    cfg = make_config("smoke", "deiqt", {"train.lr": 3e-4})
+    back = config_from_dict(cfg.to_dict())
+    assert back.key() == cfg.key() and back.train.betas == (0.9, 0.999)
+    with pytest.raises(KeyError):
+        config_from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_old_records_afs_switch_reads_as_today_s_choice():
+    for old, new in ((True, "topk"), (False, "dense")):
+        d = make_config("smoke", "csfiqa").to_dict()
+        d["csfiqa"]["afs"] = old
+        assert config_from_dict(d).csfiqa.afs == new

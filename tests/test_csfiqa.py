@@ -1,24 +1,22 @@
 """CSFIQA: SCL/NSM losses on hand-computed cases, top-k attention, every switch on the tiny model, cost."""
 import math
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from iqa_utils.config.check import config_from_dict, make_config
-from iqa_utils.config.fields import ConfigError
+from iqa_utils.config.check import make_config
 from iqa_utils.models import create_model
 from iqa_utils.models import losses as L
 from iqa_utils.models.costs import csfiqa_cost
 from iqa_utils.data.splits import make_split
-from iqa_utils.models.csfiqa import SelectiveAttention, topk_attention
+from iqa_utils.models.csfiqa import SelectiveAttention, build_crossvit, crossvit_key_map, topk_attention
+from iqa_utils.models.pretrained import WeightsError, load_encoder_weights, load_weights, save_weights
 from iqa_utils.training import engine
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import tiny_manifest  # noqa: E402
+from helpers import FakeCSFIQASampler, tiny_manifest
 
 
 # ---- Eq. 1-2: distances and masks ------------------------------------------------------------------
@@ -316,29 +314,11 @@ SWITCHES = [
 ]
 
 
-class FakeSampler:
-    def __init__(self):
-        self.calls = []
-
-    def random_crops(self, idx, size, flip=False, generator=None):
-        self.calls.append(("random", size))
-        return torch.randn(len(idx), 3, size, size, generator=generator)
-
-    def resized_crops(self, idx, ratio, size, flip=False, generator=None):
-        self.calls.append(("resized", ratio, size))
-        return torch.randn(len(idx), 3, size, size, generator=generator)
-
-    def nested_crops(self, idx, ratio_small, ratio_large, size, flip=False, generator=None):
-        self.calls.append(("nested", ratio_small, ratio_large, size))
-        x = torch.randn(2, len(idx), 3, size, size, generator=generator)
-        return x[0], x[1], torch.zeros(len(idx), 2, 4)
-
-
 @pytest.mark.parametrize("ov", SWITCHES, ids=lambda o: ",".join(f"{k[7:]}={v}" for k, v in o.items()) or "default")
 def test_switch_forward_backward(ov):
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa", ov))
-    s = FakeSampler()
+    s = FakeCSFIQASampler()
     g = torch.Generator().manual_seed(0)
     y = torch.tensor([0.1, 0.15, 0.5, 0.9, 0.95, 0.3])
     batch = m.train_batch(s, torch.arange(6), y, g)
@@ -387,7 +367,7 @@ def test_single_scale_encodes_the_large_branch_alone():
     m = create_model(make_config("smoke", "csfiqa", {"csfiqa.scale_mode": "single"}))
     small = [n for n, _ in m.named_parameters() if _small_branch(n)]
     assert any("patch_embed.0" in n for n in small) and any("fusion" in n for n in small)
-    loss, _ = m.loss(m.train_batch(FakeSampler(), torch.arange(6), torch.linspace(0, 1, 6),
+    loss, _ = m.loss(m.train_batch(FakeCSFIQASampler(), torch.arange(6), torch.linspace(0, 1, 6),
                                    torch.Generator().manual_seed(0)))
     loss.backward()
     grads = {n: p.grad for n, p in m.named_parameters()}
@@ -416,13 +396,6 @@ def test_sfa_off_has_no_afs_or_concentrator():
     assert [n for n, _ in dense.named_parameters() if n.startswith("afs.")]   # w/o AFS keeps a dense layer
 
 
-def test_old_records_afs_switch_reads_as_today_s_choice():
-    for old, new in ((True, "topk"), (False, "dense")):
-        d = make_config("smoke", "csfiqa").to_dict()
-        d["csfiqa"]["afs"] = old
-        assert config_from_dict(d).csfiqa.afs == new
-
-
 def test_features_and_cam():
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa")).eval()
@@ -441,10 +414,6 @@ def test_features_and_cam():
 
 
 def test_crossvit_hub_weights_load_strictly(tmp_path):
-    from safetensors.torch import save_file
-
-    from iqa_utils.models.csfiqa import build_crossvit, crossvit_key_map
-    from iqa_utils.models.pretrained import WeightsError, load_encoder_weights
     src = build_crossvit("tiny", input_size=120)           # a "checkpoint" at another input size
     sd = {k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v.clone()
           for k, v in src.state_dict().items()}               # hub naming
@@ -468,19 +437,9 @@ def test_full_size_cost_matches_reviews():
     assert abs(r["macs"] - 45e9) / 45e9 < 0.1
 
 
-def test_new_choices_are_checked_where_the_config_is_made():
-    for bad in ({"csfiqa.scl_pool": "prefusion"}, {"csfiqa.ic_norm": "none"}, {"csfiqa.crop_nesting": "centre"},
-                {"csfiqa.nsm": "regional_weight", "csfiqa.scale_mode": "crop"}, {"csfiqa.nsm_weight": -1.0}):
-        with pytest.raises(ConfigError):
-            make_config("smoke", "csfiqa", bad)
-
-
 def test_weights_files_leave_out_the_frozen_llama_layer(tmp_path):
     """A run's weights hold what it trained; the frozen LLaMA layer (0.4 GB at full size) is rebuilt from
     its source when the model is built, so it is not written once per run. Loading stays strict."""
-    from safetensors.torch import load_file, save_file
-
-    from iqa_utils.models.pretrained import WeightsError, load_weights, save_weights
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa"))
     path = save_weights(m, tmp_path / "model.safetensors")

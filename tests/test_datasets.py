@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import types
 from pathlib import Path
 
@@ -11,13 +10,12 @@ import pandas as pd
 import pytest
 import scipy.io
 
-sys.path.insert(0, str(Path(__file__).parent))
-import native_fixtures as nf  # noqa: E402
-
-from iqa_utils.data import csiq, kadid, koniq, live, livec, livefb, spaq, tid2013  # noqa: E402
-from iqa_utils.data.manifest import EXPECTED_COUNTS, DatasetError  # noqa: E402
-from iqa_utils.data.registry import (DATASET_FOLDERS, DATASETS, DEIQT_GLOBAL_BATCH,  # noqa: E402
+from iqa_utils.data import csiq, kadid, koniq, live, livec, livefb, spaq, tid2013
+from iqa_utils.data.manifest import EXPECTED_COUNTS, DatasetError
+from iqa_utils.data.registry import (DATASET_FOLDERS, DATASETS, DEIQT_GLOBAL_BATCH,
                                      load_manifest)
+
+import native_fixtures as nf
 
 NAMES = list(DATASETS)
 REF_SETS = {"LIVE", "CSIQ", "TID2013", "KADID-10k"}
@@ -30,22 +28,18 @@ LABEL_FILES = {"LIVE": "dmos_realigned.mat", "CSIQ": "csiq_label.txt", "TID2013"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
+def native_root(tmp_path_factory) -> Path:
+    """A data root with the native-format fixture of every release (not conftest's synthetic data_root)."""
     root = tmp_path_factory.mktemp("data")
     nf.write_all(root)
     return root
 
 
-def fresh(name: str, tmp_path: Path, **kw) -> Path:
-    """A private copy of one fixture, for tests that damage it."""
-    return nf.WRITERS[name](tmp_path / DATASET_FOLDERS[name], **kw)
-
-
 # ---- every dataset ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fixture_parses_to_manifest(name, data_root):
-    m = load_manifest(name, data_root, check_count=False)
+def test_fixture_parses_to_manifest(name, native_root):
+    m = load_manifest(name, native_root, check_count=False)
     assert m.name == name and len(m) == nf.FIXTURE_COUNTS[name]
     assert set(m.df.direction) == {DIRECTION.get(name, "MOS")}
     assert m.split_unit == ("ref" if name in REF_SETS else "image")
@@ -61,11 +55,11 @@ def test_fixture_parses_to_manifest(name, data_root):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_release_count_is_enforced(name, data_root):
+def test_release_count_is_enforced(name, native_root):
     with pytest.raises(DatasetError, match=rf"found {nf.FIXTURE_COUNTS[name]} .*expected {EXPECTED_COUNTS[name]}"):
-        load_manifest(name, data_root)
+        load_manifest(name, native_root)
     with pytest.raises(DatasetError, match=rf"expected {nf.FIXTURE_COUNTS[name] + 1}\b"):
-        nf.load_fixture(name, data_root / DATASET_FOLDERS[name], expected_count=nf.FIXTURE_COUNTS[name] + 1)
+        nf.load_fixture(name, native_root / DATASET_FOLDERS[name], expected_count=nf.FIXTURE_COUNTS[name] + 1)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,7 +71,7 @@ def test_missing_root_names_it(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_label_file_names_it(name, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     (root / LABEL_FILES[name]).unlink()
     with pytest.raises(DatasetError) as err:
         nf.load_fixture(name, root)
@@ -88,7 +82,7 @@ def test_missing_label_file_names_it(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_listed_but_absent_image_names_it(name, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     victim = Path(nf.load_fixture(name, root).df.path[1])
     victim.unlink()
     with pytest.raises(DatasetError, match=str(victim)):
@@ -97,7 +91,7 @@ def test_listed_but_absent_image_names_it(name, tmp_path):
 
 @pytest.mark.parametrize("name", ["TID2013", "KonIQ-10k"])
 def test_check_images_decodes_and_names_unreadable_file(name, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     bad = Path(nf.load_fixture(name, root).df.path[2])
     bad.write_bytes(b"not an image at all")
     nf.load_fixture(name, root)                     # existence only: passes
@@ -108,14 +102,14 @@ def test_check_images_decodes_and_names_unreadable_file(name, tmp_path):
 # ---- malformed label files ----------------------------------------------------------------------------
 
 def test_live_mat_without_key(tmp_path):
-    root = fresh("LIVE", tmp_path)
+    root = nf.fresh("LIVE", tmp_path)
     scipy.io.savemat(root / "dmos_realigned.mat", {"dmos": np.zeros((1, 22)), "orgs": np.zeros((1, 22))})
     with pytest.raises(DatasetError, match=rf"{root / 'dmos_realigned.mat'}: missing variables \['dmos_new'\]"):
         nf.load_fixture("LIVE", root)
 
 
 def test_livec_mats_disagree(tmp_path):
-    root = fresh("LIVEC", tmp_path)
+    root = nf.fresh("LIVEC", tmp_path)
     scipy.io.savemat(root / livec.MOS_FILE, {"AllMOS_release": np.ones((1, 12))})
     with pytest.raises(DatasetError, match="lists 17 images but .*AllMOS_release.mat holds 12"):
         nf.load_fixture("LIVEC", root)
@@ -124,7 +118,7 @@ def test_livec_mats_disagree(tmp_path):
 @pytest.mark.parametrize("name, column", [("KADID-10k", "ref_img"), ("KonIQ-10k", "MOS_zscore"),
                                           ("LIVEFB", "mos")])
 def test_csv_with_wrong_columns(name, column, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     path = root / LABEL_FILES[name]
     pd.read_csv(path).rename(columns={column: column + "_x"}).to_csv(path, index=False)
     with pytest.raises(DatasetError, match=rf"{path}: missing columns \['{column}'\]"):
@@ -132,7 +126,7 @@ def test_csv_with_wrong_columns(name, column, tmp_path):
 
 
 def test_spaq_xlsx_with_wrong_columns(tmp_path):
-    root = fresh("SPAQ", tmp_path)
+    root = nf.fresh("SPAQ", tmp_path)
     path = root / nf.SPAQ_LABELS
     pd.read_excel(path).rename(columns={"MOS": "Score"}).to_excel(path, index=False)
     with pytest.raises(DatasetError, match=r"MOS and Image attribute scores.xlsx: missing columns \['MOS'\]"):
@@ -140,7 +134,7 @@ def test_spaq_xlsx_with_wrong_columns(tmp_path):
 
 
 def test_non_numeric_label_names_file_and_row(tmp_path):
-    root = fresh("LIVEFB", tmp_path)
+    root = nf.fresh("LIVEFB", tmp_path)
     path = root / "labels_image.csv"
     df = pd.read_csv(path)
     df["mos"] = df["mos"].astype(object)
@@ -152,7 +146,7 @@ def test_non_numeric_label_names_file_and_row(tmp_path):
 
 @pytest.mark.parametrize("name, bad_line", [("TID2013", "5.1 tid_image.bmp"), ("CSIQ", "1600.AWGN.png x")])
 def test_malformed_text_label_line(name, bad_line, tmp_path):
-    root = fresh(name, tmp_path)
+    root = nf.fresh(name, tmp_path)
     path = root / LABEL_FILES[name]
     path.write_text(path.read_text() + bad_line + "\n")
     with pytest.raises(DatasetError, match=rf"{path}, line {nf.FIXTURE_COUNTS[name] + 1}"):
@@ -161,8 +155,8 @@ def test_malformed_text_label_line(name, bad_line, tmp_path):
 
 # ---- LIVE ---------------------------------------------------------------------------------------------
 
-def test_live_keeps_orgs_zero_in_folder_order(data_root):
-    root = data_root / "databaserelease2"
+def test_live_keeps_orgs_zero_in_folder_order(native_root):
+    root = native_root / "databaserelease2"
     m = nf.load_fixture("LIVE", root)
     mat = scipy.io.loadmat(root / "dmos_realigned.mat")
     dmos, orgs = mat["dmos_new"].ravel(), mat["orgs"].ravel()
@@ -187,8 +181,8 @@ def test_live_release_structure(tmp_path):
     assert Path(m.df.path.iloc[-1]).name == "img174.bmp"         # last fastfading image is kept
 
 
-def test_live_count_hint_and_bad_folder_counts(data_root):
-    root = data_root / "databaserelease2"
+def test_live_count_hint_and_bad_folder_counts(native_root):
+    root = native_root / "databaserelease2"
     with pytest.raises(DatasetError, match=r"kept per folder: jp2k 4, jpeg 4"):
         live.parse(root)
     with pytest.raises(DatasetError, match="folder_counts sum to 5"):
@@ -240,8 +234,8 @@ def test_csiq_xlsx_with_wrong_header(tmp_path):
 
 # ---- TID2013, KADID-10k -------------------------------------------------------------------------------
 
-def test_tid2013_case_insensitive_names_and_fields(data_root):
-    root = data_root / "tid2013"
+def test_tid2013_case_insensitive_names_and_fields(native_root):
+    root = native_root / "tid2013"
     m = nf.load_fixture("TID2013", root)
     upper = m.df[m.df.ref == "02"]
     assert len(upper) == 6 and all(Path(p).name.startswith("I02_") for p in upper.path)
@@ -253,7 +247,7 @@ def test_tid2013_case_insensitive_names_and_fields(data_root):
 
 
 def test_tid2013_count_hint_names_missing_combination(tmp_path):
-    root = fresh("TID2013", tmp_path)
+    root = nf.fresh("TID2013", tmp_path)
     path = root / "mos_with_names.txt"
     path.write_text("\n".join(path.read_text().splitlines()[1:]) + "\n")
     with pytest.raises(DatasetError, match="found 17 .*missing ref/distortion/level: 01/additive_gaussian_noise/1$"):
@@ -273,7 +267,7 @@ def test_kadid_single_and_split_folders(tmp_path):
 
 
 def test_kadid_without_image_folder_lists_candidates(tmp_path):
-    root = fresh("KADID-10k", tmp_path)
+    root = nf.fresh("KADID-10k", tmp_path)
     shutil.rmtree(root / "images")
     with pytest.raises(DatasetError, match=f"folders found: {root / 'images'}, {root / 'distorted_images'}"):
         nf.load_fixture("KADID-10k", root)
@@ -281,8 +275,8 @@ def test_kadid_without_image_folder_lists_candidates(tmp_path):
 
 # ---- LIVEC, KonIQ-10k, SPAQ ---------------------------------------------------------------------------
 
-def test_livec_drops_practice_images(data_root):
-    root = data_root / "ChallengeDB_release"
+def test_livec_drops_practice_images(native_root):
+    root = native_root / "ChallengeDB_release"
     m = nf.load_fixture("LIVEC", root)
     mos = scipy.io.loadmat(root / livec.MOS_FILE)["AllMOS_release"].ravel()
     assert len(mos) == 17 and len(m) == 10
@@ -315,11 +309,11 @@ def test_spaq_resized_folder_and_spaces(tmp_path):
 
 # ---- LIVEFB -------------------------------------------------------------------------------------------
 
-def test_livefb_patch_sizes_come_from_boxes(data_root):
-    m = nf.load_fixture("LIVEFB", data_root / "FLIVE_Database")
+def test_livefb_patch_sizes_come_from_boxes(native_root):
+    m = nf.load_fixture("LIVEFB", native_root / "FLIVE_Database")
     assert m.df.path.str.contains("/database/voc_emotic_ava/").sum() == 2
     p = m.extras["patches"]
-    assert len(p) == 18 and set(p.image) == set(pd.read_csv(data_root / "FLIVE_Database/labels_image.csv").name)
+    assert len(p) == 18 and set(p.image) == set(pd.read_csv(native_root / "FLIVE_Database/labels_image.csv").name)
     for i, frac in enumerate(nf.PATCH_FRACTIONS[0] + nf.PATCH_FRACTIONS[1]):
         assert p.rel_side[i] == pytest.approx(frac, abs=0.01)
     first = p[p.image == m.df.path[0].split("database/")[1]]
@@ -373,12 +367,12 @@ def test_registry_tables_agree():
     assert {tid2013.NAME, kadid.NAME, livefb.NAME} <= set(DATASETS)
 
 
-def test_load_manifest_names_paths_and_errors(data_root, tmp_path, monkeypatch):
-    assert len(load_manifest("koniq10k", data_root, check_count=False)) == 8       # loose name
-    m = load_manifest("TID2013", path=data_root / "tid2013", expected_count=18)   # explicit path
-    assert m.root == (data_root / "tid2013").absolute()
+def test_load_manifest_names_paths_and_errors(native_root, tmp_path, monkeypatch):
+    assert len(load_manifest("koniq10k", native_root, check_count=False)) == 8       # loose name
+    m = load_manifest("TID2013", path=native_root / "tid2013", expected_count=18)   # explicit path
+    assert m.root == (native_root / "tid2013").absolute()
     with pytest.raises(KeyError, match="LIVE, CSIQ, TID2013, KADID-10k, LIVEC, KonIQ-10k, LIVEFB, SPAQ"):
-        load_manifest("PIPAL", data_root)
+        load_manifest("PIPAL", native_root)
     with pytest.raises(DatasetError, match="'ChallengeDB_release', 'LIVEC'"):
         load_manifest("LIVEC", tmp_path)
     monkeypatch.delenv("IQA_KIT_DATA", raising=False)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from iqa_utils.config.check import make_config
-from iqa_utils.models.deiqt import DEIQT, build_vit
+from iqa_utils.models.deiqt import DEIQT, build_vit, float32_linear
 from iqa_utils.models.pretrained import WeightsError, load_encoder_weights
 from iqa_utils.models.registry import create_model
 
@@ -94,3 +95,13 @@ def test_missing_file_is_one_clear_sentence(tmp_path):
         load_encoder_weights(DEIQT("tiny", 32).encoder, str(tmp_path / "deit_3_small_224_1k.pth"))
     msg = str(e.value)
     assert "deit_3_small_224_1k.pth" in msg and "does not exist" in msg and "\n" not in msg
+
+
+def test_float32_linear_stays_float32_under_autocast():
+    torch.manual_seed(0)
+    layer, x = nn.Linear(8, 1), torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+        out = float32_linear(layer, x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, layer(x))

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
@@ -23,19 +22,16 @@ from iqa_utils.system import KitError
 from iqa_utils.training import distributed, engine
 from iqa_utils.training.distributed import Dist
 
+from helpers import tiny_cfg, two_steps, two_steps_sampler
+
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
 
 SMOKE_BATCH = make_config("smoke").train.global_batch      # the profile's, whatever it is
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
-
-
 # ---- crops that do not depend on the split -------------------------------------------------------
-def test_crop_streams_give_a_sample_its_crop_whatever_the_split(data):
-    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+def test_crop_streams_give_a_sample_its_crop_whatever_the_split(tiny_data):
+    sampler = CropSampler(ImageStore.from_manifest(tiny_data, min_side=32, progress=False))
     idx = torch.tensor([3, 0, 7, 3, 11, 5, 2, 9])
     whole = sampler.random_crops(idx, 32, flip=True, generator=CropStream(7, 12, 0, 8))
     halves = [sampler.random_crops(idx[s:s + 4], 32, flip=True, generator=CropStream(7, 12, s, 4)) for s in (0, 4)]
@@ -71,16 +67,15 @@ def _grad_rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from test_gradient_cache import two_steps_sampler
     d = distributed.context("cpu")
-    res = [two_steps(name, over, two_steps_sampler(), micro, d) for name, over, micro in GC_CASES]
+    res = [two_steps_floats(name, over, two_steps_sampler(), micro, d) for name, over, micro in GC_CASES]
     if rank == 0:
         torch.save(res, os.path.join(out, "ddp.pt"))
 
 
-def two_steps(name, over, sampler, micro, d=None):
-    from test_gradient_cache import two_steps as steps
-    grads, loss, logs, model = steps(name, over, sampler, micro, d)
+def two_steps_floats(name, over, sampler, micro, d=None):
+    """helpers.two_steps with the loss and logs as floats and the queue (what a rank sends back)."""
+    grads, loss, logs, model = two_steps(name, over, sampler, micro, d)
     return grads, float(loss), {k: float(v) for k, v in logs.items()}, getattr(model, "queue", None)
 
 
@@ -89,8 +84,7 @@ def test_two_processes_compute_the_contrastive_sets_of_one(tmp_path):
     """CSFIQA (regional NSM, QFM) and LML-IQA (with its queue), global batch 8: two gloo processes (with
     and without micro-batches) give the loss, the logs, the gradients (DDP-averaged) and the queue of one
     process computing the unsplit batch."""
-    from test_gradient_cache import two_steps_sampler
-    single = [two_steps(name, over, two_steps_sampler(), 8) for name, over, _ in GC_CASES]
+    single = [two_steps_floats(name, over, two_steps_sampler(), 8) for name, over, _ in GC_CASES]
     mp.spawn(_grad_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=False)
     for (g1, l1, logs1, q1), (g2, l2, logs2, q2), case in zip(single, ddp, GC_CASES):
@@ -126,13 +120,13 @@ def _rank(rank: int, world: int, port: int, cfg, manifest, split, out: str) -> N
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_with_accumulation(data, tmp_path):
-    split = make_split(data, 1)
+def test_two_processes_train_like_one_with_accumulation(tiny_data, tmp_path):
+    split = make_split(tiny_data, 1)
     over = {"train.selection": "max_test_plcc", "train.global_batch": 8, "train.epochs": 2,
             "data.crops_train": 2, "train.decay_epochs": 1}            # 3 steps per epoch: a short test
-    single = engine.train_run(tiny_cfg(**over, **{"train.micro_batch": 4}), data, split, tmp_path / "one",
+    single = engine.train_run(tiny_cfg(**over, **{"train.micro_batch": 4}), tiny_data, split, tmp_path / "one",
                               progress=False)
-    mp.spawn(_rank, args=(2, _free_port(), tiny_cfg(**over), data, split, str(tmp_path / "ddp")), nprocs=2)
+    mp.spawn(_rank, args=(2, _free_port(), tiny_cfg(**over), tiny_data, split, str(tmp_path / "ddp")), nprocs=2)
     ranks = [json.loads((tmp_path / "ddp" / f"result{r}.json").read_text()) for r in range(2)]
     timings = ("time_s", "train_time_s", "eval_time_s", "train_crops_per_s", "eval_crops_per_s")
     same = [{k: v for k, v in r.items() if k not in timings} for r in ranks]

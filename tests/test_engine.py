@@ -5,16 +5,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from iqa_utils import devices
-from iqa_utils.config.check import config_from_dict, make_config
 from iqa_utils.config.fields import ConfigError, TrainConfig
-from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models.deiqt import DEIQT
@@ -26,40 +22,10 @@ from iqa_utils.training.evaluation import LabelNorm, evaluate
 from iqa_utils.training.optim import lr_at, param_groups
 from iqa_utils.training.predict import load_trained, predict_images
 
+from helpers import tiny_cfg
+
 # tiny test splits (4 images) cannot carry a logistic fit; the engine says so in a warning
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
-
-
-def tiny_manifest(root, n=20, size=(40, 48), seed=0) -> Manifest:
-    """n PNGs: grey level g (the label, 0-100) + a strong colour tint that leaves the grey level as is
-    + smooth texture. Learnable in a few steps, while an untrained net's random colour mix is not."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        low = torch.from_numpy(rng.uniform(-1, 1, (1, 1, 4, 4)).astype(np.float32))
-        texture = torch.nn.functional.interpolate(low, size=size, mode="bilinear")[0].numpy()
-        g = rng.uniform(0.3, 0.7)
-        a, b = rng.uniform(-0.25, 0.25, 2)
-        tint = np.array([a, b - a, -b])[:, None, None]          # sums to zero over RGB
-        arr = (np.clip(g + tint + 0.1 * texture, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8)
-        path = root / f"img{i:02d}.png"
-        Image.fromarray(arr).save(path)
-        rows.append({"path": str(path), "label": 100 * g, "direction": "MOS",
-                     "ref": None, "distortion": None, "level": None})
-    return Manifest("tiny", root, pd.DataFrame(rows), split_unit="image")
-
-
-def tiny_cfg(**over):
-    base = {"data.crop_size": 32, "data.crops_train": 4, "data.crops_test": 2, "train.global_batch": 8,
-            "train.epochs": 3, "train.warmup_epochs": 1, "train.decay_epochs": 2, "train.num_threads": 2}
-    return make_config("smoke", "deiqt", {**base, **over})
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -127,8 +93,8 @@ class MeanPixel(torch.nn.Module):
         return x.mean(dim=(1, 2, 3)) * self.w
 
 
-def test_evaluate_is_per_image_mean_of_crops(data):
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+def test_evaluate_is_per_image_mean_of_crops(tiny_data):
+    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
     sampler = CropSampler(store)
     rows = [3, 0, 7, 11, 5, 2]
     labels = store.labels[rows].numpy()
@@ -144,12 +110,12 @@ def _weights(folder):
     return load_file(str(Path(folder) / "model.safetensors"))
 
 
-def test_learns_and_beats_untrained(data, tmp_path):
+def test_learns_and_beats_untrained(tiny_data, tmp_path):
     cfg = tiny_cfg(**{"train.epochs": 5, "train.lr": 2e-3, "train.label_norm": "minmax", "data.crops_test": 4})
-    split = make_split(data, 0, ratio=0.6)
-    rec = train_run(cfg, data, split, tmp_path, progress=False)
+    split = make_split(tiny_data, 0, ratio=0.6)
+    rec = train_run(cfg, tiny_data, split, tmp_path, progress=False)
     model, _ = load_trained(tmp_path)
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
     torch.manual_seed(0)
     untrained = DEIQT("tiny", 32)                  # the trained model's own initial weights
     m0, _ = evaluate(untrained, CropSampler(store), split.test, store.labels[split.test].numpy(), 4, 32)
@@ -159,19 +125,19 @@ def test_learns_and_beats_untrained(data, tmp_path):
     assert rec["steps_per_epoch"] == len(split.train) * 4 // 8
     assert len(rec["epochs"]) == 5 and all("test" in e for e in rec["epochs"])
     # the saved weights are the trained model; predict from files reproduces the record's predictions
-    pred = predict_images(model, list(data.df.path), n_crops=4)
+    pred = predict_images(model, list(tiny_data.df.path), n_crops=4)
     np.testing.assert_allclose(pred[split.test], rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
 
 
-def test_resume_is_bit_identical(data, tmp_path):
+def test_resume_is_bit_identical(tiny_data, tmp_path):
     cfg = tiny_cfg(**{"train.selection": "max_test_plcc"})
-    split = make_split(data, 1)
-    full = train_run(cfg, data, split, tmp_path / "full", progress=False)
+    split = make_split(tiny_data, 1)
+    full = train_run(cfg, tiny_data, split, tmp_path / "full", progress=False)
     with pytest.raises(TrainingInterrupted):
-        train_run(cfg, data, split, tmp_path / "cut", progress=False, stop_after_epoch=1)
+        train_run(cfg, tiny_data, split, tmp_path / "cut", progress=False, stop_after_epoch=1)
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
     assert not (tmp_path / "cut" / "model.safetensors").exists()
-    resumed = train_run(cfg, data, split, tmp_path / "cut", progress=False)
+    resumed = train_run(cfg, tiny_data, split, tmp_path / "cut", progress=False)
     assert resumed["epochs"] == full["epochs"]
     assert resumed["final"] == full["final"]
     assert resumed["predictions"] == full["predictions"]
@@ -184,32 +150,32 @@ def test_resume_is_bit_identical(data, tmp_path):
     assert full["final"]["srcc"] == full["epochs"][best]["test"]["srcc"]
     # a checkpoint of another config is not silently reused
     with pytest.raises(RuntimeError, match="another run"):
-        train_run(tiny_cfg(**{"train.lr": 5e-4}), data, split, tmp_path / "cut", progress=False)
+        train_run(tiny_cfg(**{"train.lr": 5e-4}), tiny_data, split, tmp_path / "cut", progress=False)
 
 
-def test_val_selection_keeps_selected_weights(data, tmp_path):
+def test_val_selection_keeps_selected_weights(tiny_data, tmp_path):
     cfg = tiny_cfg(**{"train.selection": "val", "data.val_fraction": 0.25, "train.epochs": 2})
-    split = make_split(data, 2, val_fraction=0.25)
-    rec = train_run(cfg, data, split, tmp_path, progress=False)
+    split = make_split(tiny_data, 2, val_fraction=0.25)
+    rec = train_run(cfg, tiny_data, split, tmp_path, progress=False)
     vals = [e["val"]["plcc"] for e in rec["epochs"]]
     best = max(i for i, v in enumerate(vals) if v == max(vals))
     assert rec["selected_epoch"] == best + 1
     assert rec["final"]["plcc"] == pytest.approx(rec["epochs"][best]["test"]["plcc"])
     model, _ = load_trained(tmp_path / "model.safetensors")
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
-    norm = LabelNorm(cfg.train.label_norm, data.label_range)      # records hold scores in label units
+    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
+    norm = LabelNorm(cfg.train.label_norm, tiny_data.label_range)      # records hold scores in label units
     _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32,
                        denorm=norm.inverse)
     np.testing.assert_allclose(pred, rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="validation split"):
-        train_run(cfg, data, make_split(data, 2), tmp_path / "noval", progress=False)
+        train_run(cfg, tiny_data, make_split(tiny_data, 2), tmp_path / "noval", progress=False)
 
 
-def test_accumulation_is_exact(data):
+def test_accumulation_is_exact(tiny_data):
     """Real random crops, keyed by sample position: micro-batches of 3 give the loss and the gradient of
     the whole batch of 8."""
-    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
-    idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(data))
+    sampler = CropSampler(ImageStore.from_manifest(tiny_data, min_side=32, progress=False))
+    idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(tiny_data))
     grads = []
     for micro in (8, 3):
         torch.manual_seed(0)
@@ -223,9 +189,9 @@ def test_accumulation_is_exact(data):
         torch.testing.assert_close(g3[k], g8[k], rtol=1e-4, atol=1e-6)
 
 
-def test_frozen_params_get_no_update(data, tmp_path):
+def test_frozen_params_get_no_update(tiny_data, tmp_path):
     train_run(tiny_cfg(**{"train.epochs": 1, "model.name": "_test_frozen_deiqt", "train.micro_batch": 4}),
-              data, make_split(data, 0), tmp_path, progress=False)
+              tiny_data, make_split(tiny_data, 0), tmp_path, progress=False)
     a = _weights(tmp_path)
     torch.manual_seed(0)                           # the engine seeds init with train.seed = 0
     init = DEIQT("tiny", 32).state_dict()
@@ -234,15 +200,16 @@ def test_frozen_params_get_no_update(data, tmp_path):
     assert not torch.equal(a["encoder.pos_embed"], init["encoder.pos_embed"])
 
 
-def test_zero_epochs_evaluates_the_untrained_model(data, tmp_path):
-    rec = train_run(tiny_cfg(**{"train.epochs": 0}), data, make_split(data, 0), tmp_path, progress=False)
+def test_zero_epochs_evaluates_the_untrained_model(tiny_data, tmp_path):
+    rec = train_run(tiny_cfg(**{"train.epochs": 0}), tiny_data, make_split(tiny_data, 0), tmp_path, progress=False)
     assert [e["epoch"] for e in rec["epochs"]] == [0] and rec["selected_epoch"] == 0
     assert rec["final"]["srcc"] == rec["epochs"][0]["test"]["srcc"]
 
 
-def test_too_few_images_for_a_batch(data, tmp_path):
+def test_too_few_images_for_a_batch(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="train.global_batch: 4096 is more than"):
-        train_run(tiny_cfg(**{"train.global_batch": 4096}), data, make_split(data, 0), tmp_path, progress=False)
+        train_run(tiny_cfg(**{"train.global_batch": 4096}), tiny_data, make_split(tiny_data, 0), tmp_path,
+                  progress=False)
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -268,12 +235,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]                # no temp left
 
 
-def test_config_round_trip_and_amp_choice():
-    cfg = make_config("smoke", "deiqt", {"train.lr": 3e-4})
-    back = config_from_dict(cfg.to_dict())
-    assert back.key() == cfg.key() and back.train.betas == (0.9, 0.999)
-    with pytest.raises(KeyError):
-        config_from_dict({**cfg.to_dict(), "bogus": 1})
+def test_amp_choice():
     cpu = torch.device("cpu")
     assert devices.amp_dtype("auto", cpu) is None
     assert devices.amp_dtype("bf16", cpu) is torch.bfloat16 and devices.amp_dtype("off", cpu) is None

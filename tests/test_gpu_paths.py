@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_engine import tiny_manifest
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from iqa_utils.config.check import make_config
@@ -18,6 +17,8 @@ from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models import create_model
 from iqa_utils.models.csfiqa import topk_attention
 from iqa_utils.training import engine
+
+from helpers import tiny_manifest
 
 aten = torch.ops.aten
 

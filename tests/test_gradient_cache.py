@@ -8,14 +8,10 @@ import pytest
 import torch
 
 from iqa_utils.config.check import make_config
-from iqa_utils.config.fields import ConfigError
-from iqa_utils.data.store import CropSampler, ImageStore
 from iqa_utils.models import create_model
 from iqa_utils.models.losses import over_sets
-from iqa_utils.training import engine
 
-CPU = torch.device("cpu")
-TINY = {"model.pretrained": False, "train.global_batch": 8}
+from helpers import TINY_MODEL, two_steps, two_steps_sampler
 
 CASES = [("csfiqa", {"csfiqa.nsm": "off"}), ("csfiqa", {"csfiqa.nsm": "pooled"}),
          ("csfiqa", {"csfiqa.nsm": "regional"}), ("csfiqa", {"csfiqa.nsm": "regional_weight"}),
@@ -26,39 +22,9 @@ CASES = [("csfiqa", {"csfiqa.nsm": "off"}), ("csfiqa", {"csfiqa.nsm": "pooled"})
          ("lmliqa", {"lmliqa.anchor": "train_crop", "lmliqa.saliency": "random", "lmliqa.set_size": 4})]
 
 
-def two_steps_sampler():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 112 + 8 * (i % 3), 120), dtype=torch.uint8, generator=g) for i in range(10)]
-    return CropSampler(ImageStore(images, torch.linspace(0, 1, 10)))
-
-
 @pytest.fixture(scope="module")
 def sampler():
     return two_steps_sampler()
-
-
-def two_steps(name, over, sampler, micro, dist=None):
-    """The gradients, loss and logs of a model's second step (the queue filled and the teacher moved by
-    the first), computed in chunks of `micro` of a batch of 8; under torchrun (dist) this rank's share
-    through DDP, the gradients averaged over the ranks."""
-    torch.manual_seed(0)
-    model = create_model(make_config("smoke", name, {**TINY, **over})).train()
-    idx, labels = torch.tensor([0, 3, 5, 3, 9, 2, 1, 7]), torch.linspace(0, 1, 10)
-    loss_fn = dist.wrap(model) if dist else None
-    for step in range(2):
-        model.zero_grad(set_to_none=True)
-        loss, logs = engine.forward_backward(model, sampler, idx.roll(step), labels,
-                                             engine.crop_streams(0, step), micro, CPU, loss_fn=loss_fn,
-                                             dist=dist, share=dist.share(8) if dist else None)
-        if dist:
-            loss, logs = dist.mean(loss), {k: dist.mean(v) for k, v in logs.items()}
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        with torch.no_grad():                                   # a plain SGD step, so step 2 differs
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.sub_(0.1 * p.grad)
-        model.after_step()
-    return grads, loss, logs, model
 
 
 @pytest.mark.parametrize("name,over", CASES, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in CASES])
@@ -85,7 +51,7 @@ def test_micro_batches_give_the_whole_batch_gradients(sampler, name, over):
 
 def test_set_size_takes_the_sets_apart(sampler):
     """csfiqa.set_size=4: the SCL term is the mean of the two halves' own terms (per-GPU sets)."""
-    model = create_model(make_config("smoke", "csfiqa", {**TINY, "csfiqa.set_size": 4}))
+    model = create_model(make_config("smoke", "csfiqa", {**TINY_MODEL, "csfiqa.set_size": 4}))
     x = torch.randn(8, 3, 96, 96)
     _, emb, meta, _ = model.step_terms({"x": x, "y": torch.rand(8)})
     whole, _ = model.set_loss(emb, meta)
@@ -97,7 +63,7 @@ def test_set_size_takes_the_sets_apart(sampler):
 
 
 def test_set_terms_run_in_float32_under_autocast(sampler):
-    model = create_model(make_config("smoke", "csfiqa", TINY))
+    model = create_model(make_config("smoke", "csfiqa", TINY_MODEL))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, emb, meta, _ = model.step_terms({"x": torch.randn(4, 3, 96, 96), "y": torch.rand(4)})
         loss, _ = model.set_loss(emb, meta)
@@ -106,14 +72,6 @@ def test_set_terms_run_in_float32_under_autocast(sampler):
         score = model(torch.randn(2, 3, 96, 96))
         inner = model.encoder.blocks[0].blocks[0][0].attn.qkv(torch.randn(2, 5, 32))
     assert score.dtype == torch.float32 and inner.dtype == torch.bfloat16       # the score head in float32
-
-
-@pytest.mark.parametrize("over,field", [({"train.micro_batch": 3}, "train.micro_batch"),
-                                        ({"csfiqa.set_size": 16}, "csfiqa.set_size"),
-                                        ({"csfiqa.set_size": 3}, "csfiqa.set_size")])
-def test_bad_splits_name_the_field(over, field):
-    with pytest.raises(ConfigError, match=f"^{field}: "):
-        make_config("smoke", "csfiqa", {**TINY, **over})
 
 
 def test_over_sets_is_the_mean_of_each_sets_loss():

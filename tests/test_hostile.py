@@ -15,7 +15,6 @@ from pathlib import Path
 import native_fixtures as nf
 import pytest
 import torch
-from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils import system
 from iqa_utils.cli import main
@@ -24,9 +23,12 @@ from iqa_utils.data.splits import make_split
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.pretrained import save_weights
 from iqa_utils.models.registry import register_model
+from iqa_utils.reporting.index import write_index
 from iqa_utils.training.checkpoint import save_checkpoint
 from iqa_utils.training.engine import train_run
 from iqa_utils.training.evaluation import NonFiniteError
+
+from helpers import tiny_cfg, tiny_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["train.epochs=1", "data.crops_train=1", "data.crops_test=2", "train.warmup_epochs=0"]
@@ -103,18 +105,9 @@ def test_data_bad_release_is_one_line(name, tmp_path, capsys):
 
 
 # ---- predict misuse --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("trained")
-    args = ["train", "--data-root", str(base / "data"), "--results-dir", str(base / "res"), "--device", "cpu",
-            "--set", *TINY]
-    assert main(args) == 0
-    return base, next((base / "res" / "checkpoints").iterdir()), args
-
-
 def test_predict_misuse(trained, tmp_path, capsys):
-    base, ckpt, _ = trained
-    image = sorted((base / "data" / "synthetic" / "images").glob("*.png"))[0]
+    ckpt = trained.checkpoint
+    image = sorted((trained.data_root / "synthetic" / "images").glob("*.png"))[0]
     one_line(capsys, main(["predict", str(image), "--checkpoint", str(ckpt), "--crops", "0"]), "crops")
     one_line(capsys, main(["predict", str(tmp_path / "no.png"), "--checkpoint", str(ckpt)]), "no.png")
     one_line(capsys, main(["predict", str(image), "--checkpoint", str(tmp_path)]), "config.json")
@@ -129,8 +122,8 @@ def test_predict_misuse(trained, tmp_path, capsys):
 
 # ---- corrupt state files -------------------------------------------------------------------------------
 def test_corrupt_record_and_checkpoint_name_their_file(trained, capsys):
-    base, _, args = trained
-    record = next((base / "res" / "runs").rglob("*.json"))
+    args = trained.args
+    record = next((trained.results / "runs").rglob("*.json"))
     saved = record.read_bytes()
     record.write_bytes(saved[: len(saved) // 2])                        # a record cut short
     one_line(capsys, main(args), str(record))
@@ -148,7 +141,6 @@ def test_truncated_resume_checkpoint(tmp_path):
 
 
 def test_torn_outputs_log_and_timings(trained, tmp_path):
-    from iqa_utils.reporting.index import write_index
     res = tmp_path / "res"
     res.mkdir()
     (res / "outputs.jsonl").write_text('{"path": "tables/a.md", "kind": "table"}\n{"path": "tab')

@@ -9,8 +9,6 @@ that no longer meet their images) fails here.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +18,7 @@ from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
 from iqa_utils.training.engine import train_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import tiny_manifest  # noqa: E402
+from helpers import tiny_manifest
 
 # 40 images, half for testing: the SRCC of 20 unrelated pairs has a standard deviation of ~0.23
 N_IMAGES, FLOOR, CHANCE = 40, 0.7, 0.5

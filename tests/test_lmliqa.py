@@ -1,23 +1,19 @@
 """LML-IQA: the local-manifold losses on hand-computed cases, saliency, EMA teacher, every switch."""
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from iqa_utils.config.check import make_config
-from iqa_utils.config.fields import ConfigError
 from iqa_utils.data.splits import make_split
 from iqa_utils.models.deiqt import DEIQT
-from iqa_utils.models.lmliqa import LMLIQA, cls_attention, decoder_attention, salient_crop, spectral_residual
+from iqa_utils.models.lmliqa import cls_attention, decoder_attention, salient_crop, spectral_residual
 from iqa_utils.models.losses import local_manifold_loss, local_manifold_two_term
 from iqa_utils.models.registry import create_model
 from iqa_utils.training.engine import TrainingInterrupted, train_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engine import tiny_manifest  # noqa: E402
+from helpers import FakeLMLIQASampler, tiny_manifest
 
 TAU = 0.5
 
@@ -149,30 +145,9 @@ def test_cls_attention_matches_timm_weights():
     assert d.shape == (2, 8, 8) and torch.allclose(d.sum((1, 2)), torch.ones(2), atol=1e-5)
 
 
-class FakeSampler:
-    """The CropSampler contract on random pixels (tests only need the shapes and the boxes)."""
-
-    def __init__(self):
-        self.g = torch.Generator().manual_seed(1)
-
-    def random_crops(self, idx, size, flip=False, generator=None):
-        return torch.randn(len(idx), 3, size, size, generator=self.g)
-
-    def global_views(self, idx, size):
-        return torch.randn(len(idx), 3, size, size, generator=self.g)
-
-    def crops_with_boxes(self, idx, k, size, generator=None, mode="native", flip=False, max_iou=1.0):
-        boxes = torch.rand(len(idx), k, 4, generator=self.g) * 0.5
-        return torch.randn(len(idx), k, 3, size, size, generator=self.g), boxes
-
-    def crops_at(self, idx, centres, size, flip=False, generator=None):
-        assert centres.shape == (len(idx), 2) and ((centres >= 0) & (centres <= 1)).all()
-        return torch.randn(len(idx), 3, size, size, generator=self.g)
-
-
 def _step(m, opt=None):
     idx = torch.tensor([0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 2, 3, 5, 6, 7, 4])
-    b = m.train_batch(FakeSampler(), idx, torch.linspace(10, 90, 16), torch.Generator().manual_seed(0))
+    b = m.train_batch(FakeLMLIQASampler(), idx, torch.linspace(10, 90, 16), torch.Generator().manual_seed(0))
     loss, logs = m.loss(b)
     loss.backward()
     if opt is not None:
@@ -276,7 +251,7 @@ def test_unknown_switch_is_an_error():
 def test_crops_flip_and_overlap_limit_reach_the_sampler():
     seen = {}
 
-    class Recording(FakeSampler):
+    class Recording(FakeLMLIQASampler):
         def crops_with_boxes(self, idx, k, size, generator=None, mode="native", flip=False, max_iou=1.0):
             seen.update(flip=flip, max_iou=max_iou)
             return super().crops_with_boxes(idx, k, size, generator, mode)
@@ -290,7 +265,7 @@ def test_crops_flip_and_overlap_limit_reach_the_sampler():
 def test_native_crop_anchor_centred_on_the_saliency_peak():
     centres = []
 
-    class Recording(FakeSampler):
+    class Recording(FakeLMLIQASampler):
         def crops_at(self, idx, c, size, flip=False, generator=None):
             centres.append(c)
             return super().crops_at(idx, c, size, flip, generator)
@@ -371,9 +346,3 @@ def test_queue_resumes_bit_identically(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (a["queue_img"] >= 0).all() and a["queue"].abs().sum() > 0          # filled (and wrapped)
 
-
-def test_new_fields_are_checked_where_the_config_is_made():
-    for bad in ({"lmliqa.max_iou": 0.0}, {"lmliqa.max_iou": 1.5}, {"lmliqa.queue_size": -1},
-                {"lmliqa.anchor": "salient_crop"}, {"lmliqa.flip_crops": "yes"}):
-        with pytest.raises(ConfigError):
-            make_config("smoke", "lmliqa", bad)

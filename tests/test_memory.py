@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from iqa_utils import cli
 from iqa_utils.config.check import make_config
 from iqa_utils.models import costs, create_model
 from iqa_utils.runs.budget import memory_table
@@ -51,12 +52,7 @@ def test_estimate_covers_a_measured_cpu_step():
     assert 0.8 < costs.peak_bytes(mem, 64) / 2**20 / measured["peak_mib"] < 1.5
 
 
-def test_micro_batch_auto_is_the_default():
-    assert make_config("smoke", "csfiqa", {"train.micro_batch": "auto"}).train.micro_batch is None
-
-
 def test_plan_prints_the_memory_per_run(tmp_path, monkeypatch, capsys):
-    from iqa_utils import cli
     monkeypatch.setenv("IQA_KIT_CACHE", str(tmp_path))
     assert cli.main(["plan", "--profile", "smoke", "--results-dir", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out

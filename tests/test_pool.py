@@ -12,15 +12,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_claims import _dead_pid, _plant
 
 from iqa_utils.config.check import make_config
 from iqa_utils.data.registry import load_manifest
-from iqa_utils.data.synthetic import build_synthetic
 from iqa_utils.runs.experiments import configs, run_all
 from iqa_utils.runs.pool import parse_devices
 from iqa_utils.runs.records import CLAIMS_LOG, data_digest, load_records, record_path, run_key
 from iqa_utils.system import read_jsonl
+
+from helpers import dead_pid, plant_claim
 
 SMOKE_BATCH = make_config("smoke").train.global_batch      # the profile's, whatever it is
 
@@ -28,13 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = {"train.epochs": 1, "data.crops_train": 1, "data.crops_test": 1, "train.warmup_epochs": 0,
         "data.train_fraction": 0.3, "train.num_threads": 1}
 SEEDS = [0, 1, 2, 3]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    build_synthetic(root / "synthetic", progress=False)
-    return root
 
 
 def _trained(results) -> Counter:
@@ -53,7 +46,7 @@ def test_two_workers_train_every_run_once(data_root, tmp_path):
     data = data_digest(load_manifest("synthetic", data_root))
     results = tmp_path / "results"
     dead = record_path(cfgs[0], results, data).with_suffix(".claim")
-    _plant(dead, pid=_dead_pid())                      # a worker that died mid-run: its claim is stale
+    plant_claim(dead, pid=dead_pid())                      # a worker that died mid-run: its claim is stale
     df = run_all([(c, "") for c in cfgs], results, str(data_root), progress=False, device="cpu,cpu")
     assert sorted(df.split_seed) == SEEDS and df.srcc.notna().all()
     assert len(load_records(results)) == 4 and not list(results.rglob("*.claim"))

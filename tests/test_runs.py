@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils.config.check import override
 from iqa_utils.config.profiles import shard
@@ -14,6 +13,8 @@ from iqa_utils.data.splits import Split
 from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load, source_split
 from iqa_utils.system import git_commit
 from iqa_utils.training import engine
+
+from helpers import tiny_cfg, tiny_manifest
 
 # tiny test splits (4 images) cannot carry a logistic fit; the engine says so in a warning
 pytestmark = pytest.mark.filterwarnings("ignore:.*plcc_logistic left empty")
@@ -24,15 +25,10 @@ def cfg_for(**over):
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return tiny_manifest(tmp_path_factory.mktemp("tiny"), n=20)
-
-
-@pytest.fixture(scope="module")
-def done(manifest, tmp_path_factory):
+def done(tiny_data, tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     cfg = cfg_for()
-    return cfg, results, run_or_load(cfg, results, manifest=manifest, progress=False)
+    return cfg, results, run_or_load(cfg, results, manifest=tiny_data, progress=False)
 
 
 def test_record_path_and_key():
@@ -61,29 +57,29 @@ def test_record_contents_and_files(done):
     assert split.digest() == rec["split"]["digest"] and split.test == rec["predictions"]["rows"]
 
 
-def test_rerun_loads_instead_of_training(done, manifest, monkeypatch):
+def test_rerun_loads_instead_of_training(done, tiny_data, monkeypatch):
     cfg, results, rec = done
 
     def no_training(*a, **k):
         raise AssertionError("train_run called for a finished run")
     monkeypatch.setattr(engine, "train_run", no_training)
-    assert run_or_load(cfg, results, manifest=manifest, progress=False) == json.loads(json.dumps(rec, default=str))
+    assert run_or_load(cfg, results, manifest=tiny_data, progress=False) == json.loads(json.dumps(rec, default=str))
 
 
-def test_interrupted_run_leaves_no_record_and_resumes(done, manifest, monkeypatch, tmp_path):
+def test_interrupted_run_leaves_no_record_and_resumes(done, tiny_data, monkeypatch, tmp_path):
     cfg, _, rec = done
     real = engine.train_run
     monkeypatch.setattr(engine, "train_run", lambda *a, **k: real(*a, **k, stop_after_epoch=1))
     with pytest.raises(engine.TrainingInterrupted):
-        run_or_load(cfg, tmp_path, manifest=manifest, progress=False)
+        run_or_load(cfg, tmp_path, manifest=tiny_data, progress=False)
     assert not record_path(cfg, tmp_path, rec["data"]["digest"]).exists()
     assert (tmp_path / "work" / rec["key"] / "checkpoint.pt").is_file()
     monkeypatch.setattr(engine, "train_run", real)
-    again = run_or_load(cfg, tmp_path, manifest=manifest, progress=False)
+    again = run_or_load(cfg, tmp_path, manifest=tiny_data, progress=False)
     assert again["epochs"] == rec["epochs"] and again["final"] == rec["final"]
 
 
-def test_load_records_and_filters(done, manifest):
+def test_load_records_and_filters(done, tiny_data):
     cfg, results, rec = done
     df = load_records(results)
     assert len(df) == 1
@@ -111,25 +107,25 @@ def test_shard_and_git(tmp_path):
     assert c is None or len(c) == 40
 
 
-def test_cross_dataset_run(manifest, tmp_path):
+def test_cross_dataset_run(tiny_data, tmp_path):
     target = tiny_manifest(tmp_path / "other", n=12, seed=5)
     target.name = "tiny2"
     cfg = cfg_for(**{"train.epochs": 1, "test_dataset": "tiny2"})
-    rec = run_or_load(cfg, tmp_path / "res", manifest=manifest, test_manifest=target, progress=False)
+    rec = run_or_load(cfg, tmp_path / "res", manifest=tiny_data, test_manifest=target, progress=False)
     assert rec["test_dataset"] == "tiny2" and rec["split"]["n_test"] == 12
-    assert rec["split"]["n_train"] == len(manifest) == 20          # the whole source trains (kit X1)
+    assert rec["split"]["n_train"] == len(tiny_data) == 20          # the whole source trains (kit X1)
     assert rec["predictions"]["rows"] == list(range(12))
     assert record_path(cfg, tmp_path / "res", rec["data"]["digest"]).parent.name == "tiny-to-tiny2"
     assert load_records(tmp_path / "res", test_dataset="tiny2").shape[0] == 1
 
 
-def test_cross_source_split_is_the_whole_source_unless_asked(manifest):
+def test_cross_source_split_is_the_whole_source_unless_asked(tiny_data):
     cross = cfg_for(**{"test_dataset": "tiny2"})
-    assert source_split(cross, manifest).train == list(range(len(manifest)))
-    assert len(source_split(override(cross, {"data.cross_train": "split"}), manifest).train) == 16
-    assert len(source_split(cfg_for(), manifest).train) == 16               # not a cross run: 80 %
-    carved = source_split(override(cross, {"data.val_fraction": 0.1}), manifest)
-    assert sorted(carved.train + carved.val) == list(range(len(manifest))) and len(carved.val) == 2
+    assert source_split(cross, tiny_data).train == list(range(len(tiny_data)))
+    assert len(source_split(override(cross, {"data.cross_train": "split"}), tiny_data).train) == 16
+    assert len(source_split(cfg_for(), tiny_data).train) == 16               # not a cross run: 80 %
+    carved = source_split(override(cross, {"data.val_fraction": 0.1}), tiny_data)
+    assert sorted(carved.train + carved.val) == list(range(len(tiny_data))) and len(carved.val) == 2
     # the choice is part of a cross run's key only
     assert cfg_for().key() == override(cfg_for(), {"data.cross_train": "split"}).key()
     assert cross.key() != override(cross, {"data.cross_train": "split"}).key()

@@ -1,43 +1,26 @@
 """ImageStore / CropSampler: decode once, crops are exact slices, seeded test crops, clear errors.
 
-Test images encode each pixel's position (R = row, G = column) and carry random noise in B, so a crop
-tells where it was cut from and whether it is an exact slice of the decoded image.
+Test images (helpers.coded_manifest) encode each pixel's position (R = row, G = column) and carry
+random noise in B, so a crop tells where it was cut from and whether it is an exact slice of the
+decoded image.
 """
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
 
-from iqa_utils.data.manifest import DatasetError, Manifest
+from iqa_utils.data.manifest import DatasetError
 from iqa_utils.data.store import (IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore, box_iou, spread_boxes,
                                    working_size)
 
-SIZES = [(120, 200), (200, 150), (100, 100), (160, 130)]  # (H, W), all < 256 so R/G hold positions
-
-
-def _coded_image(h, w, seed):
-    rng = np.random.default_rng(seed)
-    rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    return np.stack([rr, cc, rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
-
-
-def _manifest(root: Path, sizes=SIZES, **kw) -> Manifest:
-    rows = []
-    for k, (h, w) in enumerate(sizes):
-        p = root / f"img{k}.png"
-        PIL.Image.fromarray(_coded_image(h, w, k)).save(p)
-        rows.append({"path": str(p), "label": 10.0 * k + 0.5, "direction": "MOS", "ref": None,
-                     "distortion": None, "level": None})
-    return Manifest("coded", root, pd.DataFrame(rows), **kw)
-
+from helpers import CODED_SIZES, coded_image, coded_manifest
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    return _manifest(tmp_path_factory.mktemp("coded"))
+    return coded_manifest(tmp_path_factory.mktemp("coded"))
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +63,15 @@ def test_store_basics(store, manifest):
     assert store.labels.dtype == torch.float64
     assert torch.equal(store.labels, torch.tensor(manifest.df.label.to_numpy()))
     assert all(im.dtype == torch.uint8 for im in store.images)
-    assert [tuple(im.shape) for im in store.images] == [(3, h, w) for h, w in SIZES]
-    assert store.nbytes == sum(3 * h * w for h, w in SIZES)
+    assert [tuple(im.shape) for im in store.images] == [(3, h, w) for h, w in CODED_SIZES]
+    assert store.nbytes == sum(3 * h * w for h, w in CODED_SIZES)
     assert store.to("cpu") is store
     # pixels are the file's pixels
-    assert np.array_equal(store[1].permute(1, 2, 0).numpy(), _coded_image(*SIZES[1], 1))
+    assert np.array_equal(store[1].permute(1, 2, 0).numpy(), coded_image(*CODED_SIZES[1], 1))
 
 
 def test_resize_modes(tmp_path):
-    m = _manifest(tmp_path, sizes=[(120, 200), (200, 150)], parity_size=(64, 48), keep_aspect_short_side=100)
+    m = coded_manifest(tmp_path, sizes=[(120, 200), (200, 150)], parity_size=(64, 48), keep_aspect_short_side=100)
 
     def shapes(**kw):
         st = ImageStore.from_manifest(m, progress=False, **kw)
@@ -179,7 +162,7 @@ def test_grid_covers_corners(store, n):
     sampler = CropSampler(store)
     x = sampler.test_crops(torch.tensor([0, 1]), n, 48, mode="grid")
     for j, i in enumerate([0, 1]):
-        H, W = SIZES[i]
+        H, W = CODED_SIZES[i]
         pos = {_where(_to_u8(c)) for c in x[j * n:(j + 1) * n]}
         assert len(pos) == n
         assert {(0, 0), (0, W - 48), (H - 48, 0), (H - 48, W - 48)} <= pos
@@ -224,7 +207,7 @@ def test_crops_with_boxes_native(store):
     crops, boxes = sampler.crops_with_boxes(idx, 4, 40, torch.Generator().manual_seed(2), mode="native")
     assert crops.shape == (3, 4, 3, 40, 40) and boxes.shape == (3, 4, 4)
     for a, i in enumerate(idx.tolist()):
-        H, W = SIZES[i]
+        H, W = CODED_SIZES[i]
         for b in range(4):
             t, l, h, w = boxes[a, b].tolist()
             t, l = round(t * H), round(l * W)
@@ -239,7 +222,7 @@ def test_crops_with_boxes_multiscale(store):
     assert crops.shape == (2, 6, 3, 32, 32)
     assert (boxes >= 0).all() and (boxes[..., 0] + boxes[..., 2] <= 1 + 1e-6).all()
     for a, i in enumerate([0, 1]):
-        H, W = SIZES[i]
+        H, W = CODED_SIZES[i]
         for b in range(6):
             t, l, h, w = boxes[a, b].tolist()
             t, l, s = round(t * H), round(l * W), round(h * H)
@@ -250,7 +233,7 @@ def test_crops_with_boxes_multiscale(store):
 
 
 def test_unreadable_and_missing_files_raise(tmp_path):
-    m = _manifest(tmp_path, sizes=[(64, 64), (64, 64)])
+    m = coded_manifest(tmp_path, sizes=[(64, 64), (64, 64)])
     bad = Path(m.df.path[1])
     bad.write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match="img1.png"):
@@ -313,7 +296,7 @@ def test_nested_test_crops_follow_the_training_geometry(store, mode):
 def test_crop_mode_csfiqa_is_tested_on_the_training_geometry(store):
     from iqa_utils.config.check import make_config
     from iqa_utils.models import create_model
-    from iqa_utils.training.evaluation import predict_rows, test_views
+    from iqa_utils.training.evaluation import predict_rows, test_views   # here: pytest would collect test_views
     sampler = CropSampler(store)
     crop = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False, "csfiqa.scale_mode": "crop",
                                                          "csfiqa.nsm": "off", "csfiqa.input_size": 48}))
@@ -332,7 +315,7 @@ def test_crops_with_boxes_iou_limit_and_flips(store):
                                             max_iou=0.3)
     n_flipped = 0
     for a, i in enumerate(idx.tolist()):
-        H, W = SIZES[i]
+        H, W = CODED_SIZES[i]
         px = [[round(v * n) for v, n in zip(b.tolist(), (H, W, H, W))] for b in boxes[a]]
         ious = [box_iou(px[p], px[q]) for p in range(4) for q in range(p + 1, 4)]
         assert max(ious) <= 0.3                                   # every pair, so whichever is the positive

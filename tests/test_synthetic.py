@@ -9,14 +9,7 @@ import pytest
 from iqa_utils.data import synthetic as syn
 from iqa_utils.data.manifest import DatasetError
 
-N_REFS = 3
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    syn.build_synthetic(root / "synthetic", progress=False, n_refs=N_REFS)
-    return root
+N_REFS = syn.DEFAULT_N_REFS            # conftest's data_root holds the whole set
 
 
 @pytest.fixture(scope="session")

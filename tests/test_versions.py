@@ -8,7 +8,6 @@ import papermill as pm
 import pytest
 
 from iqa_utils import cli
-from iqa_utils.config.check import make_config
 from iqa_utils.reporting import tables
 from iqa_utils.reporting.notebook import setup
 from iqa_utils.runs.experiments import sweep_configs, with_base
@@ -52,8 +51,3 @@ def test_overrides_set_the_base_and_a_row_s_own_field_wins():
     assert all(c.csfiqa.lam == 0.5 for c in got)
     assert with_base(planned, {}) == planned
 
-
-def test_the_quoted_version_does_not_change_the_run():
-    for model in ("csfiqa", "lmliqa"):
-        assert make_config("smoke", model, {f"{model}.version": "v1"}).key() == make_config("smoke", model).key()
-    assert make_config("smoke", "csfiqa", {"csfiqa.tau": 0.2}).key() != make_config("smoke", "csfiqa").key()
