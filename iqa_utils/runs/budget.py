@@ -104,8 +104,16 @@ def _has_record(cfg: RunConfig, data: _Data, results_dir: Path) -> bool:
     return any(folder.glob(f"{cfg.key()}-s{cfg.split_seed}-d*.json"))
 
 
+def check_rate(crops_per_s: float | None, name: str = "crops_per_s") -> float | None:
+    """None (no GPU-hours) or a positive, finite rate; anything else would print negative or NaN hours."""
+    if crops_per_s is not None and not 0 < crops_per_s < math.inf:
+        raise KitError(f"{name}: {crops_per_s} is not a positive number of training crops per second")
+    return crops_per_s
+
+
 def plan_table(profile: str, results_dir="results", data_root=None, crops_per_s: float | None = None):
     """One row per notebook and a total: runs, runs with records, crops (millions), est. GPU-hours."""
+    check_rate(crops_per_s)
     data, seen, rows = _Data(profile, data_root), set(), []
     for notebook, planned in notebook_plan(profile).items():
         runs = []
