@@ -21,9 +21,10 @@ def _log(results) -> list[dict]:
     return [json.loads(line) for line in (results / "outputs.jsonl").read_text().splitlines()]
 
 
-def test_a_session_made_in_a_script_indexes_its_table_and_figure(tmp_path):
+def test_a_session_made_in_a_script_indexes_its_table_and_figure(tmp_path, capsys):
     session = Session("make_extra.py", "paper", str(tmp_path), None, "cpu", None)
     session.table(pd.DataFrame({"method": ["DEIQT"], "value": [1.0]}), "extra", "An extra table")
+    assert "| DEIQT    |       1 |" in capsys.readouterr().out       # the table's text, not an IPython object
     session.figure("extra", "An extra figure", plots.plot_not_made("extra", "nothing to show"))
     readme = (tmp_path / "README.md").read_text()
     assert "[tables/extra.md](tables/extra.md) | make_extra.py | paper | An extra table" in readme

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from IPython import get_ipython
 from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
@@ -158,6 +159,9 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
 
 
 def show(table, caption: str = ""):
-    """Display a table as Markdown in Jupyter, plain text elsewhere."""
+    """Display a table as Markdown in Jupyter, its Markdown text elsewhere (a script's Session)."""
     text = tables.to_markdown(table, caption) if "median" in table.columns else table.to_markdown(index=False)
-    display(Markdown(text))
+    if get_ipython() is None:
+        print(text)
+    else:
+        display(Markdown(text))
