@@ -19,7 +19,7 @@ from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, Memor
                                   default_cache_dir, open_store, ram_available, read_index)
 from iqa_utils.data.manifest import DatasetError, Manifest
 from iqa_utils.data.store import CropSampler, resize_settings
-from iqa_utils.reporting.notebook import setup
+from iqa_utils.reporting.notebook import Session, setup
 from iqa_utils.system import KitError
 from test_store import SIZES, _coded_image, _manifest
 
@@ -135,6 +135,13 @@ def test_a_store_cache_reuses_its_stores_and_the_process_keeps_none(data, decode
     assert open_store(m, stores=stores, **{**kw, "min_side": 64}) is not first        # other options
     open_store(m.subset([0, 1]), stores=stores, **kw)                                  # keep=2: first goes
     assert len(stores) == 2 and stores.opened == 3 and open_store(m, stores=stores, **kw) is not first
+
+
+def test_a_notebook_session_hands_its_cells_one_store_cache(tmp_path):
+    session = Session("01_train_csfiqa", "smoke", str(tmp_path), None, "cpu", None)
+    kw = session.run_kw                              # what every cell passes to run_all
+    assert isinstance(kw["stores"], StoreCache) and session.run_kw["stores"] is kw["stores"]
+    assert Session("02_train_lmliqa", "smoke", str(tmp_path), None, "cpu", None).run_kw["stores"] is not kw["stores"]
 
 
 def test_files_outside_a_dataset_open_as_a_dataset_does(data):
