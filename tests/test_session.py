@@ -57,13 +57,17 @@ def test_compare_judges_by_the_session_s_profile(tmp_path):
 
 @pytest.mark.slow
 def test_session_run_uses_its_results_folder_and_overrides(tmp_path):
-    """session.run(planned): the session's results folder and --set overrides, no keyword list per cell."""
+    """session.run(planned): the session's results folder, --set overrides and stores, no keyword list per
+    cell."""
     session = setup("01_x", "smoke", str(tmp_path), device="cpu",
                     overrides={"model.pretrained": False, "data.crops_test": 2})
     rows = session.run(experiments.untrained_configs("smoke", "deiqt", seeds=[0]), progress=False)
     assert list(rows.variant) == ["untrained"] and len(rows) == 1
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
     assert [r["config"]["data"]["crops_test"] for r in records] == [2]
+    opened = session.stores.opened
+    session.run(experiments.untrained_configs("smoke", "deiqt", seeds=[1]), progress=False)     # a later cell
+    assert session.stores.opened == opened > 0       # its run reads the stores the first cell opened
 
 
 @pytest.mark.slow

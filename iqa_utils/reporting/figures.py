@@ -17,9 +17,10 @@ from matplotlib.figure import Figure
 
 from ..config.check import make_config, override
 from ..data import livefb, synthetic
-from ..data.cache import build_store
+from ..data.cache import StoreCache, open_store
 from ..data.splits import Split
-from ..data.store import CropSampler, ImageStore
+from ..data.manifest import Manifest
+from ..data.store import CropSampler
 from ..models import display_name
 from ..runs.experiments import manifest_for, visual_configs, with_base
 from ..runs.records import run_or_load
@@ -66,16 +67,17 @@ def visual_context(session, dataset: str | None = None, seed: int = 0, n_images:
     dataset = planned[0][0].data.dataset
     manifest = manifest_for(session.profile, dataset, session.data_root)
     models, records, configs = {}, {}, {}
-    for cfg, _ in planned:
+    for cfg, _ in planned:                        # runs trained here and the figures share the session's stores
         cfg = override(cfg, {"train.device": str(dev), "data.data_root": session.data_root})
-        rec = run_or_load(cfg, session.results_dir, manifest=manifest)
+        rec = run_or_load(cfg, session.results_dir, manifest=manifest, stores=session.stores)
         model, _ = load_trained(Path(session.results_dir) / rec["checkpoint"], device=str(dev))
         name = cfg.model.name
         models[name], records[name], configs[name] = model.eval(), rec, cfg
     split = Split.load(Path(session.results_dir) / records["deiqt"]["split"]["file"])
     dc = configs["deiqt"].data
     size = max(getattr(m, "input_size", 224) for m in models.values())
-    store = build_store(manifest, dc.resize_mode, dc.max_side, size, dev, False, dc.store)
+    store = open_store(manifest, resize_mode=dc.resize_mode, max_side=dc.max_side, min_side=size,
+                       device=dev, kind=dc.store, progress=False, stores=session.stores)
     return Visuals(session.profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
                    session.data_root, n_images, shown_rows(manifest, split, n_images), configs)
 
@@ -322,7 +324,7 @@ def tsne(V: Visuals, split: str = "train") -> tuple[Figure, str]:
 def gmad_figure(V: Visuals, pool_dir: str | None = None, n_levels: int = 4) -> tuple[Figure, str]:
     """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
     Exploration Database in the paper profile; the whole synthetic set in smoke)."""
-    title = "gMAD competition, DEIQT vs LML-IQA"
+    title, cfg = "gMAD competition, DEIQT vs LML-IQA", V.config("deiqt")
     if pool_dir:
         exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
         paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
@@ -330,8 +332,9 @@ def gmad_figure(V: Visuals, pool_dir: str | None = None, n_levels: int = 4) -> t
             why = f"{pool_dir}: {'no images in' if Path(pool_dir).is_dir() else 'no such'} gMAD pool folder"
             return not_made(title, why)
         size = max(m.input_size for m in V.models.values())
-        store = ImageStore.from_paths(paths, min_side=size, device=V.device, progress=True)
-        sampler = CropSampler(store, device=V.device)
+        pool = Manifest.of_files(paths, "gmad-pool")
+        sampler = CropSampler(open_store(pool, resize_mode="native", min_side=size, device=V.device,
+                                         kind=cfg.data.store), device=V.device)
     else:
         paths, sampler = V.manifest.df.path.tolist(), V.sampler
     rows = list(range(len(paths)))

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from ..config.check import make_config
 from ..config.profiles import is_rehearsal, plan
-from ..data.cache import LOCAL_STORES_ENV
+from ..data.cache import LOCAL_STORES_ENV, StoreCache
 from ..models.pretrained import WEIGHTS_ENV
 from ..runs.experiments import Planned, run_all
 from ..runs.pool import parse_devices
@@ -45,6 +45,7 @@ class Session:
     plan: dict = field(default_factory=dict)
     devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
     overrides: dict = field(default_factory=dict)   # dotted fields set on every run and table (--set)
+    stores: StoreCache = field(default_factory=StoreCache, repr=False)   # the notebook's cells share stores
 
     @property
     def rehearsal(self) -> bool:
@@ -57,9 +58,11 @@ class Session:
 
     def run(self, planned: Planned, progress: bool = True) -> pd.DataFrame:
         """Run (or load) planned (config, label) pairs (the runs.experiments lists) with this session's
-        results folder, data, shard, devices and overrides; one row per run."""
+        results folder, data, shard, devices, overrides and stores (a dataset decoded once per notebook);
+        one row per run."""
         return run_all(planned, results_dir=self.results_dir, data_root=self.data_root, shard=self.shard,
-                       progress=progress, device=self.devices or self.device, overrides=self.overrides)
+                       progress=progress, device=self.devices or self.device, overrides=self.overrides,
+                       stores=self.stores)
 
     def compare(self, runs: pd.DataFrame, table: str = "main", **kw) -> pd.DataFrame:
         """tables.comparison_table judged for this profile (smoke and rehearsal: not comparable), quoting
