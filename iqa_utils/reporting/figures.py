@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ..config.check import make_config, override
 from ..data import livefb, synthetic
-from ..data.cache import StoreCache, open_store
+from ..data.cache import open_store
 from ..data.splits import Split
 from ..data.manifest import Manifest
 from ..data.store import CropSampler
