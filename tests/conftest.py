@@ -27,7 +27,6 @@ import torch
 
 from iqa_utils.cli import main
 from iqa_utils.data.synthetic import build_synthetic, default_root
-from iqa_utils.reporting import index, plots
 from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
 
 from helpers import tiny_manifest
@@ -144,15 +143,3 @@ def trained(data_root, tmp_path_factory) -> SimpleNamespace:
     assert main(args) == 0
     return SimpleNamespace(data_root=data_root, results=results, args=args,
                            checkpoint=next((results / "checkpoints").iterdir()))
-
-
-@pytest.fixture(autouse=True)
-def _fresh_notebook_context():
-    """A test that calls a notebook's `setup` leaves the reporting context (profile, notebook, figure
-    stamp) of its process behind; later tests in the same worker must not inherit it."""
-    ctx, stamp = dict(index._CTX), dict(plots._STAMP)
-    yield
-    index._CTX.clear()
-    index._CTX.update(ctx)
-    plots._STAMP.clear()
-    plots._STAMP.update(stamp)

@@ -13,11 +13,13 @@ import socket
 import numpy as np
 import pytest
 import torch
+import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.store import CropSampler, CropStream, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler, CropStream
 from iqa_utils.system import KitError
 from iqa_utils.training import distributed, engine
 from iqa_utils.training.distributed import Dist
@@ -31,7 +33,7 @@ SMOKE_BATCH = make_config("smoke").train.global_batch      # the profile's, what
 
 # ---- crops that do not depend on the split -------------------------------------------------------
 def test_crop_streams_give_a_sample_its_crop_whatever_the_split(tiny_data):
-    sampler = CropSampler(ImageStore.from_manifest(tiny_data, min_side=32, progress=False))
+    sampler = CropSampler(open_store(tiny_data, min_side=32, kind="ram", progress=False))
     idx = torch.tensor([3, 0, 7, 3, 11, 5, 2, 9])
     whole = sampler.random_crops(idx, 32, flip=True, generator=CropStream(7, 12, 0, 8))
     halves = [sampler.random_crops(idx[s:s + 4], 32, flip=True, generator=CropStream(7, 12, s, 4)) for s in (0, 4)]
@@ -55,6 +57,22 @@ def test_shares_and_refusals():
         engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, Dist(0, 3))
     for model in ("csfiqa", "lmliqa"):          # contrastive sets over the global batch: split like any other
         assert engine._batching(make_config("smoke", model), "synthetic", 400, two)[::2] == (SMOKE_BATCH, SMOKE_BATCH // 2)
+
+
+def test_context_reads_torch_s_process_group_on_every_call(monkeypatch):
+    """No joined flag of the kit's own: a group torch already holds is joined as it is, and once it is
+    gone the next call joins afresh (here failing for want of torchrun's variables) instead of handing
+    back the Dist of a group that no longer exists."""
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")                       # as under torchrun: launched()
+    torch_dist.init_process_group("gloo", store=torch_dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert distributed.context("cpu") == distributed.context("cpu") == Dist(0, 1, torch.device("cpu"))
+    finally:
+        torch_dist.destroy_process_group()
+    with pytest.raises(ValueError, match="env:// rendezvous"):
+        distributed.context("cpu")
 
 
 # ---- contrastive sets gathered over the ranks ------------------------------------------------------

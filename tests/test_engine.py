@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from iqa_utils import devices
 from iqa_utils.config.fields import ConfigError, TrainConfig
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
 from iqa_utils.devices import atomic_save
@@ -94,7 +95,7 @@ class MeanPixel(torch.nn.Module):
 
 
 def test_evaluate_is_per_image_mean_of_crops(tiny_data):
-    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
+    store = open_store(tiny_data, min_side=32, kind="ram", progress=False)
     sampler = CropSampler(store)
     rows = [3, 0, 7, 11, 5, 2]
     labels = store.labels[rows].numpy()
@@ -115,7 +116,7 @@ def test_learns_and_beats_untrained(tiny_data, tmp_path):
     split = make_split(tiny_data, 0, ratio=0.6)
     rec = train_run(cfg, tiny_data, split, tmp_path, progress=False)
     model, _ = load_trained(tmp_path)
-    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
+    store = open_store(tiny_data, min_side=32, kind="ram", progress=False)
     torch.manual_seed(0)
     untrained = DEIQT("tiny", 32)                  # the trained model's own initial weights
     m0, _ = evaluate(untrained, CropSampler(store), split.test, store.labels[split.test].numpy(), 4, 32)
@@ -162,7 +163,7 @@ def test_val_selection_keeps_selected_weights(tiny_data, tmp_path):
     assert rec["selected_epoch"] == best + 1
     assert rec["final"]["plcc"] == pytest.approx(rec["epochs"][best]["test"]["plcc"])
     model, _ = load_trained(tmp_path / "model.safetensors")
-    store = ImageStore.from_manifest(tiny_data, min_side=32, progress=False)
+    store = open_store(tiny_data, min_side=32, kind="ram", progress=False)
     norm = LabelNorm(cfg.train.label_norm, tiny_data.label_range)      # records hold scores in label units
     _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32,
                        denorm=norm.inverse)
@@ -174,7 +175,7 @@ def test_val_selection_keeps_selected_weights(tiny_data, tmp_path):
 def test_accumulation_is_exact(tiny_data):
     """Real random crops, keyed by sample position: micro-batches of 3 give the loss and the gradient of
     the whole batch of 8."""
-    sampler = CropSampler(ImageStore.from_manifest(tiny_data, min_side=32, progress=False))
+    sampler = CropSampler(open_store(tiny_data, min_side=32, kind="ram", progress=False))
     idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(tiny_data))
     grads = []
     for micro in (8, 3):

@@ -1,4 +1,5 @@
-"""What each notebook runs: lists of run configs, executed through run records, returned as frames.
+"""What each notebook runs: lists of (config, label) pairs, executed through run records by `run_all`
+(a notebook's `Session.run`), returned as frames.
 
 Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
 re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
@@ -17,6 +18,7 @@ from ..config.check import make_config, override
 from ..config.fields import RunConfig
 from ..config.profiles import plan
 from ..config.profiles import shard as take_shard
+from ..data.cache import StoreCache
 from ..data.registry import load_manifest
 from ..models import costs, create_model, display_name, list_models
 from ..devices import resolve_device
@@ -96,12 +98,14 @@ def with_base(planned: Planned, overrides: dict | None) -> Planned:
 
 def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
             shard: str | None = None, progress: bool = True, device: str | None = None,
-            overrides: dict | None = None) -> pd.DataFrame:
+            overrides: dict | None = None, stores: StoreCache | None = None) -> pd.DataFrame:
     """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics.
 
     device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
     per device (pool.py), and this process loads their records (and trains any run a dead worker left).
-    overrides: dotted fields set on every run, except those the plan varies (`with_base`)."""
+    overrides: dotted fields set on every run, except those the plan varies (`with_base`).
+    stores: the StoreCache the runs share (default: one for this call), so a sweep decodes each dataset once;
+    pass one across calls to share it further."""
     pairs = take_shard(with_base(planned, overrides), shard)
     manifests = _Manifests(data_root)
     devices = parse_devices(device)
@@ -111,9 +115,10 @@ def run_all(planned: Planned, results_dir: str = "results", data_root: str | Non
              manifests(cfg.profile, cfg.test_dataset) if cfg.test_dataset else None) for cfg, _ in pairs]
     if len(devices) > 1:
         run_on_pool(jobs, devices, results_dir)
-    rows = []
+    rows, stores = [], StoreCache() if stores is None else stores
     for (cfg, manifest, test_manifest), (_, label) in zip(jobs, pairs):
-        rec = run_or_load(cfg, results_dir, manifest=manifest, test_manifest=test_manifest, progress=progress)
+        rec = run_or_load(cfg, results_dir, manifest=manifest, test_manifest=test_manifest, progress=progress,
+                          stores=stores)
         rows.append(method_row(rec, label))
     return pd.DataFrame(rows)
 
@@ -166,30 +171,6 @@ def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Pl
     p = plan(profile)
     return [(c, "untrained") for c in configs(profile, model, datasets or p["datasets"][:1],
                                                 seeds or p["seeds"], {"train.epochs": 0})]
-
-
-def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
-              overrides: dict | None = None, **kw) -> pd.DataFrame:
-    return run_all(main_configs(profile, models, datasets, seeds, overrides), **kw)
-
-
-def variant_runs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None,
-                 **kw) -> pd.DataFrame:
-    return run_all(variant_configs(profile, model, variants, datasets, seeds), **kw)
-
-
-def cross_runs(profile: str, models, pairs=None, seeds=None, **kw) -> pd.DataFrame:
-    return run_all(cross_configs(profile, models, pairs, seeds), **kw)
-
-
-def fraction_runs(profile: str, models, fractions=None, datasets=None, seeds=None, **kw) -> pd.DataFrame:
-    return run_all(fraction_configs(profile, models, fractions, datasets, seeds), **kw)
-
-
-def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
-    df = run_all(untrained_configs(profile, model, datasets, seeds), **kw)
-    df["method"] = df["method"] + " (untrained)"
-    return df
 
 
 # --- sweeps and ablations named in docs/csfiqa.md and docs/lmliqa.md -------------------------------------

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..config.check import config_from_dict, override
 from ..config.fields import RunConfig
-from ..data.store import CropSampler, ImageStore
+from ..data.cache import open_store
+from ..data.manifest import Manifest
+from ..data.store import CropSampler
 from ..models import create_model
 from ..models.pretrained import load_kit_state, load_weights, save_weights
 from ..devices import amp_dtype, resolve_device
@@ -77,10 +79,10 @@ def predict_images(model, paths, cfg: RunConfig | None = None, n_crops: int | No
     dev = resolve_device(device) if device else next(model.parameters()).device
     model.to(dev).eval()
     size = model.input_size
-    store = ImageStore.from_paths(paths, parity_size=w.get("parity_size") if mode_ == "deiqt_parity" else None,
-                                  short_side=w.get("keep_aspect_short_side") if mode_ == "keep_aspect" else None,
-                                  max_side=w.get("max_side", cfg.data.max_side),
-                                  min_side=w.get("min_side", max(size, cfg.data.crop_size)), progress=progress)
+    files = Manifest.of_files(paths, parity_size=w.get("parity_size"),
+                              keep_aspect_short_side=w.get("keep_aspect_short_side"))
+    store = open_store(files, resize_mode=mode_, max_side=w.get("max_side", cfg.data.max_side),
+                       min_side=w.get("min_side", max(size, cfg.data.crop_size)), kind="ram", progress=progress)
     norm = LabelNorm(cfg.train.label_norm, meta.get("label_range"))
     pred = predict_rows(model, CropSampler(store, device=dev), range(len(store)), n_crops if n_crops is not None else cfg.data.crops_test,
                         size, mode or cfg.data.test_crops, seed, batch_size, amp_dtype(amp, dev),
