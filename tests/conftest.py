@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from iqa_utils.cli import main
-from iqa_utils.data.synthetic import build_synthetic, default_root
+from iqa_utils.data.synthetic import build_synthetic
 from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
 
 from helpers import tiny_manifest
@@ -121,8 +121,8 @@ def kit_cache() -> Path:
 def data_root(kit_cache) -> Path:
     """A data root holding the embedded synthetic set (all its references): the session's kit cache,
     where the smoke profile reads it too, so it is built once per session. Tests only read it."""
-    build_synthetic(default_root(), progress=False)
-    return default_root().parent
+    build_synthetic(kit_cache / "synthetic", progress=False)
+    return kit_cache
 
 
 @pytest.fixture(scope="module")
