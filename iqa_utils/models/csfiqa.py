@@ -42,24 +42,27 @@ from .proxy import SIZE as PROXY_SIZE
 from .proxy import encoder_source
 from .registry import register_model
 
-# tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
-# CLS cross-attention), narrow enough to train in seconds on a CPU.
-TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
+# tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (two branches, width 1:2, CLS
+# cross-attention), narrow enough to train in seconds on a CPU. Its small branch cuts 8-px patches (a 12x12
+# grid at 96 px, as DEIQT-tiny's): with 12-px patches CSFIQA-tiny stayed near chance on some splits
+# (validation SRCC over split seeds 0-2, docs/datasets.md: 0.20 median with 12/16 px, 0.35 with 8/16)
+TINY_CROSSVIT = dict(patch_size=[8, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
                      mlp_ratio=[2, 2, 1])
 
 
 # ---------------------------------------------------------------------------------------------------
 # encoder
 # ---------------------------------------------------------------------------------------------------
-def branch_sizes(input_size: int) -> tuple[int, int]:
-    """Image side each branch sees (the crop is resized to it): the multiple of 12 nearest to the input
-    for the 12-px branch, the multiple of 16 nearest to input * 224/240 (timm's img_scale) for the 16-px
-    branch: 240 -> (240, 224) as in timm, 224 -> (228, 208) (D3), 96 -> (96, 96) (smoke)."""
-    return 12 * max(1, round(input_size / 12)), 16 * max(1, round(input_size * 224 / 240 / 16))
+def branch_sizes(input_size: int, patch: tuple[int, int] = (12, 16)) -> tuple[int, int]:
+    """Image side each branch sees (the crop is resized to it): the multiple of the small branch's patch
+    nearest to the input, the multiple of the large branch's patch nearest to input * 224/240 (timm's
+    img_scale): 240 -> (240, 224) as in timm, 224 -> (228, 208) (D3); tiny's 8/16 px at 96 -> (96, 96)."""
+    p0, p1 = patch
+    return p0 * max(1, round(input_size / p0)), p1 * max(1, round(input_size * 224 / 240 / p1))
 
 
 def build_crossvit(size: str, encoder: str = "crossvit_small_240", input_size: int = 240):
-    s0, s1 = branch_sizes(input_size)
+    s0, s1 = branch_sizes(input_size, TINY_CROSSVIT["patch_size"] if size == "tiny" else (12, 16))
     scale = (1.0, (s1 + 0.5) / s0)            # +0.5: timm floors int(size * scale)
     if size == "tiny":
         enc = CrossVit(img_size=s0, img_scale=scale, num_classes=0, qkv_bias=True, **TINY_CROSSVIT)
