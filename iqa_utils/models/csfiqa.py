@@ -34,7 +34,7 @@ from timm.models.crossvit import CrossVit
 from torch import nn
 
 from . import losses as L
-from .base import IQAModel, regression_loss
+from .base import IQAModel, TestCrops, regression_loss
 from .concentrator import build_concentrator
 from .deiqt import PanelDecoder, float32_linear
 from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
@@ -366,14 +366,14 @@ class CSFIQA(IQAModel):
             xl = sampler.resized_crops(idx, c.crop_ratio_large, s, flip=self.flip, generator=generator)
         return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device, non_blocking=True), "idx": idx}
 
-    def test_views(self, sampler, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
+    def test_views(self, sampler, idx, crops: TestCrops):
         """Crop modes: the training geometry at test time (D4), seeded per image: a 40 % crop resized to the
         input size and a 20 % one inside it (crop_nesting); branch/single: the base class's crops."""
         c = self.c
         if c.scale_mode in ("branch", "single"):
-            return super().test_views(sampler, idx, n, size, mode, seed)
-        return sampler.nested_test_crops(idx, n, c.crop_ratio_small, c.crop_ratio_large, size,
-                                         mode=mode, seed=seed, nested=c.crop_nesting == "nested")
+            return super().test_views(sampler, idx, crops)
+        return sampler.nested_test_crops(idx, crops.n, c.crop_ratio_small, c.crop_ratio_large, crops.size,
+                                         mode=crops.mode, seed=crops.seed, nested=c.crop_nesting == "nested")
 
     def _scl_layer(self) -> int:
         n = len(self.encoder.blocks)

@@ -19,6 +19,7 @@ from ..data.cache import build_store
 from ..data.splits import Split
 from ..data.store import CropSampler, ImageStore
 from ..models import display_name
+from ..models.base import TestCrops
 from ..runs.experiments import manifest_for, visual_configs
 from ..runs.records import run_or_load
 from ..devices import resolve_device
@@ -261,7 +262,7 @@ def scale_mos(V: Visuals, results_dir) -> Path:
 @torch.no_grad()
 def crop_features(model, sampler, rows, n_crops: int, size: int) -> torch.Tensor:
     """(images, n_crops, D) L2-normalised quality features (the CLS fed to the decoder) of random crops."""
-    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), n_crops, size, seed=7)
+    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), crops=TestCrops(n_crops, size, seed=7))
     _, f = model(x, return_features=True)
     return torch.nn.functional.normalize(f["cls"].float(), dim=-1).reshape(len(rows), n_crops, -1).cpu()
 
@@ -302,7 +303,7 @@ def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> 
     out = []
     for i in range(0, len(rows), batch):
         idx = torch.as_tensor(rows[i:i + batch], dtype=torch.long)
-        x = test_views(model, sampler, idx, n_crops, size)
+        x = test_views(model, sampler, idx, crops=TestCrops(n_crops, size))
         _, f = model(x, return_features=True)
         out.append(f["cls"].float().reshape(len(idx), n_crops, -1).mean(1).cpu().numpy())
     return np.concatenate(out)
@@ -337,8 +338,8 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
         paths, sampler = V.manifest.df.path.tolist(), V.sampler
     rows = list(range(len(paths)))
     cfg = make_config(V.profile, "deiqt")
-    scores = {k: _denorm(V.models[k], np.asarray(predict_rows(V.models[k], sampler, rows, cfg.data.crops_test,
-                                                               V.models[k].input_size)))
+    scores = {k: _denorm(V.models[k], np.asarray(predict_rows(
+                  V.models[k], sampler, rows, crops=TestCrops(cfg.data.crops_test, V.models[k].input_size))))
               for k in ("deiqt", "lmliqa")}
     table = plots.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
     path = plots.plot_gmad(paths, table, _out(results_dir, "06_gmad"))

@@ -334,14 +334,13 @@ def _timed_models(profile: str, dev) -> dict:
 def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10) -> pd.DataFrame:
     """Params and MACs at full size (each paper's input size), then latency, throughput and peak
     memory of the profile's model size on `device` (named in the table), at the profile's budget."""
-    dev, budget = resolve_device(device), plan(profile)["cost"]
+    dev, timing = resolve_device(device), costs.Timing(**plan(profile)["cost"])
     full = {display_name(m): full_size_model(m) for m in list_models()}
     sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
-    t_full = costs.cost_table(full, sizes, timing=False, crops_per_image=crops_per_image)
+    t_full = costs.cost_table(full, input_sizes=sizes, timing=None, crops_per_image=crops_per_image)
     t_full.insert(1, "size", "full (paper)")
-    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), batch=budget["batch"],
-                             train_batch=budget["train_batch"], memory=True, crops_per_image=crops_per_image,
-                             warmup=budget["warmup"], iters=budget["iters"])
+    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), timing=timing, memory=True,
+                             crops_per_image=crops_per_image)
     if make_config(profile).model.size == "tiny":
         t_run.insert(1, "size", "tiny (smoke)")
         return pd.concat([t_full, t_run], ignore_index=True)
