@@ -102,7 +102,7 @@ SCORE_NOTE = ("under each map, that model's score of the input shown (the whole 
 def _large_half(model, reshape):
     """CSFIQA's crop modes run both crops through the encoder as one batch (small first): the large
     scale is the second half."""
-    if getattr(getattr(model, "c", None), "scale_mode", None) not in CROP_MODES:
+    if getattr(getattr(model, "csfiqa", None), "scale_mode", None) not in CROP_MODES:
         return reshape
     return lambda t: reshape(t[t.shape[0] // 2:])
 
@@ -134,7 +134,7 @@ def sfa_targets(model) -> list[tuple[str, list, object]]:
     the decoder reads (after SFA: its memory, input 1); the large scale's patch tokens of each."""
     afs = model.afs[-1] if isinstance(model.afs, torch.nn.ModuleList) else model.afs
     out = [("SFA input (before SFA)", [(afs, 0)], _last_tokens(model))]
-    if model.c.decoder == "panel":                 # a linear decoder reads the CLS alone: no token map
+    if model.csfiqa.decoder == "panel":                 # a linear decoder reads the CLS alone: no token map
         out.append(("decoder input (after SFA)", [(model.decoder, 1)], _last_tokens(model)))
     return out
 
