@@ -488,9 +488,10 @@ def peak_bytes(mem: dict, n: int) -> float:
     return mem["state"] + BACKWARD_OVERHEAD * (mem["fixed"] + n * mem["per_crop"])
 
 
-def largest_micro(share: int, mem: dict, free_bytes: float, *, margin: float = MARGIN) -> int | None:
-    """The largest divisor of `share` whose step fits `margin` of free_bytes; None if not even one does."""
-    for d in sorted((d for d in range(1, share + 1) if share % d == 0), reverse=True):
+def largest_micro(per_rank: int, mem: dict, free_bytes: float, *, margin: float = MARGIN) -> int | None:
+    """The largest divisor of `per_rank` (a process's samples of a step) whose step fits `margin` of
+    free_bytes; None if not even one does."""
+    for d in sorted((d for d in range(1, per_rank + 1) if per_rank % d == 0), reverse=True):
         if peak_bytes(mem, d) <= margin * free_bytes:
             return d
     return None

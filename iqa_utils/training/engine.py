@@ -121,8 +121,8 @@ def _batching(cfg: RunConfig, dataset: str, n_train: int, *, dist: Dist) -> tupl
         raise ConfigError(f"train.global_batch: {global_batch} is more than the {n_train} training images x "
                           f"{cfg.data.crops_train} crops of {dataset} make; lower it")
     check_batch(cfg, global_batch, dist.world)
-    share = global_batch // dist.world
-    return global_batch, steps, min(cfg.train.micro_batch or share, share)
+    per_rank = global_batch // dist.world
+    return global_batch, steps, min(cfg.train.micro_batch or per_rank, per_rank)
 
 
 def setup(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, store=None, test_store=None,
@@ -170,20 +170,21 @@ def setup(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, store
                out_dir=Path(out_dir), progress=progress and dist.main)
 
 
-def auto_micro(model, name: str, share: int, *, device, dtype, say: bool) -> int:
-    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch whose
-    step, estimated from the bytes two small batches save for backward on this device, fits 85% of the
-    memory this process can still use; one line says which and why. The numbers do not depend on it."""
+def auto_micro(model, name: str, per_rank: int, *, device, dtype, say: bool) -> int:
+    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch (per_rank
+    samples) whose step, estimated from the bytes two small batches save for backward on this device, fits
+    85% of the memory this process can still use; one line says which and why. The numbers do not depend
+    on it."""
     with torch.random.fork_rng(devices=[device]):        # the run's random streams stay as they were
         mem = costs.step_memory(model, device, dtype=dtype, batches=costs.MEASURE_BATCHES.get(name, (2, 4)))
     usable = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
-    micro = costs.largest_micro(share, mem, usable)
+    micro = costs.largest_micro(per_rank, mem, usable)
     if micro is None:
         raise KitError(f"train.micro_batch: even one sample per chunk needs about "
                        f"{costs.peak_bytes(mem, 1) / 2**30:.1f} GiB, more than the {usable / 2**30:.1f} GiB "
                        f"usable on {device}")
     if say:
-        print(f"train.micro_batch=auto: {micro} of {share} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
+        print(f"train.micro_batch=auto: {micro} of {per_rank} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
               f"MiB each, est. peak {costs.peak_bytes(mem, micro) / 2**30:.1f} GiB of "
               f"{usable / 2**30:.1f} GiB usable on {device})")
     return micro
@@ -215,9 +216,9 @@ def _prepared(make, precision: Precision) -> dict:
     return batch
 
 
-def _add_logs(logs_sum: dict, logs: dict, w: float) -> None:
+def _add_logs(logs_sum: dict, logs: dict, weight: float) -> None:
     for k, v in logs.items():
-        logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * w
+        logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * weight
 
 
 def _rng_state(device) -> tuple:
