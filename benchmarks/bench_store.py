@@ -28,7 +28,8 @@ from PIL import Image
 from torchvision import transforms
 
 from iqa_utils.data.manifest import Manifest
-from iqa_utils.data.store import IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import IMAGENET_MEAN, IMAGENET_STD, CropSampler
 from iqa_utils.data.synthetic import photo
 
 PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle[0]", "stereo_motorcycle[1]",
@@ -144,8 +145,9 @@ def main(argv=None):
         m = make_images(Path(tmp), args.images, args.side)
         paths = list(m.df.path)
         t0 = time.perf_counter()
-        store = ImageStore.from_manifest(m, resize_mode="native", min_side=args.crop, device=args.device,
-                                         progress=False)
+        kind = "gpu" if torch.device(args.device).type == "cuda" else "ram"    # decoded, not read from a cache
+        store = open_store(m, resize_mode="native", min_side=args.crop, device=args.device, kind=kind,
+                           cache_dir=Path(tmp) / "no-cache", progress=False)
         decode_s = time.perf_counter() - t0
         sampler = CropSampler(store, device=args.device)
         # rounds interleave the methods so that load from other processes hits both alike

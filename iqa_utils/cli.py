@@ -1,4 +1,5 @@
-"""`iqa-kit` command line: reproduce (papermill over the notebooks), train, predict, decisions, data.
+"""`iqa-kit` command line: reproduce (papermill over the notebooks), train, predict, decisions, data, plan,
+weights, proxy.
 
 A problem with the user's input (a file, a folder, a field) is printed as one line,
 `iqa-kit: <file or field>: <problem>`, with exit status 2; `--debug` shows the traceback instead.
@@ -75,6 +76,16 @@ def _rehearsal_weights(profile: str) -> Path:
     return weights.write_stand_ins(folder, llama_layers(profile))
 
 
+def _proxy_first(profile: str, overrides: dict, data_root: str | None) -> None:
+    """Build the proxy-pretrained encoders the profile's models load (with these overrides) before the
+    notebooks start, so no notebook cell stalls on a build."""
+    from .config.check import make_config
+    cfgs = [make_config(profile, m, {**overrides, "data.data_root": data_root}) for m in MODEL_NAMES]
+    if any(c.uses_proxy_weights() for c in cfgs):
+        from .models.proxy import build_ahead
+        build_ahead(cfgs)
+
+
 def reproduce(args) -> int:
     import papermill as pm
 
@@ -97,6 +108,7 @@ def reproduce(args) -> int:
         params["data_root"] = str(_data_root(args.data_root, must_exist=profile != "smoke"))
     if args.shard:
         params["shard"] = args.shard
+    _proxy_first(profile, params.get("overrides", {}), params.get("data_root"))
     timings = {}
     for name in _select(args.notebooks):
         try:
@@ -234,6 +246,22 @@ def weights_cmd(args) -> int:
     return 0
 
 
+def proxy_cmd(args) -> int:
+    """Build the tiny encoders' proxy pretraining, which `model.pretrained=True` loads at the tiny size."""
+    from .config.check import make_config
+    overrides = {**_parse_sets(args.set), "model.pretrained": True,
+                 "data.data_root": str(_data_root(args.data_root, False)) if args.data_root else None}
+    cfgs = [make_config(args.profile, m, overrides) for m in MODEL_NAMES]
+    if not any(c.uses_proxy_weights() for c in cfgs):
+        raise KitError(f"--profile {args.profile}: its models are not tiny (or set model.weights); the proxy "
+                       f"pretraining is the tiny size's stand-in for ImageNet weights (--profile smoke)")
+    from .models.proxy import build_ahead
+    for folder in build_ahead(cfgs):
+        files = ", ".join(sorted(p.name for p in folder.glob("*.safetensors")))
+        print(f"{folder}: {files} (current)")
+    return 0
+
+
 def _reproduce_parser(sub) -> None:
     r = sub.add_parser("reproduce", help="run the numbered notebooks with papermill")
     r.add_argument("--profile", default="smoke", choices=list(PROFILES))
@@ -310,6 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--profile", default="paper", choices=["quick", "paper"])
     w.add_argument("--llama-repo", default=LLAMA_REPO, help="hub repo of LLaMA-7B in safetensors shards")
     w.set_defaults(fn=weights_cmd)
+    x = sub.add_parser("proxy", help="build the tiny encoders' proxy pretraining (model.pretrained=True at the "
+                                     "tiny size loads it; built on first use otherwise)")
+    x.add_argument("--profile", default="smoke", choices=list(PROFILES))
+    x.add_argument("--data-root", help="the synthetic set's data root (the files go under <it>/synthetic/pretrained)")
+    x.add_argument("--set", nargs="*", metavar="FIELD=VALUE", help="e.g. model.proxy_pretraining=rotation-v1")
+    x.set_defaults(fn=proxy_cmd)
     return p
 
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import iqa_utils.data.cache as cache
-from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, MemoryBudget, default_cache_dir,
-                                  open_store, ram_available, read_index)
-from iqa_utils.data.manifest import DatasetError
-from iqa_utils.data.store import CropSampler, ImageStore, resize_settings
-from iqa_utils.reporting.notebook import setup
+from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, MemoryBudget, StoreCache,
+                                  default_cache_dir, open_store, ram_available, read_index)
+from iqa_utils.data.manifest import DatasetError, Manifest
+from iqa_utils.data.store import CropSampler, resize_settings
+from iqa_utils.reporting.notebook import Session, setup
 from iqa_utils.system import KitError
 from test_store import SIZES, _coded_image, _manifest
 
@@ -42,7 +42,8 @@ def _disk(manifest, cache_dir, **kw):
 
 
 def _ram(manifest, **kw):
-    return ImageStore.from_manifest(manifest, **{**QUIET, **kw})
+    """Decoded into RAM (a cache folder that holds no cache: nothing read from one, nothing written)."""
+    return open_store(manifest, cache_dir=Path(manifest.root) / "no-cache", **{**QUIET, "kind": "ram", **kw})
 
 
 def _same_pixels(a, b) -> bool:
@@ -105,6 +106,49 @@ def test_reused_without_decoding(data, decodes):
     assert again.path == first.path and first.path.stat().st_mtime_ns == built
     assert "reused" in again.reason and "read from cache" in in_ram.reason and in_ram.kind == "ram"
     assert _same_pixels(again, first) and _same_pixels(in_ram, first)
+
+
+def test_ram_and_cache_file_pixels_come_from_one_decode_loop(data, monkeypatch):
+    m, cache_dir = data
+    loops, real = [], cache.decode_images
+
+    def counting(paths, *a, **k):
+        loops.append(len(paths))
+        return real(paths, *a, **k)
+
+    monkeypatch.setattr(cache, "decode_images", counting)
+    ram = open_store(m, cache_dir=cache_dir, kind="ram", **QUIET)       # no cache file yet: decoded into RAM
+    disk = open_store(m, cache_dir=cache_dir, kind="disk", **QUIET)     # the cache file built
+    assert loops == [len(m), len(m)] and "decoded" in ram.reason and "built" in disk.reason
+    assert _same_pixels(ram, disk)
+
+
+def test_a_store_cache_reuses_its_stores_and_the_process_keeps_none(data, decodes, capsys):
+    m, cache_dir = data
+    stores, kw = StoreCache(), {"cache_dir": cache_dir, **QUIET, "kind": "ram"}
+    first = open_store(m, stores=stores, **kw)
+    again = open_store(m, stores=stores, **{**kw, "progress": True})
+    assert again is first and len(decodes) == len(m) and stores.opened == 1
+    assert "reused" in capsys.readouterr().out
+    fresh = open_store(m, **kw)                     # no cache object: opened (and decoded) anew
+    assert fresh is not first and len(decodes) == 2 * len(m) and _same_pixels(fresh, first)
+    assert open_store(m, stores=stores, **{**kw, "min_side": 64}) is not first        # other options
+    open_store(m.subset([0, 1]), stores=stores, **kw)                                  # keep=2: first goes
+    assert len(stores) == 2 and stores.opened == 3 and open_store(m, stores=stores, **kw) is not first
+
+
+def test_a_notebook_session_hands_its_cells_one_store_cache(tmp_path):
+    session = Session("01_train_csfiqa", "smoke", str(tmp_path), None, "cpu", None)
+    kw = session.run_kw                              # what every cell passes to run_all
+    assert isinstance(kw["stores"], StoreCache) and session.run_kw["stores"] is kw["stores"]
+    assert Session("02_train_lmliqa", "smoke", str(tmp_path), None, "cpu", None).run_kw["stores"] is not kw["stores"]
+
+
+def test_files_outside_a_dataset_open_as_a_dataset_does(data):
+    m, _ = data
+    files = Manifest.of_files(list(m.df.path), "loose")
+    assert files.root == Path(m.root) and (files.df.label == 0).all() and len(files) == len(m)
+    assert _same_pixels(_ram(files), _ram(m))
 
 
 def test_rebuilt_when_a_source_changes(data, decodes, capsys):
@@ -205,6 +249,7 @@ def test_temp_files_of_killed_builds_are_swept(data):
 
 def test_two_builds_at_once(data, monkeypatch):
     m, cache_dir = data
+    ram = _ram(m)                     # decoded before the two builds' decoder is put in place
     real, meet = cache.decode_image, threading.Barrier(2, timeout=30)
 
     def decode_together(path, size_fn=None):
@@ -229,7 +274,6 @@ def test_two_builds_at_once(data, monkeypatch):
     assert not errors and all("built" in s.reason for s in stores)
     assert _files(cache_dir) == [stores[0].path.name]  # one whole cache, no temporary files
     read_index(stores[0].path)
-    ram = _ram(m)
     assert all(_same_pixels(s, ram) for s in stores) and _same_pixels(_disk(m, cache_dir), ram)
 
 

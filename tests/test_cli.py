@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from iqa_utils import cli
 from iqa_utils.cli import main
+from iqa_utils.models import proxy
+from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
+
+ENCODERS = ["crossvit_tiny.safetensors", "vit_tiny.safetensors"]
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +67,33 @@ def test_decisions_lists_the_open_paper_details(capsys):
     assert main(["decisions", "--markdown"]) == 0
     out = capsys.readouterr().out
     assert "csfiqa.afs_k" in out and "lmliqa.saliency" in out and "reviews" in out
+
+
+@pytest.fixture
+def proxy_cache(tmp_path, monkeypatch):
+    """A temporary kit cache, and the proxy recipes at a test's budget (3 steps); the folder the smoke
+    profile's proxy weights go to."""
+    for name, recipe in proxy.RECIPES.items():
+        monkeypatch.setitem(proxy.RECIPES, name, {**recipe, "steps": 3, "batch": 6, "warmup_steps": 1})
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    return tmp_path / "cache" / "synthetic" / "pretrained" / proxy.DEFAULT_RECIPE
+
+
+def test_proxy_builds_the_tiny_encoders_into_the_kit_cache(proxy_cache, capsys):
+    assert main(["proxy"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in proxy_cache.glob("*.safetensors")) == ENCODERS
+    assert out.count("proxy pretraining: building") == 2                 # DEIQT and LML-IQA share vit_tiny
+    assert f"{proxy_cache}: {', '.join(ENCODERS)} (current)" in out
+    assert main(["proxy"]) == 0 and "building" not in capsys.readouterr().out      # built once
+    assert main(["proxy", "--profile", "paper"]) == 2 and "not tiny" in capsys.readouterr().err
+
+
+def test_reproduce_builds_the_proxy_weights_before_the_notebooks(proxy_cache, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run_notebook", lambda name, *a: seen.append(
+        sorted(p.name for p in proxy_cache.glob("*.safetensors"))) or 1.0)
+    args = ["reproduce", "--notebooks", "00", "--results-dir", str(tmp_path / "results")]
+    assert main(args) == 0 and seen == [[]]                                # from scratch: nothing built
+    assert main(args + ["--set", "model.pretrained=True"]) == 0 and seen[1] == ENCODERS

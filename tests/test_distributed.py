@@ -18,7 +18,8 @@ from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils.config.check import make_config
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.store import CropSampler, CropStream, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler, CropStream
 from iqa_utils.system import KitError
 from iqa_utils.training import distributed, engine
 from iqa_utils.training.distributed import Dist
@@ -35,7 +36,7 @@ def data(tmp_path_factory):
 
 # ---- crops that do not depend on the split -------------------------------------------------------
 def test_crop_streams_give_a_sample_its_crop_whatever_the_split(data):
-    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+    sampler = CropSampler(open_store(data, min_side=32, kind="ram", progress=False))
     idx = torch.tensor([3, 0, 7, 3, 11, 5, 2, 9])
     whole = sampler.random_crops(idx, 32, flip=True, generator=CropStream(7, 12, 0, 8))
     halves = [sampler.random_crops(idx[s:s + 4], 32, flip=True, generator=CropStream(7, 12, s, 4)) for s in (0, 4)]

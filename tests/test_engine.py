@@ -16,7 +16,8 @@ from iqa_utils.config.check import config_from_dict, make_config
 from iqa_utils.config.fields import ConfigError, TrainConfig
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
-from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler
 from iqa_utils.models.base import TestCrops
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
@@ -129,7 +130,7 @@ class MeanPixel(torch.nn.Module):
 
 
 def test_evaluate_is_per_image_mean_of_crops(data):
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    store = open_store(data, min_side=32, kind="ram", progress=False)
     sampler = CropSampler(store)
     rows = [3, 0, 7, 11, 5, 2]
     labels = store.labels[rows].numpy()
@@ -150,7 +151,7 @@ def test_learns_and_beats_untrained(data, tmp_path):
     split = make_split(data, 0, ratio=0.6)
     rec = train_run(cfg, data, split, tmp_path, progress=False)
     model, _ = load_trained(tmp_path)
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    store = open_store(data, min_side=32, kind="ram", progress=False)
     torch.manual_seed(0)
     untrained = DEIQT("tiny", 32)                  # the trained model's own initial weights
     m0, _ = evaluate(untrained, CropSampler(store), split.test, labels=store.labels[split.test].numpy(),
@@ -198,7 +199,7 @@ def test_val_selection_keeps_selected_weights(data, tmp_path):
     assert rec["selected_epoch"] == best + 1
     assert rec["final"]["plcc"] == pytest.approx(rec["epochs"][best]["test"]["plcc"])
     model, _ = load_trained(tmp_path / "model.safetensors")
-    store = ImageStore.from_manifest(data, min_side=32, progress=False)
+    store = open_store(data, min_side=32, kind="ram", progress=False)
     norm = LabelNorm(cfg.train.label_norm, data.label_range)      # records hold scores in label units
     _, pred = evaluate(model, CropSampler(store), split.test, labels=store.labels[split.test].numpy(),
                        crops=TestCrops(n=2, size=32), denorm=norm.inverse)
@@ -210,7 +211,7 @@ def test_val_selection_keeps_selected_weights(data, tmp_path):
 def test_accumulation_is_exact(data):
     """Real random crops, keyed by sample position: micro-batches of 3 give the loss and the gradient of
     the whole batch of 8."""
-    sampler = CropSampler(ImageStore.from_manifest(data, min_side=32, progress=False))
+    sampler = CropSampler(open_store(data, min_side=32, kind="ram", progress=False))
     idx, labels = torch.tensor([0, 3, 5, 3, 9, 12, 1, 7]), torch.linspace(0, 100, len(data))
     grads = []
     for micro in (8, 3):

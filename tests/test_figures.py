@@ -10,7 +10,8 @@ from iqa_utils.config.check import make_config
 from iqa_utils.data import livefb
 from iqa_utils.data import synthetic as syn
 from iqa_utils.data.splits import Split
-from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler
 from iqa_utils.models import create_model
 from iqa_utils.reporting import figures, plots
 from iqa_utils.runs import experiments as E
@@ -39,7 +40,7 @@ def visuals(models, tmp_path_factory):
     full = syn.parse(root)
     manifest = full.subset(np.linspace(0, len(full) - 1, 10).round().astype(int).tolist())
     split = Split("synthetic", 0, 0.8, 1.0, 0.0, "image", train=list(range(0, 10, 2)), test=list(range(1, 10, 2)))
-    store = ImageStore.from_manifest(manifest, min_side=SIZE, progress=False)
+    store = open_store(manifest, min_side=SIZE, kind="ram", progress=False)
     epochs = [{"epoch": e, "test": {"srcc": 0.1 * e, "plcc": 0.1 * e}} for e in (1, 2)]
     records = {m: {"final": {"srcc": 0.2}, "checkpoint": None, "epochs": epochs} for m in models}
     return figures.Visuals("smoke", "synthetic", manifest, split, models, records, CropSampler(store),

@@ -14,7 +14,8 @@ from test_engine import tiny_manifest
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from iqa_utils.config.check import make_config
-from iqa_utils.data.store import CropSampler, ImageStore
+from iqa_utils.data.cache import open_store
+from iqa_utils.data.store import CropSampler
 from iqa_utils.models import create_model
 from iqa_utils.models.csfiqa import topk_attention
 from iqa_utils.training import engine
@@ -71,7 +72,7 @@ class DeviceWaits(TorchDispatchMode):
 @pytest.fixture(scope="module")
 def meta_sampler(tmp_path_factory):
     data = tiny_manifest(tmp_path_factory.mktemp("tiny"), n=10, size=(100, 120))
-    return CropSampler(ImageStore.from_manifest(data, min_side=96, progress=False).to("meta"), device="meta")
+    return CropSampler(open_store(data, min_side=96, kind="ram", progress=False).to("meta"), device="meta")
 
 
 STEPS = [("deiqt", {}), ("csfiqa", {}), ("csfiqa", {"csfiqa.nsm": "regional"}),

@@ -47,6 +47,31 @@ def test_a_build_reads_only_the_proxy_photos(monkeypatch, tmp_path):
     assert seen == list(proxy.PHOTOS)
 
 
+def test_a_build_says_what_where_and_how_long(tmp_path, capsys):
+    path = proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    out = capsys.readouterr()
+    first, *_, last = out.out.strip().splitlines()
+    assert first.startswith("proxy pretraining: building vit_tiny (exemplar-v1: 3 steps") and str(path) in first
+    assert "about" in first and "`iqa-kit proxy`" in first and last.startswith("proxy pretraining: vit_tiny built in")
+    assert "proxy vit_tiny" in out.err                                  # the progress bar
+    proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    assert capsys.readouterr().out == ""                                # a current file: nothing to say
+
+
+def test_create_model_builds_on_first_use_and_says_so(tmp_path, capsys):
+    create_model(make_config("smoke", "deiqt", {"data.data_root": str(tmp_path), "model.pretrained": True}))
+    assert "proxy pretraining: building vit_tiny" in capsys.readouterr().out
+    assert (proxy.folder(tmp_path) / "vit_tiny.safetensors").is_file()
+
+
+def test_which_configs_use_the_proxy_weights():
+    assert make_config("smoke", overrides={"model.pretrained": True}).uses_proxy_weights()
+    assert not make_config("smoke").uses_proxy_weights()                # from scratch
+    assert not make_config("smoke", overrides={"model.pretrained": True,
+                                               "model.weights": "/w/model.safetensors"}).uses_proxy_weights()
+    assert not make_config("paper", overrides={"model.pretrained": True}).uses_proxy_weights()   # ImageNet's
+
+
 @pytest.mark.parametrize("recipe", list(proxy.RECIPES))
 def test_batches_are_seeded_and_labelled(recipe):
     photos, r = proxy.load_photos(), proxy.RECIPES[recipe]

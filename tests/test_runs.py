@@ -10,6 +10,8 @@ from test_engine import tiny_cfg, tiny_manifest
 
 from iqa_utils.config.check import override
 from iqa_utils.config.profiles import shard
+import iqa_utils.data.cache as cache
+from iqa_utils.data.cache import StoreCache
 from iqa_utils.data.splits import Split
 from iqa_utils.runs.records import data_digest, load_records, record_path, run_key, run_or_load, source_split
 from iqa_utils.system import git_commit
@@ -133,6 +135,17 @@ def test_cross_source_split_is_the_whole_source_unless_asked(manifest):
     # the choice is part of a cross run's key only
     assert cfg_for().key() == override(cfg_for(), {"data.cross_train": "split"}).key()
     assert cross.key() != override(cross, {"data.cross_train": "split"}).key()
+
+
+def test_runs_sharing_a_store_cache_decode_their_data_once(manifest, tmp_path, monkeypatch):
+    decoded, real = [], cache.decode_image
+    monkeypatch.setattr(cache, "decode_image", lambda path, size_fn=None: decoded.append(path) or real(path, size_fn))
+    stores, cfg = StoreCache(), cfg_for(**{"train.epochs": 1, "data.store": "ram"})
+    for seed in (1, 2):                            # a sweep over split seeds, as run_all hands it down
+        run_or_load(override(cfg, {"split_seed": seed}), tmp_path, manifest=manifest, progress=False, stores=stores)
+    assert len(decoded) == len(manifest) and stores.opened == 1
+    run_or_load(override(cfg, {"split_seed": 3}), tmp_path, manifest=manifest, progress=False)
+    assert len(decoded) == 2 * len(manifest)       # the process kept nothing: a run without one decodes
 
 
 def test_changed_label_means_a_new_run(tmp_path):

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import iqa_utils.data.store as store_module
+from iqa_utils.data.cache import open_store
 from iqa_utils.data.manifest import DatasetError, Manifest
-from iqa_utils.data.store import (IMAGENET_MEAN, IMAGENET_STD, CropSampler, ImageStore, box_iou, spread_boxes,
+from iqa_utils.data.store import (IMAGENET_MEAN, IMAGENET_STD, CropSampler, box_iou, spread_boxes,
                                    working_size)
 
 SIZES = [(120, 200), (200, 150), (100, 100), (160, 130)]  # (H, W), all < 256 so R/G hold positions
@@ -42,7 +44,7 @@ def manifest(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(manifest):
-    return ImageStore.from_manifest(manifest, resize_mode="native", min_side=None, progress=False)
+    return open_store(manifest, resize_mode="native", min_side=None, kind="ram", progress=False)
 
 
 def _to_u8(x):
@@ -58,15 +60,15 @@ def _where(crop_u8):
 
 
 def test_decodes_each_file_once(manifest, monkeypatch):
-    opened = []
-    real_open = PIL.Image.open
+    opened = []                           # files decoded (open_store also reads headers: not a decode)
+    real_read = store_module.read_rgb8
 
-    def counting_open(fp, *a, **k):
-        opened.append(str(fp))
-        return real_open(fp, *a, **k)
+    def counting_read(path):
+        opened.append(str(path))
+        return real_read(path)
 
-    monkeypatch.setattr(PIL.Image, "open", counting_open)
-    st = ImageStore.from_manifest(manifest, resize_mode="native", min_side=64, progress=False)
+    monkeypatch.setattr(store_module, "read_rgb8", counting_read)
+    st = open_store(manifest, resize_mode="native", min_side=64, kind="ram", progress=False)
     sampler = CropSampler(st)
     g = torch.Generator().manual_seed(0)
     for _ in range(5):
@@ -91,7 +93,7 @@ def test_resize_modes(tmp_path):
     m = _manifest(tmp_path, sizes=[(120, 200), (200, 150)], parity_size=(64, 48), keep_aspect_short_side=100)
 
     def shapes(**kw):
-        st = ImageStore.from_manifest(m, progress=False, **kw)
+        st = open_store(m, kind="ram", progress=False, **kw)
         return [tuple(im.shape[1:]) for im in st.images]
 
     assert shapes(resize_mode="native", min_side=None) == [(120, 200), (200, 150)]
@@ -102,7 +104,7 @@ def test_resize_modes(tmp_path):
     assert shapes(resize_mode="deiqt_parity", min_side=96) == [(128, 96), (128, 96)]
     assert shapes(resize_mode="keep_aspect", min_side=128) == [(128, 214), (171, 128)]
     with pytest.raises(ValueError, match="resize_mode"):
-        ImageStore.from_manifest(m, resize_mode="squash", progress=False)
+        open_store(m, resize_mode="squash", progress=False)
 
 
 def test_working_size_short_side_exact():
@@ -254,15 +256,15 @@ def test_unreadable_and_missing_files_raise(tmp_path):
     bad = Path(m.df.path[1])
     bad.write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match="img1.png"):
-        ImageStore.from_manifest(m, resize_mode="native", progress=False)
+        open_store(m, resize_mode="native", kind="ram", progress=False)
     bad.unlink()
     with pytest.raises(DatasetError, match="missing.*img1.png"):
-        ImageStore.from_manifest(m, resize_mode="native", progress=False)
+        open_store(m, resize_mode="native", kind="ram", progress=False)
     # a truncated PNG is not silently padded
     good = Path(m.df.path[0])
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(DatasetError, match="img0.png"):
-        ImageStore.from_manifest(m.subset([0]), resize_mode="native", progress=False)
+        open_store(m.subset([0]), resize_mode="native", kind="ram", progress=False)
 
 
 def test_nested_crops_small_is_a_resized_window_of_large(store):

@@ -354,6 +354,11 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def uses_proxy_weights(self) -> bool:
+        """The model starts from the tiny encoders' proxy pretraining (models/proxy.py), built on first use
+        or ahead of time by `iqa-kit proxy`."""
+        return self.model.pretrained and self.model.size == "tiny" and not self.model.weights
+
     def is_cross(self) -> bool:
         """Trained on one dataset, tested on all of another."""
         return bool(self.test_dataset) and self.test_dataset != self.data.dataset

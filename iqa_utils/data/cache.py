@@ -2,7 +2,10 @@
 
 `open_store` is the one entry point: it serves a manifest's pixels from the GPU, from RAM or from a
 memory-mapped cache file, choosing from the decoded size (known before decoding, from the image headers
-and `working_size`) and the free memory, and says which and why (`store.kind`, `store.reason`).
+and `working_size`) and the free memory, and says which and why (`store.kind`, `store.reason`). Its
+images come from one decode loop (`decode_images`), whether they go into a cache file, RAM or the GPU.
+Reuse across runs is explicit: whoever runs several runs holds a `StoreCache` and passes it down
+(`open_store(stores=)`), so a sweep decodes a dataset once; the process keeps no store of its own.
 
 File format (one file per dataset file list and resize settings, `<name>-<mode>-<digest>.u8`):
 every image's uint8 (3, H, W) pixels back to back from byte 0, then a JSON index (format version, source
@@ -50,7 +53,7 @@ import struct
 import time
 import warnings
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -168,7 +171,10 @@ def _offsets(shapes: Sequence) -> list[int]:
     return np.cumsum([0] + [3 * h * w for h, w in shapes]).tolist()
 
 
-def _decoded(paths: Sequence[str], size: dict, progress: bool, desc: str) -> Iterator[torch.Tensor]:
+def decode_images(paths: Sequence[str], size: dict, progress: bool, desc: str) -> Iterator[torch.Tensor]:
+    """The one decode loop: each file as uint8 (3, H, W) at its working size, in order, decoded in threads
+    (PIL releases the GIL). Both a cache file's build and a store decoded into RAM or onto the GPU read
+    their pixels from here, so they hold the same bytes."""
     size_fn = partial(working_size, **size)
     images = _ordered(lambda p: decode_image(p, size_fn), paths, workers=min(8, os.cpu_count() or 1))
     return tqdm(images, total=len(paths), desc=desc, unit="img", disable=not progress)
@@ -250,7 +256,7 @@ class CacheFile:
 def _write_cache(tmp: str, expect: dict, paths: Sequence[str], progress: bool, desc: str) -> dict:
     shapes, crcs = [], []
     with open(tmp, "wb") as f:
-        for im in _decoded(paths, expect["size"], progress, desc):
+        for im in decode_images(paths, expect["size"], progress, desc):
             px = im.numpy()
             f.write(px.data)
             shapes.append(list(px.shape[1:]))
@@ -448,11 +454,37 @@ class MemoryBudget:
 
 
 # ---- the entry point ---------------------------------------------------------------------------------
+class StoreCache:
+    """Open stores kept for reuse by whoever runs several runs (`run_all`, a pool worker, the figures'
+    context), passed down to `open_store(stores=)`: a sweep over seeds or models then decodes (or maps) each
+    dataset once. It holds the `keep` stores used last (a train and a test set); dropping it frees them.
+    Nothing is kept by the process itself: without one, every `open_store` opens anew."""
+
+    def __init__(self, keep: int = 2):
+        self.keep, self.opened, self._stores = keep, 0, OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._stores)
+
+    def get(self, key) -> ImageStore | None:
+        if key in self._stores:
+            self._stores.move_to_end(key)
+        return self._stores.get(key)
+
+    def put(self, key, store: ImageStore) -> None:
+        self._stores[key] = store
+        self.opened += 1
+        while len(self._stores) > self.keep:
+            self._stores.popitem(last=False)
+
+
 def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side: int | None = None,
                min_side: int | None = 224, device="cpu", kind: str = "auto", cache_dir=None,
                progress: bool = True, budget: MemoryBudget | None = None,
-               release_bytes: int | None = RELEASE_BYTES, local_dir=None) -> ImageStore:
-    """The manifest's decoded images on the GPU, in RAM or memory-mapped from a cache file on disk.
+               release_bytes: int | None = RELEASE_BYTES, local_dir=None,
+               stores: StoreCache | None = None) -> ImageStore:
+    """The manifest's decoded images on the GPU, in RAM or memory-mapped from a cache file on disk: the
+    kit's one way to open a store.
 
     kind "auto" picks the GPU (CUDA `device` only) when the pixels take under a third of its free memory,
     RAM when under a quarter of the available RAM, else the disk cache. "disk" builds the cache when it is
@@ -465,7 +497,29 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
     RSS stays bounded (None: never; faster, see the module docstring).
     `local_dir` (default $IQA_KIT_LOCAL_STORES; set by a notebook's `setup(drive_dir=...)` on Colab): a
     "disk" store maps a copy of its cache file made there once (`local_copy`), not the file itself.
+    `stores`: a StoreCache that returns the store it holds for the same data and options (else keeps the
+    one opened here), so runs that share data share their store.
     """
+    local_dir = local_dir or os.environ.get(LOCAL_STORES_ENV)
+    key = (manifest.name, manifest.digest(), resize_mode, max_side, min_side, str(torch.device(device)), kind,
+           str(cache_dir), release_bytes, str(local_dir)) if stores is not None else None
+    store = stores.get(key) if stores is not None else None
+    if store is not None:
+        if progress:
+            print(f"store {manifest.name}: {store.kind}, reused ({store.reason})")
+        return store
+    store = _open(manifest, resize_mode=resize_mode, max_side=max_side, min_side=min_side, device=device,
+                  kind=kind, cache_dir=cache_dir, progress=progress, budget=budget,
+                  release_bytes=release_bytes, local_dir=local_dir)
+    if stores is not None:
+        stores.put(key, store)
+    return store
+
+
+def _open(manifest: Manifest, *, resize_mode: str, max_side: int | None, min_side: int | None, device,
+          kind: str, cache_dir, progress: bool, budget: MemoryBudget | None, release_bytes: int | None,
+          local_dir) -> ImageStore:
+    """open_store without the reuse: choose the kind, then serve it."""
     if kind not in KINDS:
         raise ValueError(f"unknown store kind {kind!r}; choose one of {KINDS}")
     device = torch.device(device)
@@ -480,8 +534,7 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
     else:
         reason = f"kind={kind!r} asked for, {_gib(nbytes)} of pixels"
     store, how = _serve(kind, manifest, cache, index, nbytes=nbytes, size=size, device=device,
-                        release_bytes=release_bytes, progress=progress,
-                        local_dir=local_dir or os.environ.get(LOCAL_STORES_ENV))
+                        release_bytes=release_bytes, progress=progress, local_dir=local_dir)
     store.reason = f"{reason}; {how}"
     if progress:
         print(f"store {manifest.name}: {store.kind} ({store.reason})")
@@ -507,23 +560,7 @@ def _serve(kind: str, manifest: Manifest, cache: CacheFile, index: dict | None, 
         if kind == "ram":
             return load_into_ram(cache.path, index, labels, paths), f"read from cache {cache.path}"
         return MappedImageStore(cache.path, index, labels, paths).to(device), f"copied from cache {cache.path}"
-    images = _decoded(paths, size, progress, f"decoding {manifest.name}")
+    images = decode_images(paths, size, progress, f"decoding {manifest.name}")
     if kind == "gpu":  # image by image, so RAM never holds the whole set
         images = (im.to(device) for im in images)
     return ImageStore(list(images), labels, paths), "decoded"
-
-
-_RECENT: dict = {}
-
-
-def build_store(manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
-                min_side: int | None = 224, device="cpu", progress: bool = True, kind: str = "auto") -> ImageStore:
-    """open_store, keeping the last two stores of the process (a train and a test set), so a sweep over
-    seeds or models decodes or maps a dataset once."""
-    key = (manifest.name, manifest.digest(), resize_mode, max_side, min_side, str(device), kind)
-    if key not in _RECENT:
-        while len(_RECENT) >= 2:
-            _RECENT.pop(next(iter(_RECENT)))
-        _RECENT[key] = open_store(manifest, resize_mode=resize_mode, max_side=max_side, min_side=min_side,
-                                  device=device, kind=kind, progress=progress)
-    return _RECENT[key]

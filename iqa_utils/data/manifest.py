@@ -67,6 +67,16 @@ class Manifest:
         if self.label_range is None and len(self.df):
             self.label_range = (float(self.df.label.min()), float(self.df.label.max()))
 
+    @classmethod
+    def of_files(cls, paths, name: str = "images", **fields) -> "Manifest":
+        """Image files outside any dataset (images to score, a gMAD pool), so that `cache.open_store` opens
+        them as it opens a dataset: label 0, rooted at their common folder; `fields` as the dataclass's."""
+        paths = [str(Path(p).expanduser().absolute()) for p in paths]
+        root = Path(os.path.commonpath([os.path.dirname(p) for p in paths])) if paths else Path.cwd()
+        df = pd.DataFrame({"path": paths, "label": 0.0, "direction": "MOS", "ref": None, "distortion": None,
+                           "level": None})
+        return cls(name, root, df, **fields)
+
     def __len__(self) -> int:
         return len(self.df)
 

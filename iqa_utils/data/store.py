@@ -5,7 +5,7 @@ small, so the kit decodes every image once into a uint8 (3, H, W) tensor at the 
 (`ImageStore`) and `CropSampler` cuts crops by slicing those tensors, a batch at a time, converting to
 float and normalising once per batch (on the GPU when the store lives there).
 
-Working resolution, in order (`ImageStore.from_manifest`):
+Working resolution, in order (`resize_settings` and `working_size`; `cache.open_store` opens a store):
 1. `resize_mode="deiqt_parity"`: resize to `manifest.parity_size` (H, W) whatever the aspect (DEIQT F3);
    `"keep_aspect"`: scale so the short side is `manifest.keep_aspect_short_side` when the manifest
    sets one; `"native"` (or no size set): leave as decoded.
@@ -17,8 +17,6 @@ Resizing is PIL bilinear (with PIL's antialiasing when shrinking), as torchvisio
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN, IMAGENET_DEFAULT_STD as IMAGENET_STD
-from tqdm.auto import tqdm
 
 from .images import read_rgb8
 from .manifest import DatasetError, Manifest
@@ -84,6 +81,7 @@ class ImageStore:
 
     `images` is any sequence of such tensors: a list in RAM or on the GPU, or views of a memory-mapped
     cache file (`cache.MappedImageStore`). `kind` says which; `reason` why `cache.open_store` chose it.
+    Stores are opened by `cache.open_store`, the one entry point (it decodes, reads or maps the pixels).
     """
     reason: str = ""
 
@@ -96,31 +94,6 @@ class ImageStore:
         if sizes is None:  # given by stores that know them without touching the pixels
             sizes = [[im.shape[1], im.shape[2]] for im in images]
         self.sizes = torch.tensor(sizes, dtype=torch.long).view(-1, 2)
-
-    @classmethod
-    def from_manifest(cls, manifest: Manifest, resize_mode: str = "keep_aspect", max_side: int | None = None,
-                      min_side: int | None = 224, device="cpu", progress: bool = True) -> "ImageStore":
-        size = resize_settings(manifest, resize_mode, max_side, min_side)
-        return cls.from_paths(list(manifest.df.path), manifest.df.label.to_numpy(dtype=np.float64), **size,
-                              device=device, progress=progress, desc=f"decoding {manifest.name}")
-
-    @classmethod
-    def from_paths(cls, paths: Sequence, labels=None, *, parity_size=None, short_side=None, max_side=None,
-                   min_side: int | None = 224, device="cpu", progress: bool = True,
-                   desc: str = "decoding") -> "ImageStore":
-        """Decode files in parallel threads (PIL releases the GIL while decoding)."""
-        def size_fn(h, w):
-            return working_size(h, w, parity_size=parity_size, short_side=short_side,
-                                max_side=max_side, min_side=min_side)
-
-        paths = [str(p) for p in paths]
-        workers = max(1, min(8, os.cpu_count() or 1, len(paths)))
-        with ThreadPoolExecutor(workers) as pool:
-            images = list(tqdm(pool.map(lambda p: decode_image(p, size_fn), paths), total=len(paths),
-                               desc=desc, unit="img", disable=not progress))
-        labels = np.zeros(len(paths)) if labels is None else np.asarray(labels, dtype=np.float64)
-        store = cls(images, torch.from_numpy(labels.copy()), paths)
-        return store.to(device)
 
     def __len__(self) -> int:
         return len(self.images)

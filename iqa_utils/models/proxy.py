@@ -30,6 +30,10 @@ Recipe (RECIPES, `model.proxy_pretraining`; every number is written into the JSO
 Cache: <synthetic set folder>/pretrained/<recipe>/<encoder>.safetensors and <encoder>.json (the recipe,
 the encoder, the photos, the file's SHA-256, the build time). A file whose JSON does not match the current
 recipe, or whose checksum differs, is rebuilt; both files are written atomically (the JSON last).
+A build is never silent: one line says what is built, where and about how long it takes, a progress bar
+counts the steps, and a last line gives the time taken. `iqa-kit proxy` builds the files ahead of time
+(`build_ahead`), and `iqa-kit reproduce` calls it first when its configs need them; `create_model` still
+builds a missing file on first use, so a notebook stepped through by hand is never stuck.
 A changed recipe takes a new name (exemplar-v2): the name is a config field (`model.proxy_pretraining`)
 and part of the run key, so runs from other weights get other records.
 """
@@ -45,11 +49,13 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.synthetic import DEFAULT_N_REFS, SOURCES, default_root, photo
 from ..devices import atomic_save, save_safetensors
 from ..system import KitError, atomic_write_json, file_sha256, read_json
 from .pretrained import weights_source
+from .registry import create_model
 
 # skimage.data photos inside the wheel (no download) that are no source of the synthetic set's references
 PHOTOS = ("horse", "page", "text", "logo", "colorwheel", "checkerboard", "coins", "clock", "moon", "cell",
@@ -67,6 +73,9 @@ RECIPES = {
     "degradation-v1": {"version": 1, "task": "degradation", "augment": "geometric", **_COMMON},
 }
 DEFAULT_RECIPE = "exemplar-v1"
+# seconds a build of the default recipe's 200 steps took on an idle 2-core machine (the files' JSON), for
+# the line a build prints; a busy machine takes longer (the progress bar shows the real pace)
+BUILD_S = {"vit_tiny": 90, "crossvit_tiny": 40}
 
 
 def check_disjoint(photos=PHOTOS) -> None:
@@ -225,7 +234,8 @@ def _lr(step: int, recipe: dict) -> float:
     return recipe["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def _fit(encoder: nn.Module, recipe: dict, log: list) -> None:
+def _fit(encoder: nn.Module, recipe: dict, log: list, desc: str = "proxy pretraining",
+         progress: bool = True) -> None:
     """Train encoder + a linear head on the recipe's task (the head is dropped)."""
     photos, gen = load_photos(), torch.Generator().manual_seed(recipe["seed"])
     dim = encoder(torch.zeros(1, 3, recipe["size"], recipe["size"])).shape[-1]     # pooled: the CLS token(s)
@@ -233,7 +243,7 @@ def _fit(encoder: nn.Module, recipe: dict, log: list) -> None:
     params = list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     encoder.train()
-    for step in range(recipe["steps"]):
+    for step in tqdm(range(recipe["steps"]), desc=desc, unit="step", disable=not progress, leave=False):
         for group in opt.param_groups:
             group["lr"] = _lr(step, recipe)
         x, y = sample_batch(photos, recipe, gen)
@@ -246,7 +256,8 @@ def _fit(encoder: nn.Module, recipe: dict, log: list) -> None:
     encoder.eval()
 
 
-def pretrain(build: Callable[[], nn.Module], recipe: dict) -> tuple[dict[str, torch.Tensor], list]:
+def pretrain(build: Callable[[], nn.Module], recipe: dict, desc: str = "proxy pretraining",
+             progress: bool = True) -> tuple[dict[str, torch.Tensor], list]:
     """The proxy-pretrained encoder's state dict (and the (loss, accuracy) of each step). Deterministic:
     seeded, on the CPU with THREADS threads; the caller's RNG state and thread count are left as they were."""
     threads = torch.get_num_threads()
@@ -256,7 +267,7 @@ def pretrain(build: Callable[[], nn.Module], recipe: dict) -> tuple[dict[str, to
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(recipe["seed"])
             encoder = build()
-            _fit(encoder, recipe, log)
+            _fit(encoder, recipe, log, desc, progress)
     finally:
         torch.set_num_threads(threads)
     return {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, log
@@ -285,20 +296,32 @@ def is_current(weights: Path, name: str, recipe: str) -> bool:
     return info.get("identity") == _identity(name, recipe) and info.get("sha256") == file_sha256(weights)
 
 
-def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, recipe: str = DEFAULT_RECIPE) -> Path:
+def _announce(name: str, recipe: str, path: Path) -> None:
+    """The line a build prints first: what, where, and about how long."""
+    r = RECIPES[recipe]
+    took = f", about {BUILD_S[name] * r['steps'] / 200:.0f} s on an idle core" if name in BUILD_S else ""
+    print(f"proxy pretraining: building {name} ({recipe}: {r['steps']} steps of {r['batch']} crops on "
+          f"{THREADS} CPU thread{took}) into {path}; `iqa-kit proxy` builds it ahead of time", flush=True)
+
+
+def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, recipe: str = DEFAULT_RECIPE,
+                  progress: bool = True) -> Path:
     """The cached proxy-pretrained weights of encoder `name` (built by `build()` at SIZE), pretrained
-    first when missing or made by another recipe. Returns the .safetensors path."""
+    first when missing or made by another recipe (a line says so, and a progress bar counts the steps
+    when progress). Returns the .safetensors path."""
     path = folder(data_root, recipe) / f"{name}.safetensors"
     if is_current(path, name, recipe):
         return path
+    _announce(name, recipe, path)
     t0 = time.perf_counter()
-    state, log = pretrain(build, RECIPES[recipe])
+    state, log = pretrain(build, RECIPES[recipe], f"proxy {name}", progress)
     atomic_save(state, path, save_safetensors)
     n = max(1, len(log) // 10)                # the last tenth of the steps
     atomic_write_json({"identity": _identity(name, recipe), "sha256": file_sha256(path),
                        "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
                        "final_loss": float(np.mean([l for l, _ in log[-n:]])),
                        "final_accuracy": float(np.mean([a for _, a in log[-n:]]))}, path.with_suffix(".json"))
+    print(f"proxy pretraining: {name} built in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
 
@@ -308,6 +331,17 @@ def encoder_source(cfg, name: str, build: Callable[[], nn.Module], hub_id: str) 
     $IQA_KIT_WEIGHTS (pretrained.weights_source)."""
     if cfg.model.weights:
         return cfg.model.weights
-    if cfg.model.size == "tiny":
+    if cfg.uses_proxy_weights():
         return str(proxy_weights(name, build, cfg.data.data_root, cfg.model.proxy_pretraining))
     return weights_source(hub_id)
+
+
+def build_ahead(cfgs) -> list[Path]:
+    """Build now the proxy-pretrained encoders that the models of `cfgs` load (each file once), as their
+    `create_model` would on first use; the folders that hold them."""
+    folders = []
+    for cfg in cfgs:
+        if cfg.uses_proxy_weights():
+            create_model(cfg)                 # builds exactly the encoders this model loads, if missing
+            folders.append(folder(cfg.data.data_root, cfg.model.proxy_pretraining))
+    return list(dict.fromkeys(folders))

@@ -15,9 +15,10 @@ import torch
 
 from ..config.check import make_config, override
 from ..data import livefb, synthetic
-from ..data.cache import build_store
+from ..data.cache import StoreCache, open_store
 from ..data.splits import Split
-from ..data.store import CropSampler, ImageStore
+from ..data.manifest import Manifest
+from ..data.store import CropSampler
 from ..models import display_name
 from ..models.base import TestCrops
 from ..runs.experiments import manifest_for, visual_configs
@@ -60,16 +61,17 @@ def visual_context(profile: str, results_dir: str = "results", data_root: str | 
     planned = visual_configs(profile, dataset, seed)
     dataset = planned[0][0].data.dataset
     manifest = manifest_for(profile, dataset, data_root)
-    models, records = {}, {}
+    models, records, stores = {}, {}, StoreCache()      # runs trained here and the figures share one store
     for cfg, _ in planned:
         cfg = override(cfg, {"train.device": str(dev), "data.data_root": data_root})
-        rec = run_or_load(cfg, results_dir, manifest=manifest)
+        rec = run_or_load(cfg, results_dir, manifest=manifest, stores=stores)
         model, _ = load_trained(Path(results_dir) / rec["checkpoint"], device=str(dev))
         models[cfg.model.name], records[cfg.model.name] = model.eval(), rec
     split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
     cfg = planned[0][0]
     size = max(getattr(m, "input_size", 224) for m in models.values())
-    store = build_store(manifest, cfg.data.resize_mode, cfg.data.max_side, size, dev, False, cfg.data.store)
+    store = open_store(manifest, resize_mode=cfg.data.resize_mode, max_side=cfg.data.max_side, min_side=size,
+                       device=dev, kind=cfg.data.store, progress=False, stores=stores)
     return Visuals(profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
                    data_root, n_images, shown_rows(manifest, split, n_images))
 
@@ -324,7 +326,7 @@ def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
 def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
     """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
     Exploration Database in the paper profile; the whole synthetic set in smoke)."""
-    title = "gMAD competition, DEIQT vs LML-IQA"
+    title, cfg = "gMAD competition, DEIQT vs LML-IQA", make_config(V.profile, "deiqt")
     if pool_dir:
         exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
         paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
@@ -332,12 +334,12 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
             why = f"{pool_dir}: {'no images in' if Path(pool_dir).is_dir() else 'no such'} gMAD pool folder"
             return not_made(results_dir, "06_gmad", title, why)
         size = max(m.input_size for m in V.models.values())
-        store = ImageStore.from_paths(paths, min_side=size, device=V.device, progress=True)
-        sampler = CropSampler(store, device=V.device)
+        pool = Manifest.of_files(paths, "gmad-pool")
+        sampler = CropSampler(open_store(pool, resize_mode="native", min_side=size, device=V.device,
+                                         kind=cfg.data.store), device=V.device)
     else:
         paths, sampler = V.manifest.df.path.tolist(), V.sampler
     rows = list(range(len(paths)))
-    cfg = make_config(V.profile, "deiqt")
     scores = {k: _denorm(V.models[k], np.asarray(predict_rows(
                   V.models[k], sampler, rows, crops=TestCrops(cfg.data.crops_test, V.models[k].input_size))))
               for k in ("deiqt", "lmliqa")}

@@ -19,7 +19,7 @@ from IPython.display import Markdown, display
 
 from ..config.check import make_config
 from ..config.profiles import is_rehearsal, plan
-from ..data.cache import LOCAL_STORES_ENV
+from ..data.cache import LOCAL_STORES_ENV, StoreCache
 from ..runs.pool import parse_devices
 from ..system import CACHE_ENV
 from . import index, plots, tables
@@ -37,6 +37,7 @@ class Session:
     plan: dict = field(default_factory=dict)
     devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
     overrides: dict = field(default_factory=dict)   # dotted fields set on every run and table (--set)
+    stores: StoreCache = field(default_factory=StoreCache, repr=False)   # the notebook's cells share stores
 
     @property
     def rehearsal(self) -> bool:
@@ -69,7 +70,7 @@ class Session:
     def run_kw(self) -> dict:
         """Keyword arguments for the iqa_utils.runs.experiments functions."""
         return {"results_dir": self.results_dir, "data_root": self.data_root, "shard": self.shard,
-                "device": self.devices or self.device, "overrides": self.overrides}
+                "device": self.devices or self.device, "overrides": self.overrides, "stores": self.stores}
 
 
 def in_colab() -> bool:

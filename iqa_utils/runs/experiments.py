@@ -17,6 +17,7 @@ from ..config.check import make_config, override
 from ..config.fields import RunConfig
 from ..config.profiles import plan
 from ..config.profiles import shard as take_shard
+from ..data.cache import StoreCache
 from ..data.registry import load_manifest
 from ..models import costs, create_model, display_name, list_models
 from ..devices import resolve_device
@@ -96,12 +97,14 @@ def with_base(planned: Planned, overrides: dict | None) -> Planned:
 
 def run_all(planned: Planned, results_dir: str = "results", data_root: str | None = None,
             shard: str | None = None, progress: bool = True, device: str | None = None,
-            overrides: dict | None = None) -> pd.DataFrame:
+            overrides: dict | None = None, stores: StoreCache | None = None) -> pd.DataFrame:
     """Run (or load) every (config, label); one row per run: method, variant, dataset, seed, metrics.
 
     device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
     per device (pool.py), and this process loads their records (and trains any run a dead worker left).
-    overrides: dotted fields set on every run, except those the plan varies (`with_base`)."""
+    overrides: dotted fields set on every run, except those the plan varies (`with_base`).
+    stores: the StoreCache the runs share (default: one for this call), so a sweep decodes each dataset once;
+    pass one across calls to share it further."""
     pairs = take_shard(with_base(planned, overrides), shard)
     manifests = _Manifests(data_root)
     devices = parse_devices(device)
@@ -111,9 +114,10 @@ def run_all(planned: Planned, results_dir: str = "results", data_root: str | Non
              manifests(cfg.profile, cfg.test_dataset) if cfg.test_dataset else None) for cfg, _ in pairs]
     if len(devices) > 1:
         run_on_pool(jobs, devices, results_dir)
-    rows = []
+    rows, stores = [], StoreCache() if stores is None else stores
     for (cfg, manifest, test_manifest), (_, label) in zip(jobs, pairs):
-        rec = run_or_load(cfg, results_dir, manifest=manifest, test_manifest=test_manifest, progress=progress)
+        rec = run_or_load(cfg, results_dir, manifest=manifest, test_manifest=test_manifest, progress=progress,
+                          stores=stores)
         rows.append(method_row(rec, label))
     return pd.DataFrame(rows)
 

@@ -22,6 +22,7 @@ import torch
 
 from ..config.check import override
 from ..config.fields import RunConfig
+from ..data.cache import StoreCache
 from ..system import KitError
 from ..training.distributed import launched
 from .records import data_digest, record_path, run_or_load
@@ -50,13 +51,14 @@ Job = tuple[RunConfig, object, object]       # a config with its manifest and (c
 def _worker(jobs: list[Job], device: str, results_dir: str, threads: int, stop, errors) -> None:
     """Train, in order, every run of jobs that has no record and no live claim, on `device`."""
     torch.set_num_threads(threads)
+    stores = StoreCache()                    # this worker's runs share their decoded images
     for cfg, manifest, test_manifest in jobs:
         if stop.is_set():
             return
         cfg = override(cfg, {"train.device": device})
         existed = record_path(cfg, results_dir, data_digest(manifest, test_manifest)).exists()
         try:
-            rec = run_or_load(cfg, results_dir, manifest, test_manifest, progress=False, wait=False)
+            rec = run_or_load(cfg, results_dir, manifest, test_manifest, progress=False, wait=False, stores=stores)
         except Exception as e:               # reported by the calling process, which stops the pool
             errors.put(f"{_label(cfg)} on {device}: {type(e).__name__}: {str(e).splitlines()[0]}")
             stop.set()

@@ -98,12 +98,13 @@ def _manifests(cfg: RunConfig, manifest, test_manifest):
 
 
 def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manifest=None,
-                progress: bool = True, wait: bool = True) -> dict | None:
+                progress: bool = True, wait: bool = True, stores=None) -> dict | None:
     """The record of cfg on this data: read from disk when done, else trained (resuming any checkpoint)
     and written. Records of the same config made on other data are never reused (a warning says so).
 
     When another live process holds the run's claim, wait for its record (wait=True), or return None
-    (wait=False: a pool worker moves on to the next run)."""
+    (wait=False: a pool worker moves on to the next run). stores: the caller's data.cache.StoreCache,
+    so the runs it trains one after another share their decoded images."""
     results_dir = Path(results_dir)
     manifest, test_manifest = _manifests(cfg, manifest, test_manifest)
     data = data_digest(manifest, test_manifest)
@@ -115,7 +116,7 @@ def run_or_load(cfg: RunConfig, results_dir="results", manifest=None, test_manif
     if not dist.broadcast(claim is not None):            # rank 0 decides for its torchrun group
         return load_record(path) if path.exists() else None
     try:
-        record = _train_and_record(cfg, results_dir, data, manifest, test_manifest, progress, dist)
+        record = _train_and_record(cfg, results_dir, data, manifest, test_manifest, progress, dist, stores)
         if claim is not None:                            # the log lists runs trained, not attempts
             claim.log(results_dir / CLAIMS_LOG, path.stem)
         return record
@@ -140,13 +141,14 @@ def source_split(cfg: RunConfig, manifest):
 
 
 def _train_and_record(cfg: RunConfig, results_dir: Path, data: str, manifest, test_manifest, progress: bool,
-                      dist: distributed.Dist) -> dict:
+                      dist: distributed.Dist, stores=None) -> dict:
     """Train cfg (resuming its checkpoint) and write its record; under torchrun only rank 0 writes."""
     _warn_other_data(cfg, results_dir, data, manifest)
     split = source_split(cfg, manifest)
     key = run_key(cfg, data)
     work = results_dir / "work" / key
-    result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress)
+    result = engine.train_run(cfg, manifest, split, work, test_manifest=test_manifest, progress=progress,
+                              stores=stores)
     # the split is written with the record, so a run that fails leaves nothing but its resumable checkpoint
     split_file = results_dir / "splits" / manifest.name / f"{split.digest()}.json"
     record = build_record(cfg, result, manifest, test_manifest, split, str(split_file.relative_to(results_dir)))

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..config.check import check_batch
 from ..config.fields import ConfigError, RunConfig
-from ..data.cache import build_store
+from ..data.cache import open_store
 from ..data.store import CropSampler, CropStream
 from ..models import costs, create_model
 from ..models.base import TestCrops
@@ -102,10 +102,11 @@ def _labels(store, rows) -> np.ndarray | None:
     return store.labels[torch.as_tensor(rows, dtype=torch.long)].numpy() if len(rows) else None
 
 
-def _stores(cfg, manifest, test_manifest, *, store, test_store, device, min_side: int, progress: bool):
-    """The decoded training and test stores: the ones given, else built (one when there is no test set)."""
+def _stores(cfg, manifest, test_manifest, *, store, test_store, device, min_side: int, progress: bool, stores):
+    """The opened training and test stores: the ones given, else opened (one when there is no test set)."""
     def build(m):
-        return build_store(m, cfg.data.resize_mode, cfg.data.max_side, min_side, device, progress, cfg.data.store)
+        return open_store(m, resize_mode=cfg.data.resize_mode, max_side=cfg.data.max_side, min_side=min_side,
+                          device=device, kind=cfg.data.store, progress=progress, stores=stores)
     store = store or build(manifest)
     if test_manifest is None:
         return store, store
@@ -126,7 +127,7 @@ def _batching(cfg: RunConfig, dataset: str, n_train: int, *, dist: Dist) -> tupl
 
 
 def setup(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, store=None, test_store=None,
-          progress: bool = True) -> Run:
+          progress: bool = True, stores=None) -> Run:
     """The model (from the training seed, as DEIQT seeds after drawing the split), data, optimizer."""
     train = cfg.train
     dist = distributed.context(train.device)
@@ -143,7 +144,8 @@ def setup(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, store
         model = model.to(memory_format=torch.channels_last)
     size = model.input_size
     store, test_store = _stores(cfg, manifest, test_manifest, store=store, test_store=test_store, device=device,
-                                min_side=max(size, cfg.data.crop_size), progress=progress and dist.main)
+                                min_side=max(size, cfg.data.crop_size), progress=progress and dist.main,
+                                stores=stores)
     sampler = CropSampler(store, device=device)
     test_sampler = sampler if test_store is store else CropSampler(test_store, device=device)
     test_rows = list(range(len(test_manifest))) if test_manifest is not None else list(split.test)
@@ -431,15 +433,16 @@ def compile_run(run: Run) -> None:
 
 
 def train_run(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, progress: bool = True,
-              store=None, test_store=None, stop_after_epoch: int | None = None) -> dict:
+              store=None, test_store=None, stop_after_epoch: int | None = None, stores=None) -> dict:
     """Train cfg's model on split.train, evaluate every cfg.train.eval_every epochs, return the result.
 
     test_manifest (cross-dataset): evaluate on all of it instead of split.test. store / test_store: an
-    ImageStore of the manifest(s) already decoded (sweeps reuse them). A checkpoint in out_dir written
-    by the same config and split is resumed from.
+    ImageStore of the manifest(s) already opened; stores: a data.cache.StoreCache the stores are taken
+    from and kept in (a sweep's runs share it, so each dataset is decoded once). A checkpoint in out_dir
+    written by the same config and split is resumed from.
     """
     run = setup(cfg, manifest, split, out_dir, test_manifest=test_manifest, store=store, test_store=test_store,
-                progress=progress)
+                progress=progress, stores=stores)
     state, best_weights = resume(run)
     if cfg.train.compile:
         compile_run(run)

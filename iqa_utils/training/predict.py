@@ -14,7 +14,9 @@ import numpy as np
 
 from ..config.check import config_from_dict, override
 from ..config.fields import RunConfig
-from ..data.store import CropSampler, ImageStore
+from ..data.cache import open_store
+from ..data.manifest import Manifest
+from ..data.store import CropSampler
 from ..models import create_model
 from ..models.base import TestCrops
 from ..models.pretrained import load_kit_state, load_weights, save_weights
@@ -79,11 +81,10 @@ def predict_images(model, paths, cfg: RunConfig | None = None, *, n_crops: int |
     dev = resolve_device(device) if device else next(model.parameters()).device
     model.to(dev).eval()
     size = model.input_size
-    store = ImageStore.from_paths(
-        paths, parity_size=working.get("parity_size") if resize_mode == "deiqt_parity" else None,
-        short_side=working.get("keep_aspect_short_side") if resize_mode == "keep_aspect" else None,
-        max_side=working.get("max_side", cfg.data.max_side),
-        min_side=working.get("min_side", max(size, cfg.data.crop_size)), progress=progress)
+    files = Manifest.of_files(paths, parity_size=working.get("parity_size"),
+                              keep_aspect_short_side=working.get("keep_aspect_short_side"))
+    store = open_store(files, resize_mode=resize_mode, max_side=working.get("max_side", cfg.data.max_side),
+                       min_side=working.get("min_side", max(size, cfg.data.crop_size)), kind="ram", progress=progress)
     norm = LabelNorm(cfg.train.label_norm, meta.get("label_range"))
     crops = TestCrops(n=n_crops if n_crops is not None else cfg.data.crops_test, size=size,
                       mode=mode or cfg.data.test_crops, seed=seed)
