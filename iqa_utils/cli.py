@@ -94,10 +94,10 @@ def reproduce(args) -> int:
     results = check_writable(Path(args.results_dir).resolve())
     out_dir = results / "notebooks"
     profile = rehearsal_of(args.profile) if args.rehearse else args.profile
-    if is_rehearsal(profile):
-        os.environ[WEIGHTS_ENV] = str(_rehearsal_weights(profile))      # the notebooks' kernels inherit it
     args.profile = profile
     params = {"profile": profile, "results_dir": str(results), "device": args.device}
+    if is_rehearsal(profile):                # a parameter of each notebook: its `setup` points the models there
+        params["weights_dir"] = str(_rehearsal_weights(profile))
     if args.set:
         params["overrides"] = _parse_sets(args.set)
         for model in MODEL_NAMES:                    # a misspelt field stops here, not in a notebook

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from iqa_utils.reporting import index, plots
 from iqa_utils.system import CACHE_ENV, DATA_ROOT_ENV
 
 SLOW_TIMEOUT_S = 1800                  # the rehearsals' own subprocess limit
@@ -109,15 +108,3 @@ def pytest_unconfigure(config):
 def kit_cache() -> Path:
     """The session's kit cache folder (IQA_KIT_CACHE), shared by its xdist workers."""
     return Path(os.environ[CACHE_ENV])
-
-
-@pytest.fixture(autouse=True)
-def _fresh_notebook_context():
-    """A test that calls a notebook's `setup` leaves the reporting context (profile, notebook, figure
-    stamp) of its process behind; later tests in the same worker must not inherit it."""
-    ctx, stamp = dict(index._CTX), dict(plots._STAMP)
-    yield
-    index._CTX.clear()
-    index._CTX.update(ctx)
-    plots._STAMP.clear()
-    plots._STAMP.update(stamp)

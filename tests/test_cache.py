@@ -139,9 +139,9 @@ def test_a_store_cache_reuses_its_stores_and_the_process_keeps_none(data, decode
 
 def test_a_notebook_session_hands_its_cells_one_store_cache(tmp_path):
     session = Session("01_train_csfiqa", "smoke", str(tmp_path), None, "cpu", None)
-    kw = session.run_kw                              # what every cell passes to run_all
-    assert isinstance(kw["stores"], StoreCache) and session.run_kw["stores"] is kw["stores"]
-    assert Session("02_train_lmliqa", "smoke", str(tmp_path), None, "cpu", None).run_kw["stores"] is not kw["stores"]
+    stores = session.stores                          # what every session.run passes to run_all (test_session)
+    assert isinstance(stores, StoreCache) and session.stores is stores
+    assert Session("02_train_lmliqa", "smoke", str(tmp_path), None, "cpu", None).stores is not stores
 
 
 def test_files_outside_a_dataset_open_as_a_dataset_does(data):

@@ -427,7 +427,9 @@ def test_features_and_cam():
     torch.manual_seed(0)
     m = create_model(make_config("smoke", "csfiqa")).eval()
     acts = []
-    h = m.cam_target_layers()[0].register_forward_hook(lambda mod, i, o: acts.append(o))
+    (point, arg), = m.cam_points()                 # the large branch's tokens its final norm receives
+    assert point is m.encoder.norm[1]
+    h = point.register_forward_pre_hook(lambda mod, args: acts.append(args[arg]))
     x = torch.randn(2, 3, 96, 96)
     score, f = m(x, return_features=True)
     h.remove()

@@ -13,6 +13,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from test_engine import tiny_cfg, tiny_manifest
 
@@ -60,6 +61,22 @@ def test_shares_and_refusals():
         engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, dist=Dist(0, 3))
     for model in ("csfiqa", "lmliqa"):          # contrastive sets over the global batch: split like any other
         assert engine._batching(make_config("smoke", model), "synthetic", 400, dist=two)[::2] == (SMOKE_BATCH, SMOKE_BATCH // 2)
+
+
+def test_context_reads_torch_s_process_group_on_every_call(monkeypatch):
+    """No joined flag of the kit's own: a group torch already holds is joined as it is, and once it is
+    gone the next call joins afresh (here failing for want of torchrun's variables) instead of handing
+    back the Dist of a group that no longer exists."""
+    for var in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")                       # as under torchrun: launched()
+    torch_dist.init_process_group("gloo", store=torch_dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert distributed.context("cpu") == distributed.context("cpu") == Dist(0, 1, torch.device("cpu"))
+    finally:
+        torch_dist.destroy_process_group()
+    with pytest.raises(ValueError, match="env:// rendezvous"):
+        distributed.context("cpu")
 
 
 # ---- contrastive sets gathered over the ranks ------------------------------------------------------

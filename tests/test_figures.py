@@ -14,6 +14,7 @@ from iqa_utils.data.cache import open_store
 from iqa_utils.data.store import CropSampler
 from iqa_utils.models import create_model
 from iqa_utils.reporting import figures, plots
+from iqa_utils.reporting.notebook import setup
 from iqa_utils.runs import experiments as E
 
 SIZE = 96
@@ -22,6 +23,13 @@ SIZE = 96
 def _png(path):
     data = open(path, "rb").read()
     return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def _made(made, tmp_path, name="fig"):
+    """A figure function's (figure, caption): the figure written as the session writes it; the caption."""
+    fig, caption, *_ = made
+    assert _png(plots.save(fig, tmp_path / f"{name}.png")) and caption
+    return caption
 
 
 def _model(name, **over):
@@ -83,7 +91,7 @@ def test_csfiqa_cam_activation_is_what_the_next_module_receives(models):
 @pytest.mark.parametrize("name", ["deiqt", "lmliqa"])
 def test_vit_cam_activation_is_the_last_block_output(models, name):
     m, x = models[name], torch.randn(2, 3, SIZE, SIZE)
-    net = plots.evaluated_net(m)
+    net = getattr(m, "student", m)                 # LML-IQA's evaluated branch (the student, by default)
     seen = []
     h = net.encoder.blocks[-1].register_forward_hook(lambda mod, i, o: seen.append(o.detach()))
     points, reshape = figures.cam_target(m)
@@ -116,28 +124,30 @@ def test_printed_score_is_that_of_the_mapped_input(models):
 def test_gradcam_and_csfiqa_figures(visuals, tmp_path):
     assert visuals.rows == sorted(visuals.rows, key=lambda r: visuals.manifest.df.label[r])
     assert set(visuals.rows) <= set(visuals.split.test)
-    assert _png(figures.gradcam(visuals, tmp_path))
-    assert _png(figures.csfiqa_layers(visuals, tmp_path))
-    assert all(_png(p) for p in figures.csfiqa_scales(visuals, tmp_path))
+    assert "ground truth under the input" in _made(figures.gradcam(visuals), tmp_path)
+    assert "before SFA" in _made(figures.csfiqa_layers(visuals), tmp_path)
+    assert "small-scale" in _made(figures.csfiqa_scale_features(visuals), tmp_path)
+    assert "after SFA" in _made(figures.csfiqa_sfa_maps(visuals), tmp_path)
     assert list(visuals.summary()["test SRCC"]) == [0.2] * 3
 
 
 def test_feature_figures(visuals, tmp_path):
-    assert _png(figures.tsne(visuals, tmp_path))
-    path, table = figures.local_manifold(visuals, tmp_path, n_crops=2)
-    assert _png(path) and list(table.model) == ["DEIQT", "LML-IQA"]
+    assert "t-SNE" in _made(figures.tsne(visuals), tmp_path)
+    made = figures.local_manifold(visuals, n_crops=2)
+    table = made[2]
+    assert "DEIQT" in _made(made, tmp_path) and list(table.model) == ["DEIQT", "LML-IQA"]
     assert (table["mean intra/inter distance"] > 0).all()
-    assert _png(figures.training_curves(visuals, tmp_path))
+    assert "Per-epoch" in _made(figures.training_curves(visuals), tmp_path)
 
 
 def test_gmad_pool_and_its_absence(visuals, tmp_path):
-    assert _png(figures.gmad_figure(visuals, tmp_path, n_levels=2))
+    assert f"a pool of {len(visuals.manifest)} images" in _made(figures.gmad_figure(visuals, n_levels=2), tmp_path)
     pool = tmp_path / "pool"
     for i in range(4):
         write_image(pool / f"p{i}.png", (110, 100), i)
-    assert _png(figures.gmad_figure(visuals, tmp_path, pool_dir=str(pool), n_levels=2))
-    missing = figures.gmad_figure(visuals, tmp_path, pool_dir=str(tmp_path / "nowhere"), n_levels=2)
-    assert _png(missing)                                   # its place says "not made", the notebook goes on
+    assert "a pool of 4 images" in _made(figures.gmad_figure(visuals, pool_dir=str(pool), n_levels=2), tmp_path)
+    missing = figures.gmad_figure(visuals, pool_dir=str(tmp_path / "nowhere"), n_levels=2)
+    assert "not made" in _made(missing, tmp_path)          # its place says "not made", the notebook goes on
 
 
 def _fb_visuals(root, how):
@@ -152,19 +162,16 @@ def test_scale_mos_from_boxes_or_from_the_patch_files(tmp_path, how):
     # fixture side fractions: 0.2 and 0.4 per image (0.3 dropped) -> 6 images at both scales
     assert df[["mos_small", "mos_large"]].notna().all().all() and len(df) == 6
     assert ("boxes" if how == "3patch" else "measured from the patch files") in note
-    assert _png(figures.scale_mos(V, tmp_path))
+    assert note in _made(figures.scale_mos(V), tmp_path)
 
 
 def test_scale_mos_without_patch_labels_is_not_made(tmp_path):
-    from iqa_utils.reporting import index
-    index.context("06_x", "paper", tmp_path)
-    try:
-        V = _fb_visuals(tmp_path / "bare", None)
-        assert _png(figures.scale_mos(V, tmp_path))
-        log = pd.read_json(tmp_path / "outputs.jsonl", lines=True)
-        assert log.caption.str.contains("not made: .*labels_image_3patch.csv", regex=True).any()
-    finally:
-        index._CTX.update(notebook=None, profile=None, results_dir="results")
+    V = _fb_visuals(tmp_path / "bare", None)
+    session = setup("06_x", "paper", str(tmp_path / "results"))
+    fig, caption = figures.scale_mos(V)
+    session.figure("06_mos_two_scales", caption, fig)
+    log = pd.read_json(tmp_path / "results" / "outputs.jsonl", lines=True)
+    assert log.caption.str.contains("not made: .*labels_image_3patch.csv", regex=True).any()
 
 
 def test_patch_sides_measured_from_files(tmp_path):
@@ -199,7 +206,19 @@ def test_data_efficiency_runs_and_table():
     from iqa_utils.reporting.paper_tables import data_efficiency_table
     runs = pd.DataFrame({"method": "DEIQT", "variant": ["20%", "20%", "40%"], "dataset": "KonIQ-10k",
                          "srcc": [0.80, 0.82, 0.85], "plcc": [0.8, 0.82, 0.86]})
-    t = data_efficiency_table(runs)
+    t = data_efficiency_table(runs, "paper")
     row = t[(t.variant == "20%") & (t.metric == "SRCC")].iloc[0]
     assert row["reported"] == pytest.approx(0.888) and row["median"] == pytest.approx(0.81)
     assert set(t.variant) == {"20%", "40%"}
+
+
+@pytest.mark.slow
+def test_visual_context_trains_with_the_session_s_overrides(tmp_path):
+    """Notebook 06's models come from runs made with the notebook's --set overrides (here: untrained,
+    epochs 0, and a test crop count of 2), as its other runs do; the figures read the same configs."""
+    session = setup("06_visualizations", "smoke", str(tmp_path), device="cpu",
+                    overrides={"train.epochs": 0, "data.crops_test": 2})
+    V = figures.visual_context(session, n_images=2)
+    assert {m: r["config"]["train"]["epochs"] for m, r in V.records.items()} == dict.fromkeys(V.models, 0)
+    assert all(V.config(m).data.crops_test == 2 for m in V.models)
+    assert all(r["config"]["data"]["crops_test"] == 2 for r in V.records.values())

@@ -256,16 +256,16 @@ def test_eval_branch_mean_and_gradcam_hooks():
     with torch.no_grad():
         assert torch.allclose(m(x), 0.5 * (m.student(x) + m.teacher(x)), atol=1e-6)
     seen = {}
-    layer = m.cam_target_layers()[0]
-    assert layer is m.student.encoder.blocks[-1]
-    h = layer.register_forward_hook(lambda mod, i, o: seen.__setitem__("t", o))
+    (layer, arg), = m.cam_points()
+    assert layer is m.student.encoder.norm                                 # the student, under "mean"
+    h = layer.register_forward_pre_hook(lambda mod, args: seen.__setitem__("t", args[arg]))
     m(x)
     h.remove()
     grid = m.cam_reshape(seen["t"])
     assert grid.shape == (2, 48, 8, 8)
     assert torch.equal(grid[1, :, 0, 1], seen["t"][1, 2])                  # token 1 + 1 (after the CLS)
     d = DEIQT("tiny", 64)
-    assert d.cam_target_layers()[0] is d.encoder.blocks[-1] and d.cam_reshape(seen["t"]).shape == (2, 48, 8, 8)
+    assert d.cam_points() == [(d.encoder.norm, 0)] and d.cam_reshape(seen["t"]).shape == (2, 48, 8, 8)
 
 
 def test_unknown_switch_is_an_error():

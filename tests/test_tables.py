@@ -89,17 +89,13 @@ def test_too_few_seeds_or_a_smoke_profile_is_not_comparable():
 
 def test_index_summary_line_counts_cells_inside_and_names_the_largest_gaps(tmp_path):
     from iqa_utils.reporting import index
-    index.context("01_x", "paper", tmp_path)
-    try:
-        runs = pd.concat([_seeds([0.86, 0.87, 0.875, 0.88, 0.89]), _seeds([0.80, 0.81, 0.82, 0.80, 0.81], "LIVE")])
-        tables.write_table(tables.comparison_table(runs, metrics=("srcc",)), "main", tmp_path)
-        text = index.write_index(tmp_path, "paper").read_text()
-        first = [line for line in text.splitlines() if line.startswith("**")][0]
-        assert first.startswith("**1 of 2 reported cells inside the reproduced interval**")
-        assert "the largest gaps: main: DEIQT LIVE SRCC reported 0.9" in first
-        assert "not comparable: smoke profile" in index.write_index(tmp_path, "smoke").read_text()
-    finally:
-        index._CTX.update(notebook=None, profile=None, results_dir="results")
+    runs = pd.concat([_seeds([0.86, 0.87, 0.875, 0.88, 0.89]), _seeds([0.80, 0.81, 0.82, 0.80, 0.81], "LIVE")])
+    paths = tables.write_table(tables.comparison_table(runs, metrics=("srcc",)), "main", tmp_path)
+    text = index.record_output(tmp_path, paths["md"], "table", "", writer="01_x", profile="paper").read_text()
+    first = [line for line in text.splitlines() if line.startswith("**")][0]
+    assert first.startswith("**1 of 2 reported cells inside the reproduced interval**")
+    assert "the largest gaps: main: DEIQT LIVE SRCC reported 0.9" in first
+    assert "not comparable: smoke profile" in index.write_index(tmp_path, "smoke").read_text()
 
 
 def test_verdicts_follow_their_own_groups_in_first_order_with_missing_keys():

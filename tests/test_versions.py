@@ -9,7 +9,6 @@ import pytest
 
 from iqa_utils import cli
 from iqa_utils.config.check import make_config
-from iqa_utils.reporting import tables
 from iqa_utils.reporting.notebook import setup
 from iqa_utils.runs.experiments import sweep_configs, with_base
 
@@ -22,21 +21,22 @@ RUNS = pd.DataFrame([{"method": "CSFIQA", "dataset": "LIVEC", "srcc": 0.8 + s / 
 def test_set_version_reaches_the_table_and_its_caption(tmp_path, overrides, reported, quoted):
     # the cells of notebook 01: setup, then publish a comparison table quoting session.versions
     session = setup("01_train_csfiqa", "smoke", str(tmp_path), overrides=overrides)
-    table = session.publish(tables.comparison_table(RUNS, table="main", versions=session.versions),
-                            "csfiqa_main", "CSFIQA, main table")
+    table = session.table(session.compare(RUNS, table="main"), "csfiqa_main", "CSFIQA, main table")
     srcc = table[table.metric == "SRCC"].iloc[0]
     assert (srcc.reported == reported) if reported else pd.isna(srcc.reported)
     md = (tmp_path / "tables" / "csfiqa_main.md").read_text()
     assert quoted in md and ("CSFIQA v2" in md) == (quoted == "CSFIQA v2")
-    assert session.run_kw["overrides"] == overrides
+    assert session.overrides == overrides
 
 
-def test_every_notebook_takes_the_overrides_and_hands_them_to_setup():
+def test_every_notebook_takes_the_overrides_and_weights_and_hands_them_to_setup():
     for nb in cli.NOTEBOOKS:
         path = cli.notebooks_dir() / f"{nb}.ipynb"
-        assert pm.inspect_notebook(str(path))["overrides"]["default"] == "{}", nb
+        params = pm.inspect_notebook(str(path))
+        assert params["overrides"]["default"] == "{}" and params["weights_dir"]["default"] == "None", nb
         code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
-        assert "overrides=overrides" in code, nb
+        assert "overrides=overrides" in code and "weights_dir=weights_dir" in code, nb
+        assert "run_kw" not in code and ".publish(" not in code, nb      # runs and outputs go through the session
 
 
 def test_a_misspelt_field_stops_reproduce_before_any_notebook(tmp_path, capsys):

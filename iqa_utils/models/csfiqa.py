@@ -501,10 +501,10 @@ class CSFIQA(IQAModel):
         return {f"encoder.{n}" for n in ("cls_token_0", "cls_token_1", "pos_embed_0", "pos_embed_1")}
 
     # ---- Grad-CAM ---------------------------------------------------------------------------------
-    def cam_target_layers(self) -> list[nn.Module]:
-        """norm1 of the last Transformer block of the large (16-px) branch in the last multi-scale block:
-        its input is the large branch's final patch tokens (fusion only changes the CLS token)."""
-        return [self.encoder.blocks[-1].blocks[1][-1].norm1]
+    def cam_points(self) -> list[tuple[nn.Module, int]]:
+        """[(module, input index)]: the large (16-px) branch's final tokens, what its final norm receives
+        (the same kind of point as DEIQT's; plots.encoder_output_target)."""
+        return [(self.encoder.norm[1], 0)]
 
     def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
         h, w = self.grids[1]

@@ -89,9 +89,10 @@ class DEIQT(IQAModel):
     def no_weight_decay(self) -> set[str]:
         return {"encoder.pos_embed", "encoder.cls_token"}
 
-    # Grad-CAM: the score w.r.t. the last encoder block's patch tokens (docs/lmliqa.md, Fig. 4)
-    def cam_target_layers(self) -> list[nn.Module]:
-        return [self.encoder.blocks[-1]]
+    # Grad-CAM (docs/lmliqa.md, Fig. 4): the one source of where figures take it (plots.encoder_output_target)
+    def cam_points(self) -> list[tuple[nn.Module, int]]:
+        """[(module, input index)]: the tokens the last encoder block hands on, what the final norm receives."""
+        return [(self.encoder.norm, 0)]
 
     def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
         """ViT tokens (B, prefix + N, C) -> (B, C, gh, gw) on the patch grid, dropping the CLS."""

@@ -287,10 +287,10 @@ class LMLIQA(IQAModel):
             else feats["panel"].mean(1)
         return F.normalize((self.proj if proj is None else proj)(h).float(), dim=-1)
 
-    def cam_target_layers(self) -> list[nn.Module]:
-        """Last encoder block of the evaluated branch (the student for "student" and "mean")."""
+    def cam_points(self) -> list[tuple[nn.Module, int]]:
+        """The evaluated branch's Grad-CAM point (the student for "student" and "mean")."""
         net = self.teacher if self._branch() == "teacher" else self.student
-        return net.cam_target_layers()
+        return net.cam_points()
 
     def cam_reshape(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens_to_grid(tokens, self.student.encoder)

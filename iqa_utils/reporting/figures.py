@@ -1,8 +1,9 @@
 """The papers' figures from trained runs: notebook 06 calls one function per figure.
 
 Models are the seed-0 runs of the profile's first dataset (LIVEC in the paper profile, as both papers'
-Fig. 4 use it), taken from their run records — trained first if the record is missing. Each function
-publishes its figure once (index.record_output); the plotting itself (plots) stays pure.
+Fig. 4 use it), taken from their run records — trained first if the record is missing, with the
+notebook's overrides, as its other runs. Each figure function returns (matplotlib figure, caption); the
+notebook's Session names, writes and indexes it (`session.figure(name, caption, fig)`).
 """
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from ..config.check import make_config, override
 from ..data import livefb, synthetic
-from ..data.cache import StoreCache, open_store
+from ..data.cache import open_store
 from ..data.splits import Split
 from ..data.manifest import Manifest
 from ..data.store import CropSampler
 from ..models import display_name
 from ..models.base import TestCrops
-from ..runs.experiments import manifest_for, visual_configs
+from ..runs.experiments import manifest_for, visual_configs, with_base
 from ..runs.records import run_or_load
 from ..devices import resolve_device
 from ..system import KitError, MissingFile
 from ..training.evaluation import LabelNorm, predict_rows, test_views
 from ..training.predict import load_trained
 from . import plots
-from .index import record_output
 
 
 @dataclass
@@ -38,12 +39,17 @@ class Visuals:
     manifest: object
     split: object
     models: dict
-    records: dict
+    records: dict                                 # model name -> run record
     sampler: object
     device: torch.device
     data_root: str | None = None
     n_images: int = 6
     rows: list = field(default_factory=list)      # the test images shown in Grad-CAM figures
+    configs: dict = field(default_factory=dict)   # model name -> the config its run was made with
+
+    def config(self, model: str):
+        """The config of a model's run (overrides included); the profile's when none is known."""
+        return self.configs.get(model) or make_config(self.profile, model)
 
     def summary(self) -> pd.DataFrame:
         return pd.DataFrame([{"model": display_name(m), "dataset": self.dataset, "test SRCC": r["final"]["srcc"],
@@ -53,27 +59,28 @@ class Visuals:
         return self.sampler.global_views(torch.as_tensor(rows, dtype=torch.long), size)
 
 
-def visual_context(profile: str, results_dir: str = "results", data_root: str | None = None,
-                   device: str = "auto", dataset: str | None = None, seed: int = 0, n_images: int = 6) -> Visuals:
-    """The seed-0 run of each model on the figures' dataset (trained here if its record is missing),
-    loaded from its checkpoint, and the test images the Grad-CAM figures show."""
-    dev = resolve_device(device)
-    planned = visual_configs(profile, dataset, seed)
+def visual_context(session, dataset: str | None = None, seed: int = 0, n_images: int = 6) -> Visuals:
+    """The seed-0 run of each model on the figures' dataset, with the session's overrides as its other
+    runs (`run_all`'s rule, `with_base`; trained here if its record is missing), loaded from its
+    checkpoint, and the test images the Grad-CAM figures show. session: a notebook.Session."""
+    dev = resolve_device(session.device)
+    planned = with_base(visual_configs(session.profile, dataset, seed), session.overrides)
     dataset = planned[0][0].data.dataset
-    manifest = manifest_for(profile, dataset, data_root)
-    models, records, stores = {}, {}, StoreCache()      # runs trained here and the figures share one store
-    for cfg, _ in planned:
-        cfg = override(cfg, {"train.device": str(dev), "data.data_root": data_root})
-        rec = run_or_load(cfg, results_dir, manifest=manifest, stores=stores)
-        model, _ = load_trained(Path(results_dir) / rec["checkpoint"], device=str(dev))
-        models[cfg.model.name], records[cfg.model.name] = model.eval(), rec
-    split = Split.load(Path(results_dir) / records["deiqt"]["split"]["file"])
-    cfg = planned[0][0]
+    manifest = manifest_for(session.profile, dataset, session.data_root)
+    models, records, configs = {}, {}, {}
+    for cfg, _ in planned:                        # runs trained here and the figures share the session's stores
+        cfg = override(cfg, {"train.device": str(dev), "data.data_root": session.data_root})
+        rec = run_or_load(cfg, session.results_dir, manifest=manifest, stores=session.stores)
+        model, _ = load_trained(Path(session.results_dir) / rec["checkpoint"], device=str(dev))
+        name = cfg.model.name
+        models[name], records[name], configs[name] = model.eval(), rec, cfg
+    split = Split.load(Path(session.results_dir) / records["deiqt"]["split"]["file"])
+    dc = configs["deiqt"].data
     size = max(getattr(m, "input_size", 224) for m in models.values())
-    store = open_store(manifest, resize_mode=cfg.data.resize_mode, max_side=cfg.data.max_side, min_side=size,
-                       device=dev, kind=cfg.data.store, progress=False, stores=stores)
-    return Visuals(profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
-                   data_root, n_images, shown_rows(manifest, split, n_images))
+    store = open_store(manifest, resize_mode=dc.resize_mode, max_side=dc.max_side, min_side=size,
+                       device=dev, kind=dc.store, progress=False, stores=session.stores)
+    return Visuals(session.profile, dataset, manifest, split, models, records, CropSampler(store, device=dev), dev,
+                   session.data_root, n_images, shown_rows(manifest, split, n_images), configs)
 
 
 def shown_rows(manifest, split, n_images: int) -> list[int]:
@@ -81,12 +88,6 @@ def shown_rows(manifest, split, n_images: int) -> list[int]:
     test = np.asarray(split.test)
     order = test[np.argsort(manifest.df.label.to_numpy()[test], kind="stable")]
     return order[np.linspace(0, len(order) - 1, min(n_images, len(order))).round().astype(int)].tolist()
-
-
-def _out(results_dir, name) -> Path:
-    p = Path(results_dir) / "figures" / f"{name}.png"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def _denorm(model, pred: np.ndarray) -> np.ndarray:
@@ -148,7 +149,7 @@ def _cams_and_scores(models: dict, x, targets: dict | None = None) -> tuple[dict
     return cams, {k: _denorm(models[k], v) for k, v in raw.items()}
 
 
-def gradcam(V: Visuals, results_dir) -> Path:
+def gradcam(V: Visuals) -> tuple[Figure, str]:
     """CSFIQA Fig. 4 / LML-IQA Fig. 4: input, then each model's Grad-CAM at the same kind of point (the
     tokens its encoder's last block hands on); GT under the input, and under each map the model's score
     of the input the map was made on."""
@@ -157,14 +158,13 @@ def gradcam(V: Visuals, results_dir) -> Path:
     names = {display_name(k): m for k, m in V.models.items()}
     cams, scores = _cams_and_scores(names, x, {k: cam_target(m) for k, m in names.items()})
     scores = {"GT": V.manifest.df.label.to_numpy()[V.rows], **scores}
-    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_gradcam"), scores=scores)
-    record_output(path, "figure", f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images), taken at "
-                                  f"{CAM_POINT}; numbers: ground truth under the input, {SCORE_NOTE} (the runs' "
-                                  f"test predictions, a mean over test crops, are in the summary table)")
-    return path
+    fig = plots.plot_gradcam_grid(plots.to_uint8(x), cams, scores=scores)
+    return fig, (f"Grad-CAM, DEIQT vs CSFIQA vs LML-IQA ({V.dataset} test images), taken at {CAM_POINT}; "
+                 f"numbers: ground truth under the input, {SCORE_NOTE} (the runs' test predictions, a mean "
+                 f"over test crops, are in the summary table)")
 
 
-def csfiqa_layers(V: Visuals, results_dir) -> Path:
+def csfiqa_layers(V: Visuals) -> tuple[Figure, str]:
     """CSFIQA Fig. 5: Grad-CAM of each encoder block's output (the tokens it hands on), of the tokens the
     selective attention receives (before SFA) and of those the decoder reads (after SFA)."""
     m = V.models["csfiqa"]
@@ -172,26 +172,33 @@ def csfiqa_layers(V: Visuals, results_dir) -> Path:
     layers = crossvit_block_targets(m) + sfa_targets(m)
     cams, scores = _cams_and_scores({name: m for name, _, _ in layers}, x,
                                     {name: (t, r) for name, t, r in layers})
-    path = plots.plot_gradcam_grid(plots.to_uint8(x), cams, _out(results_dir, "06_csfiqa_layers"),
-                                   scores={"CSFIQA": next(iter(scores.values()))})
-    record_output(path, "figure", "CSFIQA Grad-CAM of each encoder block's output (the tokens it hands on), "
-                                  "of the tokens the selective attention receives (before SFA) and of the tokens "
-                                  f"the decoder reads (after SFA); {SCORE_NOTE}")
-    return path
+    fig = plots.plot_gradcam_grid(plots.to_uint8(x), cams, scores={"CSFIQA": next(iter(scores.values()))})
+    return fig, ("CSFIQA Grad-CAM of each encoder block's output (the tokens it hands on), of the tokens the "
+                 "selective attention receives (before SFA) and of the tokens the decoder reads (after SFA); "
+                 f"{SCORE_NOTE}")
 
 
-def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
-    """CSFIQA Fig. 4 rows 4-5 (large- and small-scale feature maps) and Fig. 5 (before / after SFA)."""
+def _csfiqa_features(V: Visuals) -> tuple[torch.Tensor, dict]:
     m = V.models["csfiqa"]
     x = V.views(V.rows, m.input_size)
     with torch.no_grad():
         _, f = m(x, return_features=True)
-    images = plots.to_uint8(x)
+    return x, f
+
+
+def csfiqa_scale_features(V: Visuals) -> tuple[Figure, str]:
+    """CSFIQA Fig. 4 rows 4-5: the large- and small-scale feature maps."""
+    x, f = _csfiqa_features(V)
     feats = {"large scale": f["large"]}
     if "small" in f:
         feats["small scale"] = f["small"]
-    p1 = plots.plot_feature_maps(feats, _out(results_dir, "06_csfiqa_scale_features"), images=images)
-    record_output(p1, "figure", "CSFIQA large- and small-scale token maps (norm)")
+    return plots.plot_feature_maps(feats, images=plots.to_uint8(x)), "CSFIQA large- and small-scale token maps (norm)"
+
+
+def csfiqa_sfa_maps(V: Visuals) -> tuple[Figure, str]:
+    """CSFIQA Fig. 5: the large-scale token maps before and after SFA, and the Grad-CAM at SFA's input."""
+    m = V.models["csfiqa"]
+    x, f = _csfiqa_features(V)
     gh, gw = f["grid_large"]
     n_large = gh * gw
     pre_l, post_l = f["pre_sfa"][:, -n_large:], f["post_sfa"][:, -n_large:]
@@ -199,9 +206,8 @@ def csfiqa_scales(V: Visuals, results_dir) -> list[Path]:
             ("large tokens after SFA", plots.token_maps(post_l, grid=(gh, gw)))]
     name, points, reshape = sfa_targets(m)[0]
     rows.append((f"Grad-CAM at the {name}", plots.gradcam_maps({name: m}, x, targets={name: (points, reshape)})[name]))
-    p2 = plots.plot_attention_maps(rows, _out(results_dir, "06_csfiqa_sfa_maps"), images=images)
-    record_output(p2, "figure", "CSFIQA maps before and after SFA (AFS + Information Concentrator)")
-    return [p1, p2]
+    fig = plots.plot_attention_maps(rows, images=plots.to_uint8(x))
+    return fig, "CSFIQA maps before and after SFA (AFS + Information Concentrator)"
 
 
 def _patch_scales(fb) -> tuple[pd.DataFrame, str]:
@@ -241,24 +247,20 @@ def scale_labels(V: Visuals) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame({"mos_small": wide.get(0.2), "mos_large": wide.get(0.4)}), note
 
 
-def not_made(results_dir, name: str, title: str, why: str) -> Path:
-    """A figure's place, holding "not made: <why>" (an optional file is absent): logged like a figure, so
-    the notebook goes on and results/README.md says what is missing."""
-    path = plots.plot_not_made(_out(results_dir, name), title, why)
-    record_output(path, "figure", f"{title}: not made: {why}")
-    return path
+def not_made(title: str, why: str) -> tuple[Figure, str]:
+    """A figure's place, holding "not made: <why>" (an optional file is absent): published like a figure,
+    so the notebook goes on and results/README.md says what is missing."""
+    return plots.plot_not_made(title, why), f"{title}: not made: {why}"
 
 
-def scale_mos(V: Visuals, results_dir) -> Path:
+def scale_mos(V: Visuals) -> tuple[Figure, str]:
     """CSFIQA Fig. 2: MOS distributions at a large (40%) and a small (20%) scale."""
     title = "MOS at two scales (20% / 40% of the image)"
     try:
         df, note = scale_labels(V)
     except (KitError, FileNotFoundError) as e:            # LIVEFB or its patch labels are optional
-        return not_made(results_dir, "06_mos_two_scales", title, str(e))
-    path = plots.plot_scale_mos(df, _out(results_dir, "06_mos_two_scales"))
-    record_output(path, "figure", f"{title}: {note}")
-    return path
+        return not_made(title, str(e))
+    return plots.plot_scale_mos(df), f"{title}: {note}"
 
 
 @torch.no_grad()
@@ -280,7 +282,7 @@ def manifold_distances(feats: torch.Tensor) -> tuple[np.ndarray, float]:
     return intra.numpy(), float(intra.mean())
 
 
-def local_manifold(V: Visuals, results_dir, n_crops: int = 8) -> tuple[Path, pd.DataFrame]:
+def local_manifold(V: Visuals, n_crops: int = 8) -> tuple[Figure, str, pd.DataFrame]:
     """LML-IQA Fig. 1 made from data: how far apart the crops of one image lie, DEIQT against LML-IQA
     (the local manifold kept, or collapsed), on the test images; a plot and a number per model."""
     rows = list(V.split.test)
@@ -293,10 +295,9 @@ def local_manifold(V: Visuals, results_dir, n_crops: int = 8) -> tuple[Path, pd.
                         "crops per image": n_crops})
     table = pd.DataFrame(summary)
     text = ", ".join(f"{r['model']} {r['mean intra/inter distance']:.3f}" for r in summary)
-    path = plots.plot_distance_distributions(pd.concat(frames), _out(results_dir, "06_local_manifold"))
-    record_output(path, "figure", f"Distances between crops of the same image relative to distances between "
-                                  f"images ({V.dataset} test set): {text}")
-    return path, table
+    fig = plots.plot_distance_distributions(pd.concat(frames))
+    return fig, (f"Distances between crops of the same image relative to distances between images "
+                 f"({V.dataset} test set): {text}"), table
 
 
 @torch.no_grad()
@@ -311,28 +312,26 @@ def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> 
     return np.concatenate(out)
 
 
-def tsne(V: Visuals, results_dir, split: str = "train") -> Path:
+def tsne(V: Visuals, split: str = "train") -> tuple[Figure, str]:
     """LML-IQA Fig. 5: t-SNE of the quality features of the training set, coloured by MOS range
     (LML-IQA next to DEIQT for contrast)."""
     rows = list(getattr(V.split, split))
-    cfg = make_config(V.profile, "deiqt")
-    feats = {display_name(k): features(V.models[k], V.sampler, rows, cfg.data.crops_test, V.models[k].input_size)
-             for k in ("deiqt", "lmliqa")}
-    path, _ = plots.tsne_features(feats, V.manifest.df.label.to_numpy()[rows], _out(results_dir, "06_tsne"))
-    record_output(path, "figure", f"t-SNE of quality features ({V.dataset} {split} set), coloured by MOS")
-    return path
+    feats = {display_name(k): features(V.models[k], V.sampler, rows, V.config(k).data.crops_test,
+                                       V.models[k].input_size) for k in ("deiqt", "lmliqa")}
+    fig, _ = plots.tsne_features(feats, V.manifest.df.label.to_numpy()[rows])
+    return fig, f"t-SNE of quality features ({V.dataset} {split} set), coloured by MOS"
 
 
-def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: int = 4) -> Path:
+def gmad_figure(V: Visuals, pool_dir: str | None = None, n_levels: int = 4) -> tuple[Figure, str]:
     """LML-IQA Fig. 3: gMAD competition between DEIQT and LML-IQA on an unlabelled pool (the Waterloo
     Exploration Database in the paper profile; the whole synthetic set in smoke)."""
-    title, cfg = "gMAD competition, DEIQT vs LML-IQA", make_config(V.profile, "deiqt")
+    title, cfg = "gMAD competition, DEIQT vs LML-IQA", V.config("deiqt")
     if pool_dir:
         exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
         paths = sorted(str(p) for p in Path(pool_dir).rglob("*") if p.suffix.lower() in exts)
         if not paths:                                      # the pool is optional: say so, and go on
             why = f"{pool_dir}: {'no images in' if Path(pool_dir).is_dir() else 'no such'} gMAD pool folder"
-            return not_made(results_dir, "06_gmad", title, why)
+            return not_made(title, why)
         size = max(m.input_size for m in V.models.values())
         pool = Manifest.of_files(paths, "gmad-pool")
         sampler = CropSampler(open_store(pool, resize_mode="native", min_side=size, device=V.device,
@@ -341,17 +340,13 @@ def gmad_figure(V: Visuals, results_dir, pool_dir: str | None = None, n_levels: 
         paths, sampler = V.manifest.df.path.tolist(), V.sampler
     rows = list(range(len(paths)))
     scores = {k: _denorm(V.models[k], np.asarray(predict_rows(
-                  V.models[k], sampler, rows, crops=TestCrops(cfg.data.crops_test, V.models[k].input_size))))
+                  V.models[k], sampler, rows, crops=TestCrops(V.config(k).data.crops_test, V.models[k].input_size))))
               for k in ("deiqt", "lmliqa")}
     table = plots.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
-    path = plots.plot_gmad(paths, table, _out(results_dir, "06_gmad"))
-    record_output(path, "figure", f"{title}: {len(table)} pairs from a pool of {len(paths)} images")
-    return path
+    return plots.plot_gmad(paths, table), f"{title}: {len(table)} pairs from a pool of {len(paths)} images"
 
 
-def training_curves(V: Visuals, results_dir) -> Path:
+def training_curves(V: Visuals) -> tuple[Figure, str]:
     """Per-epoch test SRCC / PLCC of the three main runs shown here (seed 0)."""
     recs = [{**r, "name": display_name(m)} for m, r in V.records.items() if len(r.get("epochs", [])) > 1]
-    path = plots.plot_training_curves(recs, _out(results_dir, "06_training_curves"))
-    record_output(path, "figure", f"Per-epoch test SRCC / PLCC of the main runs ({V.dataset}, seed 0)")
-    return path
+    return plots.plot_training_curves(recs), f"Per-epoch test SRCC / PLCC of the main runs ({V.dataset}, seed 0)"

@@ -1,9 +1,10 @@
 """Where every output came from, and the index results/README.md that lists them.
 
-A notebook calls `context(notebook, profile, results_dir)` once; each table (`tables.write_table`) and
-each figure (`notebook.Session.figure`, or the `figures` functions of notebook 06) is then logged once
-to results/outputs.jsonl with the notebook and profile that made it. `write_index` turns the log into
-results/README.md with the notebook run times, the decision table and the environment.
+Each table and figure a `notebook.Session` publishes (from a notebook or a script) is logged once to
+results/outputs.jsonl with the notebook (or script) and profile that made it (`record_output`, which
+also rewrites the index). `write_index` turns the log into results/README.md with the notebook run
+times, the decision table and the environment. Nothing here keeps state between calls: every
+function is told the results folder, the profile and the writer.
 """
 from __future__ import annotations
 
@@ -30,22 +31,9 @@ from ..system import (
     read_jsonl,
 )
 
-_CTX = {"notebook": None, "profile": None, "results_dir": "results"}
 REHEARSAL_MARK = "REHEARSAL (toy budget, stand-in weights): not a result"
 LOG = "outputs.jsonl"
 TIMINGS = "timings.json"
-
-
-def context(notebook: str, profile: str, results_dir: str | os.PathLike = "results") -> Path:
-    _CTX.update(notebook=notebook, profile=profile, results_dir=str(results_dir))
-    for sub in ("tables", "figures", "runs"):
-        (Path(results_dir) / sub).mkdir(parents=True, exist_ok=True)
-    return Path(results_dir)
-
-
-def current_profile() -> str | None:
-    """The profile of the notebook now writing outputs (None outside a notebook context)."""
-    return _CTX["profile"]
 
 
 def profile_reason(profile: str | None) -> str | None:
@@ -57,20 +45,21 @@ def profile_reason(profile: str | None) -> str | None:
     return None
 
 
-def marked(caption: str) -> str:
-    """The caption, marked as a rehearsal's when the current notebook rehearses."""
-    rehearsal = _CTX["profile"] and is_rehearsal(_CTX["profile"])
+def marked(caption: str, profile: str) -> str:
+    """The caption, marked as a rehearsal's when the profile is one."""
+    rehearsal = is_rehearsal(profile)
     return f"{REHEARSAL_MARK}. {caption}" if rehearsal and not caption.startswith(REHEARSAL_MARK) else caption
 
 
-def record_output(path: str | os.PathLike, kind: str, caption: str = "") -> None:
-    """Log one table or figure (a no-op outside a notebook context)."""
-    if _CTX["notebook"] is None:
-        return
-    results = Path(_CTX["results_dir"])
-    append_jsonl({"path": os.path.relpath(path, results), "kind": kind, "caption": marked(caption),
-                  "notebook": _CTX["notebook"], "profile": _CTX["profile"],
-                  "time": time.strftime("%Y-%m-%d %H:%M:%S")}, results / LOG)
+def record_output(results_dir: str | os.PathLike, path: str | os.PathLike, kind: str, caption: str, *,
+                  writer: str, profile: str) -> Path:
+    """Log one table or figure of `writer` (a notebook's or a script's name) in results_dir and rewrite
+    results/README.md with it; returns the index's path."""
+    results = Path(results_dir)
+    append_jsonl({"path": os.path.relpath(path, results), "kind": kind, "caption": marked(caption, profile),
+                  "notebook": writer, "profile": profile, "time": time.strftime("%Y-%m-%d %H:%M:%S")},
+                 results / LOG)
+    return write_index(results, profile)
 
 
 def _environment_rows() -> pd.DataFrame:

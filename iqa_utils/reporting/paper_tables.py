@@ -1,12 +1,11 @@
-"""The papers' tables that need runs: reported | reproduced for sweeps, data efficiency and
-cost, and which version of each paper they quote."""
+"""The papers' tables that need more than `Session.compare`: reported | reproduced for data efficiency
+and cost, and which version of each paper they quote."""
 from __future__ import annotations
 
 import pandas as pd
 
 from ..config.check import make_config
 from ..models import display_name
-from ..runs.experiments import named_sweep_configs, run_all
 from . import tables
 
 
@@ -17,19 +16,13 @@ def paper_versions(profile: str, overrides: dict | None = None) -> dict[str, str
             display_name("lmliqa"): make_config(profile, "lmliqa", overrides).lmliqa.version}
 
 
-def data_efficiency_table(runs: pd.DataFrame, versions: dict | None = None) -> pd.DataFrame:
-    """Reported | reproduced per share of the training split (the fraction_runs rows)."""
+def data_efficiency_table(runs: pd.DataFrame, profile: str | None, versions: dict | None = None) -> pd.DataFrame:
+    """Reported | reproduced per share of the training split (the fraction_configs rows), judged for
+    `profile` (tables.comparison_table)."""
     parts = [tables.comparison_table(g, table=f"data_efficient_{share.rstrip('%')}", versions=versions,
-                                     by=("method", "variant", "dataset"))
+                                     by=("method", "variant", "dataset"), profile=profile)
              for share, g in runs.groupby("variant", sort=False)]
     return pd.concat(parts, ignore_index=True)
-
-
-def sensitivity_table(profile: str, model: str, name: str, **kw) -> pd.DataFrame:
-    """One named sweep run (or loaded) and compared with the reported cells of its table."""
-    runs = run_all(named_sweep_configs(profile, model, name), **kw)
-    return tables.comparison_table(runs, table=f"ablation_{name}", by=("method", "variant", "dataset"),
-                                   versions=paper_versions(profile, kw.get("overrides")))
 
 
 def cost_vs_reported(cost: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """Figures of the papers, regenerated from models and run records, as PNG files.
 
-Rule for return values: every `plot_*` writes one PNG and returns its Path; functions that compute
-something (`gradcam_maps`, `token_maps`, `gmad_pairs`, `curves_frame`) return the data, and `tsne_features`
-(which does both) returns (Path, DataFrame of the plotted points).
+Rule for return values: every `plot_*` draws one matplotlib figure and returns it, unsaved: whoever
+publishes it (`notebook.Session.figure`) names, stamps, writes and indexes it in one place (`save`
+writes one). Functions that compute something (`gradcam_maps`, `token_maps`, `gmad_pairs`,
+`curves_frame`) return the data, and `tsne_features` (which does both) returns (Figure, DataFrame of
+the plotted points).
 
 Images are given either as uint8 arrays (N, H, W, 3) / lists of (H, W, 3) arrays of any size, or as
 normalised float tensors (N, 3, H, W) (see `to_uint8`). Maps (CAMs, token maps, attention) are
@@ -31,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -45,21 +48,13 @@ from ..devices import train_mode  # noqa: E402
 from ..system import atomic_write  # noqa: E402
 
 CAM_CMAP = "jet"
-_STAMP = {"text": None}
-
-
-def set_stamp(text: str | None) -> None:
-    """A line written across the top of every figure saved from now on (a rehearsal's figures say so)."""
-    _STAMP["text"] = text
-
-
 # ================================================================ small helpers
 
-def _save(fig, path) -> Path:
-    """Write the PNG atomically (a unique temp file, then rename). Plotting stays pure: whoever publishes
-    the figure (a notebook's Session.figure, the figures module) records it for results/README.md."""
-    if _STAMP["text"]:
-        fig.text(0.5, 1.0, _STAMP["text"], ha="center", va="bottom", color="tab:red", fontsize=11, weight="bold")
+def save(fig: Figure, path, stamp: str | None = None) -> Path:
+    """Write the figure's PNG atomically (a unique temp file, then rename) and close it; `stamp`, when
+    given, is written across its top (a rehearsal's figures say so)."""
+    if stamp:
+        fig.text(0.5, 1.0, stamp, ha="center", va="bottom", color="tab:red", fontsize=11, weight="bold")
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png",
                                                           dpi=120, bbox_inches="tight"))
@@ -134,32 +129,14 @@ class InputTaps(ActivationsAndGradients):
         return hook
 
 
-def evaluated_net(model):
-    """The network that gives the score: LML-IQA's evaluated branch (D11), else the model itself."""
-    if hasattr(model, "student") and hasattr(model, "_branch"):
-        return model.teacher if model._branch() == "teacher" else model.student
-    return model
-
-
-def _vit_reshape(enc):
-    def reshape(tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, enc.num_prefix_tokens:]
-        h, w = enc.patch_embed.grid_size
-        return patches.reshape(tokens.shape[0], h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
-    return reshape
-
-
 def encoder_output_target(model) -> tuple[list[tuple[torch.nn.Module, int]], object]:
     """The default Grad-CAM point, the same kind for every model: the tokens the encoder's last block
-    hands on, i.e. what its final norm receives (a timm ViT's `encoder.norm`; CrossViT's large-branch
-    norm). Returns ([(module, input index)], reshape to (N, C, h, w))."""
-    net = evaluated_net(model)
-    enc = getattr(net, "encoder", None)
-    norm = getattr(enc, "norm", None)
-    if norm is None:
-        raise TypeError(f"{type(model).__name__} has no `.encoder.norm` to take its Grad-CAM at; pass targets=")
-    norm = norm[-1] if isinstance(norm, torch.nn.ModuleList) else norm
-    return [(norm, 0)], getattr(net, "cam_reshape", None) or _vit_reshape(enc)
+    hands on, i.e. what its final norm receives. Each model names its own point (`cam_points`, the one
+    source) and how its tokens lie on the patch grid (`cam_reshape`). Returns ([(module, input index)],
+    reshape to (N, C, h, w))."""
+    if not hasattr(model, "cam_points"):
+        raise TypeError(f"{type(model).__name__} names no Grad-CAM point (`cam_points`); pass targets=")
+    return model.cam_points(), model.cam_reshape
 
 
 class ScoreTarget:
@@ -211,9 +188,9 @@ def gradcam_maps(models: Mapping[str, torch.nn.Module], images: torch.Tensor, si
     return out
 
 
-def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapping[str, Sequence] | None = None,
+def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], scores: Mapping[str, Sequence] | None = None,
                       extra_rows: Sequence[tuple[str, np.ndarray]] = (), alpha: float = 0.5,
-                      col_titles: Sequence[str] | None = None) -> Path:
+                      col_titles: Sequence[str] | None = None) -> Figure:
     """Rows: the input, then each model's CAM over the input, then optional plain map rows
     (e.g. CSFIQA's large-/small-scale feature maps). Columns: images.
 
@@ -247,17 +224,17 @@ def plot_gradcam_grid(images, cams: Mapping[str, np.ndarray], path, scores: Mapp
             if r == 0 and col_titles is not None:
                 ax.set_title(col_titles[c], fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_not_made(path, title: str, why: str) -> Path:
+def plot_not_made(title: str, why: str) -> Figure:
     """A figure's place when it cannot be made: its title and "not made: <why>"."""
     fig, ax = plt.subplots(figsize=(7, 1.8))
     _blank(ax)
     ax.text(0.5, 0.62, title, ha="center", va="center", fontsize=11, weight="bold")
     ax.text(0.5, 0.3, "\n".join(textwrap.wrap(f"not made: {why}", 90)), ha="center", va="center", fontsize=9,
             color="tab:red")
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ feature / attention maps
@@ -298,9 +275,9 @@ def token_maps(tokens, method: str = "norm", prefix_tokens: int = 0,
     return out.reshape(n, h, w).numpy()
 
 
-def plot_map_rows(rows: Sequence[tuple[str, np.ndarray]], path, images=None, overlay: bool = False,
+def plot_map_rows(rows: Sequence[tuple[str, np.ndarray]], images=None, overlay: bool = False,
                   col_titles: Sequence[str] | None = None, cmap: str = "viridis", alpha: float = 0.5,
-                  title: str | None = None) -> Path:
+                  title: str | None = None) -> Figure:
     """Generic grid: optional input row, then one row per (name, (N, h, w) maps); each map min-max
     scaled on its own. overlay=True draws maps over the images (needs images)."""
     imgs = to_uint8(images) if images is not None else None
@@ -328,29 +305,29 @@ def plot_map_rows(rows: Sequence[tuple[str, np.ndarray]], path, images=None, ove
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_feature_maps(features: Mapping[str, object], path, images=None, method: str = "norm",
-                      prefix_tokens: int | Mapping[str, int] = 0, overlay: bool = False, **kw) -> Path:
+def plot_feature_maps(features: Mapping[str, object], images=None, method: str = "norm",
+                      prefix_tokens: int | Mapping[str, int] = 0, overlay: bool = False, **kw) -> Figure:
     """CSFIQA's large- and small-scale token maps: {name: (N, L, D) tokens or (N, D, h, w)} ->
     one row per name of `token_maps(..., method)` (grids may differ per branch)."""
     rows = []
     for name, tok in features.items():
         pre = prefix_tokens.get(name, 0) if isinstance(prefix_tokens, Mapping) else prefix_tokens
         rows.append((f"{name} ({method})", token_maps(tok, method, pre)))
-    return plot_map_rows(rows, path, images=images, overlay=overlay, **kw)
+    return plot_map_rows(rows, images=images, overlay=overlay, **kw)
 
 
-def plot_attention_maps(rows: Sequence[tuple[str, np.ndarray]], path, images=None, overlay: bool = True,
-                        **kw) -> Path:
+def plot_attention_maps(rows: Sequence[tuple[str, np.ndarray]], images=None, overlay: bool = True,
+                        **kw) -> Figure:
     """Per-layer attention (or Grad-CAM) maps, e.g. before / after SFA: a list of
     (row name, (N, h, w) array) -> grid, over the images when given (CSFIQA Fig. 5)."""
-    return plot_map_rows(rows, path, images=images, overlay=overlay and images is not None,
+    return plot_map_rows(rows, images=images, overlay=overlay and images is not None,
                          cmap=CAM_CMAP if overlay else "viridis", **kw)
 
 
-def plot_distance_distributions(df: pd.DataFrame, path, title: str | None = None) -> Path:
+def plot_distance_distributions(df: pd.DataFrame, title: str | None = None) -> Figure:
     """LML-IQA Fig. 1 from data: per model, the distribution of feature distances between crops of the
     same image (relative to the model's mean distance between crops of different images).
     df: columns model, distance."""
@@ -360,13 +337,13 @@ def plot_distance_distributions(df: pd.DataFrame, path, title: str | None = None
     ax.set_xlabel("distance between crops of one image / mean distance between images")
     ax.set_title(title or "local manifold: spread of an image's crops")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ MOS across scales (CSFIQA Fig. 2)
 
-def plot_scale_mos(df: pd.DataFrame, path, small_label: str = "small scale (20%)",
-                   large_label: str = "large scale (40%)", big_diff: float = 5.0) -> Path:
+def plot_scale_mos(df: pd.DataFrame, small_label: str = "small scale (20%)",
+                   large_label: str = "large scale (40%)", big_diff: float = 5.0) -> Figure:
     """Left: distributions (histogram + KDE) of patch MOS at the two scales (and the image MOS if a
     `mos_image` column is present). Right: per-image difference mos_large - mos_small, titled with
     its mean, sd and the share of images whose two scales differ by more than `big_diff`."""
@@ -385,7 +362,7 @@ def plot_scale_mos(df: pd.DataFrame, path, small_label: str = "small scale (20%)
     share = (diff.abs() > big_diff).mean()
     b.set_title(f"mean {diff.mean():.2f}, sd {diff.std():.2f}, |diff| > {big_diff:g}: {share:.0%}")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ t-SNE (LML-IQA Fig. 5)
@@ -401,12 +378,12 @@ def mos_bins(mos, bins=4) -> pd.Series:
     return cats.cat.rename_categories([f"{iv.left:.1f}-{iv.right:.1f}" for iv in cats.cat.categories])
 
 
-def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, random_state: int = 0,
-                  title: str | None = None, n_threads: int | None = 1) -> tuple[Path, pd.DataFrame]:
+def tsne_features(features, mos, bins=4, perplexity: float | None = None, random_state: int = 0,
+                  title: str | None = None, n_threads: int | None = 1) -> tuple[Figure, pd.DataFrame]:
     """2-D t-SNE of quality features coloured by MOS range. features: (N, D) array or
     {model name: (N, D)} (one panel each, same MOS). Deterministic for a given random_state
     (PCA init, n_threads=1; None lets sklearn use every core). Perplexity defaults to
-    min(30, (N - 1) / 3). Returns (path, DataFrame model, x, y, mos, mos_range)."""
+    min(30, (N - 1) / 3). Returns (figure, DataFrame model, x, y, mos, mos_range)."""
     sets = features if isinstance(features, Mapping) else {"features": features}
     mos = np.asarray(mos, dtype=float)
     ranges = mos_bins(mos, bins)
@@ -433,7 +410,7 @@ def tsne_features(features, mos, path, bins=4, perplexity: float | None = None, 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path), df
+    return fig, df
 
 
 # ================================================================ gMAD (LML-IQA Fig. 3)
@@ -488,7 +465,7 @@ def _load_image(item, max_side: int | None = None) -> np.ndarray:
     return to_uint8([item])[0]
 
 
-def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
+def plot_gmad(images, table: pd.DataFrame, max_side: int = 256) -> Figure:
     """LML-IQA Fig. 3 layout: rows = defender levels, low to high; columns 1-2 = the first defender
     held fixed (second model attacks: its better / worse pick), columns 3-4 = roles reversed.
     Under each image: the attacker's score (and the defender's, in brackets).
@@ -499,7 +476,7 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
         _blank(ax)
         ax.text(0.5, 0.5, "gMAD: no level holds two images the defender scores alike;\nuse a larger pool",
                 ha="center", va="center")
-        return _save(fig, path)
+        return fig
     defenders = list(dict.fromkeys(table["defender"]))
     levels = sorted(table["level"].unique())
     n_cols = 2 * len(defenders)
@@ -521,12 +498,12 @@ def plot_gmad(images, table: pd.DataFrame, path, max_side: int = 256) -> Path:
             if j == 0:
                 axes[r, 0].set_ylabel(f"level {level}", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ dataset figures (notebook 00)
 
-def plot_mos_histograms(frames, path, label: str = "label", by: str | None = "distortion") -> Path:
+def plot_mos_histograms(frames, label: str = "label", by: str | None = "distortion") -> Figure:
     """Label histograms: one panel per dataset ({name: manifest df} or a single df); when the
     frame has several values in `by` (distortion types), a second row shows labels per type."""
     frames = frames if isinstance(frames, Mapping) else {"dataset": frames}
@@ -550,7 +527,7 @@ def plot_mos_histograms(frames, path, label: str = "label", by: str | None = "di
             else:
                 _blank(ax2)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _pick_spread(df: pd.DataFrame, n: int, label: str, rng: np.random.Generator) -> list:
@@ -560,9 +537,9 @@ def _pick_spread(df: pd.DataFrame, n: int, label: str, rng: np.random.Generator)
     return [order.index[rng.choice(c)] for c in chunks if len(c)]
 
 
-def plot_examples_per_distortion(df: pd.DataFrame, path, images=None, root=None, n_per_type: int = 4,
+def plot_examples_per_distortion(df: pd.DataFrame, images=None, root=None, n_per_type: int = 4,
                                  max_types: int = 12, by: str = "distortion", label: str = "label",
-                                 seed: int = 0, max_side: int = 192) -> Path:
+                                 seed: int = 0, max_side: int = 192) -> Figure:
     """A few images per distortion type (rows), spread from low to high label, with label and
     level under each. images: None (read df["path"], relative to root) or indexable by the df's
     index (e.g. ImageStore images, CHW uint8). Datasets without types show one row."""
@@ -586,7 +563,7 @@ def plot_examples_per_distortion(df: pd.DataFrame, path, images=None, root=None,
             ax.set_xlabel(text, fontsize=8)
         axes[r, 0].set_ylabel(str(name), fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ training curves
@@ -612,7 +589,7 @@ def curves_frame(records: Sequence[Mapping]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "epoch", "metric", "value"])
 
 
-def plot_training_curves(records: Sequence[Mapping], path, metrics: Sequence[str] = ("srcc", "plcc")) -> Path:
+def plot_training_curves(records: Sequence[Mapping], metrics: Sequence[str] = ("srcc", "plcc")) -> Figure:
     """Per-epoch metrics (default SRCC and PLCC), one panel per metric, one line per run record."""
     df = curves_frame(records)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
@@ -624,12 +601,12 @@ def plot_training_curves(records: Sequence[Mapping], path, metrics: Sequence[str
         ax.set_title(metric.upper())
         ax.set_ylabel(metric.upper())
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 # ================================================================ sweeps as plots (notebooks 02, 03)
 
-def plot_data_efficiency(runs: pd.DataFrame, path, metric: str = "srcc") -> Path:
+def plot_data_efficiency(runs: pd.DataFrame, metric: str = "srcc") -> Figure:
     """Median test metric over split seeds against the share of the training split, per method
     (one panel per dataset). runs: one row per run with method, dataset, train_fraction, metric."""
     df = runs.groupby(["method", "dataset", "train_fraction"], as_index=False)[metric].median()
@@ -641,10 +618,10 @@ def plot_data_efficiency(runs: pd.DataFrame, path, metric: str = "srcc") -> Path
         ax.set_xlabel("share of the training split")
         ax.set_ylabel(f"test {metric.upper()} (median)")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
-def plot_ablation(runs: pd.DataFrame, path, metric: str = "srcc") -> Path:
+def plot_ablation(runs: pd.DataFrame, metric: str = "srcc") -> Figure:
     """Median test metric per ablation variant, one panel per method (rows in the order given)."""
     methods = list(dict.fromkeys(runs["method"]))
     fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 0.5 + 0.45 * runs["variant"].nunique()),
@@ -658,4 +635,4 @@ def plot_ablation(runs: pd.DataFrame, path, metric: str = "srcc") -> Path:
         ax.set_title(m)
         ax.set_xlabel(f"test {metric.upper()} (median)")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig

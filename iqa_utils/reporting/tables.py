@@ -17,7 +17,7 @@ from scipy.stats import bootstrap
 
 from ..metrics import aggregate
 from ..system import atomic_write_text
-from .index import current_profile, profile_reason, record_output
+from .index import profile_reason
 
 METRICS = ("SRCC", "PLCC")
 UNKNOWN = "unknown"
@@ -111,13 +111,14 @@ def comparison_table(runs: pd.DataFrame, table: str = "main", paper: str | None 
 
     runs: one row per finished run with at least the `by` columns and the metric columns (lower-case),
     e.g. from `runs.load_records` with a `method` column added. `selection` is carried if present.
-    profile (default: the notebook's, index.context): smoke and rehearsal tables keep the reported column
-    for orientation, with no delta and the verdict "not comparable: <why>".
+    profile: the profile the runs were made in (a notebook's `Session.compare` passes its own); smoke and
+    rehearsal tables keep the reported column for orientation, with no delta and the verdict "not
+    comparable: <why>". None judges the runs as a real profile's.
     """
     by = list(by)
     extra = [c for c in ("selection",) if c in runs.columns and c not in by]
     summary = summarize(runs, by + extra, metrics)
-    reason = profile_reason(profile or current_profile())
+    reason = profile_reason(profile)
     # the groups in summarize's order (one summary row per group and metric), by position: NaN keys never match
     groups = [g for _, g in runs.groupby(by + extra, dropna=False, sort=False)]
     out = []
@@ -179,7 +180,8 @@ def to_markdown(table: pd.DataFrame, caption: str = "") -> str:
 
 def write_table(table: pd.DataFrame, name: str, results_dir: str | os.PathLike = "results",
                 caption: str = "", markdown: str | None = None) -> dict[str, Path]:
-    """Write results/tables/<name>.csv and .md atomically; returns both paths."""
+    """Write results/tables/<name>.csv and .md atomically; returns both paths (a `Session` publishes a
+    table: it writes it through here and indexes it)."""
     out = Path(results_dir) / "tables"
     paths = {"csv": out / f"{name}.csv", "md": out / f"{name}.md"}
     md = markdown if markdown is not None else (
@@ -187,5 +189,4 @@ def write_table(table: pd.DataFrame, name: str, results_dir: str | os.PathLike =
         (f"{caption}\n\n" if caption else "") + table.to_markdown(index=False) + "\n")
     for kind, text in (("csv", table.to_csv(index=False)), ("md", md)):
         atomic_write_text(text, paths[kind])
-    record_output(paths["md"], "table", caption)
     return paths

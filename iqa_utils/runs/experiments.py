@@ -1,4 +1,5 @@
-"""What each notebook runs: lists of run configs, executed through run records, returned as frames.
+"""What each notebook runs: lists of (config, label) pairs, executed through run records by `run_all`
+(a notebook's `Session.run`), returned as frames.
 
 Every function here is incremental: a run whose record exists is loaded, not retrained, so a notebook
 re-run (or a Colab session that reconnects) picks up where it stopped, and a sweep can be sharded
@@ -171,30 +172,6 @@ def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Pl
     scope = plan(profile)
     return [(c, "untrained") for c in configs(profile, model, datasets or scope["datasets"][:1],
                                                 seeds or scope["seeds"], {"train.epochs": 0})]
-
-
-def main_runs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
-              overrides: dict | None = None, **kw) -> pd.DataFrame:
-    return run_all(main_configs(profile, models, datasets, seeds, overrides), **kw)
-
-
-def variant_runs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None,
-                 **kw) -> pd.DataFrame:
-    return run_all(variant_configs(profile, model, variants, datasets, seeds), **kw)
-
-
-def cross_runs(profile: str, models, pairs=None, seeds=None, **kw) -> pd.DataFrame:
-    return run_all(cross_configs(profile, models, pairs, seeds), **kw)
-
-
-def fraction_runs(profile: str, models, fractions=None, datasets=None, seeds=None, **kw) -> pd.DataFrame:
-    return run_all(fraction_configs(profile, models, fractions, datasets, seeds), **kw)
-
-
-def untrained_runs(profile: str, model: str, datasets=None, seeds=None, **kw) -> pd.DataFrame:
-    df = run_all(untrained_configs(profile, model, datasets, seeds), **kw)
-    df["method"] = df["method"] + " (untrained)"
-    return df
 
 
 # --- sweeps and ablations named in docs/csfiqa.md and docs/lmliqa.md -------------------------------------

@@ -158,19 +158,15 @@ def accumulate(loss_module: nn.Module, last: bool):
     return loss_module.no_sync()
 
 
-_JOINED: Dist | None = None
-
-
 def context(device="auto") -> Dist:
     """This process's Dist: a world of one, or (under torchrun) the group, joined on the first call.
+    The kit keeps no record of its own: torch.distributed's process group is the one state, read on
+    every call (a group already there is joined as it is, and must run on the device's backend).
 
     Under torchrun a CUDA device name only chooses CUDA: LOCAL_RANK picks the GPU."""
-    global _JOINED
     if not launched():
         return Dist(0, 1, resolve_device(device))
-    if _JOINED is None:
-        _JOINED = _join(resolve_device(device))
-    return _JOINED
+    return _join(resolve_device(device))
 
 
 def _join(device: torch.device) -> Dist:
@@ -179,9 +175,13 @@ def _join(device: torch.device) -> Dist:
         torch.cuda.set_device(device)
     elif device.type != "cpu":
         raise KitError(f"train.device: torchrun runs on CUDA (nccl) or the CPU (gloo), not {device.type}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend)
         atexit.register(_leave)
+    elif dist.get_backend() != backend:
+        raise KitError(f"train.device: {device} wants the {backend} backend, but this process already "
+                       f"joined a {dist.get_backend()} group")
     return Dist(dist.get_rank(), dist.get_world_size(), device)
 
 
