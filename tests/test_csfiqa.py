@@ -267,7 +267,7 @@ def test_branch_patch_mean_ignores_the_other_branch():
         with torch.no_grad():
             return m.scl_embeddings(m.encode(views), views)[:2]
     m = create_model(make_config("smoke", "csfiqa")).eval()
-    assert m.c.scl_pool == "branch_patch_mean"
+    assert m.csfiqa.scl_pool == "branch_patch_mean"
     (zs1, zl1), (zs2, zl2) = embed(m, x), embed(m, x2)
     assert torch.equal(zs1, zs2) and not torch.allclose(zl1, zl2)
     for pool in ("cls", "mean"):         # the joint pass: the other branch reaches the small scale
