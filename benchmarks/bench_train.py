@@ -45,7 +45,8 @@ from iqa_utils.config.check import make_config
 from iqa_utils.data.cache import open_store
 from iqa_utils.data.manifest import Manifest
 from iqa_utils.data.splits import make_split
-from iqa_utils.devices import device_name, resolve_device
+from iqa_utils.devices import Precision, device_name, resolve_device
+from iqa_utils.models.base import TestCrops
 from iqa_utils.models.costs import MEASURE_BATCHES, count_macs, peak_bytes, step_memory
 from iqa_utils.training import engine
 from iqa_utils.training.evaluation import predict_rows
@@ -135,11 +136,12 @@ def train_rates(run, batches, a) -> tuple[float, float, float | None]:
 
 
 def eval_rate(run, rows, n_crops: int) -> float:
-    kw = dict(mode="seeded_random", batch_size=max(run.global_batch, n_crops), amp=run.eval_dtype)
-    predict_rows(run.model, run.test_sampler, rows[:max(1, len(rows) // 8)], n_crops, run.size, **kw)
+    kw = dict(crops=TestCrops(n=n_crops, size=run.size), batch_size=max(run.global_batch, n_crops),
+              precision=Precision(run.eval_dtype))
+    predict_rows(run.model, run.test_sampler, rows[:max(1, len(rows) // 8)], **kw)
     sync(run.device)
     t0 = time.perf_counter()
-    predict_rows(run.model, run.test_sampler, rows, n_crops, run.size, **kw)
+    predict_rows(run.model, run.test_sampler, rows, **kw)
     sync(run.device)
     return len(rows) * n_crops / (time.perf_counter() - t0)
 
@@ -172,7 +174,7 @@ def bench_row(model: str, amp: str, a, manifest, split, store, out: Path) -> dic
 def estimated_mib(run, model: str) -> dict:
     """The kit's estimate of the step's peak memory (what `iqa-kit plan` and train.micro_batch=auto use),
     measured on this device, beside the peak allocated over the timed steps (CUDA)."""
-    mem = step_memory(run.model, run.device, run.dtype, MEASURE_BATCHES.get(model, (2, 4)))
+    mem = step_memory(run.model, run.device, dtype=run.dtype, batches=MEASURE_BATCHES.get(model, (2, 4)))
     return {"est. peak MiB": peak_bytes(mem, run.micro) / 2**20, "MiB/crop": mem["per_crop"] / 2**20}
 
 

@@ -7,6 +7,7 @@ import contextlib
 import io
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -50,6 +51,30 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a forward runs: autocast to `dtype` (None: float32) and image batches in channels-last memory
+    layout. The two travel together from the config (train.amp / train.eval_amp, train.channels_last)
+    to every forward of training and evaluation."""
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.dtype is not None and not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise KitError(f"Precision.dtype: {self.dtype!r} is not a floating torch dtype (or None for float32)")
+        if not isinstance(self.channels_last, bool):
+            raise KitError(f"Precision.channels_last: {self.channels_last!r} is not True or False")
+
+    def autocast(self, device: torch.device):
+        return autocast(device, self.dtype)
+
+    def layout(self, x):
+        """x in channels-last memory when asked and x is an image batch (B, C, H, W); else x itself."""
+        if self.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
 
 @contextlib.contextmanager

@@ -160,9 +160,9 @@ def two_steps(name, over, sampler, micro, dist=None):
     loss_fn = dist.wrap(model) if dist else None
     for step in range(2):
         model.zero_grad(set_to_none=True)
-        loss, logs = engine.forward_backward(model, sampler, idx.roll(step), labels,
-                                             engine.crop_streams(0, step), micro, CPU, loss_fn=loss_fn,
-                                             dist=dist, share=dist.share(8) if dist else None)
+        loss, logs = engine.forward_backward(model, sampler, idx.roll(step), labels=labels,
+                                             streams=engine.crop_streams(0, step), micro=micro, device=CPU,
+                                             loss_fn=loss_fn, dist=dist, share=dist.share(8) if dist else None)
         if dist:
             loss, logs = dist.mean(loss), {k: dist.mean(v) for k, v in logs.items()}
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

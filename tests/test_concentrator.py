@@ -198,7 +198,7 @@ def test_norm_arrangements(tiny_ckpt, tmp_path):
 
 def test_csfiqa_ic_norm_switch():
     ref = create_model(make_config("smoke", "csfiqa"))
-    assert ref.c.ic_norm == "reference" and isinstance(ref.ic.out_norm, nn.LayerNorm)
+    assert ref.csfiqa.ic_norm == "reference" and isinstance(ref.ic.out_norm, nn.LayerNorm)
     assert ref.ic.out_norm.weight.requires_grad and ref.ic.out_norm.weight.shape == (ref.dim,)
     old = create_model(make_config("smoke", "csfiqa", {"csfiqa.ic_norm": "llama_final_norm"}))
     assert isinstance(old.ic.out_norm, nn.Identity)

@@ -70,8 +70,8 @@ def test_timing_memory_and_table():
 
     with torch.device("meta"):
         meta = DEIQT("tiny", img_size=96)
-    df = costs.cost_table({"tiny": tiny, "tiny-meta": meta}, device="cpu", batch=2, crops_per_image=4,
-                          train_batch=2, memory=True, warmup=1, iters=2)
+    df = costs.cost_table({"tiny": tiny, "tiny-meta": meta}, device="cpu", crops_per_image=4, memory=True,
+                          timing=costs.Timing(batch=2, train_batch=2, warmup=1, iters=2))
     assert list(df["model"]) == ["tiny", "tiny-meta"]
     assert df.loc[0, "GMACs_per_crop"] == pytest.approx(df.loc[1, "GMACs_per_crop"])
     assert df.loc[0, "GMACs_per_image"] == pytest.approx(4 * df.loc[0, "GMACs_per_crop"])

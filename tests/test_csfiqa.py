@@ -265,7 +265,7 @@ def test_branch_patch_mean_ignores_the_other_branch():
         with torch.no_grad():
             return m.scl_embeddings(m.encode(views), views)[:2]
     m = create_model(make_config("smoke", "csfiqa")).eval()
-    assert m.c.scl_pool == "branch_patch_mean"
+    assert m.csfiqa.scl_pool == "branch_patch_mean"
     (zs1, zl1), (zs2, zl2) = embed(m, x), embed(m, x2)
     assert torch.equal(zs1, zs2) and not torch.allclose(zl1, zl2)
     for pool in ("cls", "mean"):         # the joint pass: the other branch reaches the small scale
@@ -407,8 +407,8 @@ def test_features_and_cam():
     score, f = m(x, return_features=True)
     h.remove()
     d0, d1 = m.encoder.embed_dim
-    assert f["small"].shape == (2, 64, d0) and f["large"].shape == (2, 36, d1)   # 8x8 and 6x6 grids at 96 px
-    assert f["pre_sfa"].shape == f["post_sfa"].shape == (2, 65 + 37, d1)
+    assert f["small"].shape == (2, 144, d0) and f["large"].shape == (2, 36, d1)   # 12x12 and 6x6 grids at 96 px
+    assert f["pre_sfa"].shape == f["post_sfa"].shape == (2, 145 + 37, d1)
     cam = m.cam_reshape(acts[0])
     assert cam.shape == (2, d1, 6, 6)
     g, = torch.autograd.grad(score.sum(), acts[0])
@@ -424,7 +424,7 @@ def test_crossvit_hub_weights_load_strictly(tmp_path):
     enc = build_crossvit("tiny", input_size=96)
     load_encoder_weights(enc, str(tmp_path), crossvit_key_map(enc))
     assert torch.equal(enc.blocks[2].blocks[1][0].mlp.fc1.weight, src.blocks[2].blocks[1][0].mlp.fc1.weight)
-    assert enc.pos_embed_0.shape == (1, 65, enc.embed_dim[0])   # 10x10 grid resampled to 8x8
+    assert enc.pos_embed_0.shape == (1, 145, enc.embed_dim[0])   # 15x15 grid resampled to 12x12
     del sd["norm.1.weight"]
     save_file(sd, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightsError, match="missing"):

@@ -49,14 +49,14 @@ def test_crop_streams_give_a_sample_its_crop_whatever_the_split(tiny_data):
 def test_shares_and_refusals():
     assert [Dist(r, 4).share(16) for r in range(4)] == [slice(0, 4), slice(4, 8), slice(8, 12), slice(12, 16)]
     two = Dist(1, 2)
-    assert engine._batching(tiny_cfg(), "tiny", 20, two) == (8, 10, 4)
-    assert engine._batching(tiny_cfg(**{"train.micro_batch": 2}), "tiny", 20, two)[2] == 2
+    assert engine._batching(tiny_cfg(), "tiny", 20, dist=two) == (8, 10, 4)
+    assert engine._batching(tiny_cfg(**{"train.micro_batch": 2}), "tiny", 20, dist=two)[2] == 2
     with pytest.raises(KitError, match="does not split evenly"):
-        engine._batching(tiny_cfg(**{"train.global_batch": 9}), "tiny", 20, two)
+        engine._batching(tiny_cfg(**{"train.global_batch": 9}), "tiny", 20, dist=two)
     with pytest.raises(KitError, match="^train.micro_batch: 3 does not divide the 4 samples"):
-        engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, Dist(0, 3))
+        engine._batching(tiny_cfg(**{"train.micro_batch": 3, "train.global_batch": 12}), "tiny", 20, dist=Dist(0, 3))
     for model in ("csfiqa", "lmliqa"):          # contrastive sets over the global batch: split like any other
-        assert engine._batching(make_config("smoke", model), "synthetic", 400, two)[::2] == (SMOKE_BATCH, SMOKE_BATCH // 2)
+        assert engine._batching(make_config("smoke", model), "synthetic", 400, dist=two)[::2] == (SMOKE_BATCH, SMOKE_BATCH // 2)
 
 
 def test_context_reads_torch_s_process_group_on_every_call(monkeypatch):

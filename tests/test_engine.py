@@ -14,6 +14,7 @@ from iqa_utils.config.fields import ConfigError, TrainConfig
 from iqa_utils.data.splits import make_split
 from iqa_utils.data.cache import open_store
 from iqa_utils.data.store import CropSampler
+from iqa_utils.models.base import TestCrops
 from iqa_utils.models.deiqt import DEIQT
 from iqa_utils.models.registry import register_model
 from iqa_utils.devices import atomic_save
@@ -99,7 +100,7 @@ def test_evaluate_is_per_image_mean_of_crops(tiny_data):
     sampler = CropSampler(store)
     rows = [3, 0, 7, 11, 5, 2]
     labels = store.labels[rows].numpy()
-    m, pred = evaluate(MeanPixel(), sampler, rows, labels, n_crops=3, size=32, batch_size=4)
+    m, pred = evaluate(MeanPixel(), sampler, rows, labels=labels, crops=TestCrops(n=3, size=32), batch_size=4)
     crops = sampler.test_crops(torch.tensor(rows), 3, 32)
     want = crops.mean(dim=(1, 2, 3)).view(len(rows), 3).mean(1).double().numpy()
     np.testing.assert_allclose(pred, want, rtol=1e-6)
@@ -119,7 +120,8 @@ def test_learns_and_beats_untrained(tiny_data, tmp_path):
     store = open_store(tiny_data, min_side=32, kind="ram", progress=False)
     torch.manual_seed(0)
     untrained = DEIQT("tiny", 32)                  # the trained model's own initial weights
-    m0, _ = evaluate(untrained, CropSampler(store), split.test, store.labels[split.test].numpy(), 4, 32)
+    m0, _ = evaluate(untrained, CropSampler(store), split.test, labels=store.labels[split.test].numpy(),
+                     crops=TestCrops(n=4, size=32))
     assert rec["final"]["srcc"] > max(0.7, m0["srcc"] + 0.3), (rec["final"], m0)
     assert rec["final"]["plcc_logistic"] is not None
     assert rec["train_crops_per_s"] > 0 and rec["eval_crops_per_s"] > 0
@@ -165,8 +167,8 @@ def test_val_selection_keeps_selected_weights(tiny_data, tmp_path):
     model, _ = load_trained(tmp_path / "model.safetensors")
     store = open_store(tiny_data, min_side=32, kind="ram", progress=False)
     norm = LabelNorm(cfg.train.label_norm, tiny_data.label_range)      # records hold scores in label units
-    _, pred = evaluate(model, CropSampler(store), split.test, store.labels[split.test].numpy(), 2, 32,
-                       denorm=norm.inverse)
+    _, pred = evaluate(model, CropSampler(store), split.test, labels=store.labels[split.test].numpy(),
+                       crops=TestCrops(n=2, size=32), denorm=norm.inverse)
     np.testing.assert_allclose(pred, rec["predictions"]["pred"], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="validation split"):
         train_run(cfg, tiny_data, make_split(tiny_data, 2), tmp_path / "noval", progress=False)
@@ -181,8 +183,8 @@ def test_accumulation_is_exact(tiny_data):
     for micro in (8, 3):
         torch.manual_seed(0)
         model = DEIQT("tiny", 32)
-        loss, _ = engine.forward_backward(model, sampler, idx, labels, engine.crop_streams(0, 5), micro,
-                                          torch.device("cpu"))
+        loss, _ = engine.forward_backward(model, sampler, idx, labels=labels, streams=engine.crop_streams(0, 5),
+                                          micro=micro, device=torch.device("cpu"))
         grads.append(({n: p.grad.clone() for n, p in model.named_parameters()}, loss))
     (g8, l8), (g3, l3) = grads
     assert float(l3) == pytest.approx(float(l8), rel=1e-6)     # approx takes numbers, not 0-d tensors

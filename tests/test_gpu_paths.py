@@ -87,8 +87,8 @@ def test_training_step_never_waits_for_the_device(meta_sampler, name, over):
     model = create_model(make_config("smoke", name, over)).to("meta").train()
     idx, labels = torch.arange(16) % 10, torch.rand(10)
     with DeviceWaits() as waits:
-        loss, logs = engine.forward_backward(model, meta_sampler, idx, labels, engine.crop_streams(0, 3), 8,
-                                             torch.device("meta"))
+        loss, logs = engine.forward_backward(model, meta_sampler, idx, labels=labels,
+                                             streams=engine.crop_streams(0, 3), micro=8, device=torch.device("meta"))
         model.after_step()
     assert waits.found == []
     assert loss.device.type == "meta" and all(v.device.type == "meta" for v in logs.values())

@@ -41,7 +41,7 @@ def test_micro_batches_give_the_whole_batch_gradients(sampler, name, over):
         assert g8["proj_large.0.weight"].abs().sum() > 0           # the contrastive term reached the projector
     else:
         assert logs8["loss_con"].item() > 0 and g8["proj.fc1.weight"].abs().sum() > 0
-        if m8.lcfg.queue_size:                                  # the same queue, filled once per step
+        if m8.lmliqa.queue_size:                                  # the same queue, filled once per step
             assert (m8.queue_img >= 0).sum() > 0
             torch.testing.assert_close(m2.queue, m8.queue)
             assert torch.equal(m2.queue_img, m8.queue_img) and torch.equal(m2.queue_ptr, m8.queue_ptr)
@@ -55,7 +55,7 @@ def test_set_size_takes_the_sets_apart(sampler):
     x = torch.randn(8, 3, 96, 96)
     _, emb, meta, _ = model.step_terms({"x": x, "y": torch.rand(8)})
     whole, _ = model.set_loss(emb, meta)
-    model.c = type(model.c)(**{**model.c.__dict__, "set_size": 0})
+    model.csfiqa = type(model.csfiqa)(**{**model.csfiqa.__dict__, "set_size": 0})
     halves = [model.set_loss({k: v[a:a + 4] for k, v in emb.items()}, {k: v[a:a + 4] for k, v in meta.items()})[0]
               for a in (0, 4)]
     assert whole.item() == pytest.approx((halves[0].item() + halves[1].item()) / 2, rel=1e-6)

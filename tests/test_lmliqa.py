@@ -309,7 +309,7 @@ def test_queue_holds_the_ema_teacher_keys():
     """MoCo (D16 "teacher"): the queue gets the EMA teacher's keys of the step's crops, through an EMA
     copy of the projector; "student" keeps the student's own detached embeddings."""
     m = _tiny(queue_size=16, k_crops=4, con_share=0.5, ema_momentum=0.9)
-    assert m.lcfg.queue_source == "teacher" and not any(p.requires_grad for p in m.teacher_proj.parameters())
+    assert m.lmliqa.queue_source == "teacher" and not any(p.requires_grad for p in m.teacher_proj.parameters())
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5)
     b, _, _ = _step(m, opt)
     with torch.no_grad():

@@ -58,6 +58,15 @@ def test_a_build_says_what_where_and_how_long(tmp_path, capsys):
     assert capsys.readouterr().out == ""                                # a current file: nothing to say
 
 
+def test_a_file_made_for_another_architecture_of_the_name_is_rebuilt(tmp_path, capsys):
+    path = proxy.proxy_weights("vit_tiny", vit, tmp_path)
+    capsys.readouterr()
+    other = lambda: build_vit("small", proxy.SIZE)          # what another kit version might call vit_tiny
+    assert proxy.architecture(other) != proxy.architecture(vit)
+    assert proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE, vit)
+    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE, other)
+
+
 def test_create_model_builds_on_first_use_and_says_so(tmp_path, capsys):
     create_model(make_config("smoke", "deiqt", {"data.data_root": str(tmp_path), "model.pretrained": True}))
     assert "proxy pretraining: building vit_tiny" in capsys.readouterr().out
@@ -121,13 +130,13 @@ def test_a_changed_recipe_or_a_damaged_file_rebuilds(tmp_path, monkeypatch):
     assert json.loads(meta.read_text())["identity"]["version"] == 1
     monkeypatch.setitem(proxy.RECIPES, proxy.DEFAULT_RECIPE,
                         {**proxy.RECIPES[proxy.DEFAULT_RECIPE], "version": 2})
-    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE, vit)
     proxy.proxy_weights("vit_tiny", vit, tmp_path)
     assert json.loads(meta.read_text())["identity"]["version"] == 2
     path.write_bytes(path.read_bytes()[:-8])                       # truncated
-    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+    assert not proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE, vit)
     proxy.proxy_weights("vit_tiny", vit, tmp_path)
-    assert proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE)
+    assert proxy.is_current(path, "vit_tiny", proxy.DEFAULT_RECIPE, vit)
 
 
 def test_the_config_names_the_recipes():

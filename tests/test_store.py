@@ -297,16 +297,18 @@ def test_nested_test_crops_follow_the_training_geometry(store, mode):
 def test_crop_mode_csfiqa_is_tested_on_the_training_geometry(store):
     from iqa_utils.config.check import make_config
     from iqa_utils.models import create_model
+    from iqa_utils.models.base import TestCrops
     from iqa_utils.training.evaluation import predict_rows, test_views   # here: pytest would collect test_views
     sampler = CropSampler(store)
     crop = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False, "csfiqa.scale_mode": "crop",
                                                          "csfiqa.nsm": "off", "csfiqa.input_size": 48}))
-    views = test_views(crop, sampler, torch.tensor([0, 1]), 2, 48)
+    views = test_views(crop, sampler, torch.tensor([0, 1]), crops=TestCrops(2, 48))
     assert views.shape == (4, 2, 3, 48, 48)
     assert torch.equal(views, sampler.nested_test_crops(torch.tensor([0, 1]), 2, 0.2, 0.4, 48))
-    assert len(predict_rows(crop, sampler, [0, 1], 2, 48)) == 2
+    assert len(predict_rows(crop, sampler, [0, 1], crops=TestCrops(2, 48))) == 2
     branch = create_model(make_config("smoke", "csfiqa", {"model.pretrained": False, "csfiqa.input_size": 48}))
-    assert torch.equal(test_views(branch, sampler, torch.tensor([0]), 2, 48), sampler.test_crops([0], 2, 48))
+    assert torch.equal(test_views(branch, sampler, torch.tensor([0]), crops=TestCrops(2, 48)),
+                       sampler.test_crops([0], 2, 48))
 
 
 def test_crops_with_boxes_iou_limit_and_flips(store):

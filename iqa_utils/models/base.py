@@ -1,9 +1,37 @@
 """What the engine asks of every model: scores for crops, a training batch, a loss, a step hook."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from ..config.fields import ConfigError, DataConfig
+
+# the test crop placements: the choices of data.test_crops, so the two cannot drift
+TEST_CROP_MODES = tuple(next(f for f in dataclasses.fields(DataConfig) if f.name == "test_crops").metadata["choices"])
+
+
+@dataclass(frozen=True)
+class TestCrops:
+    """How an image is scored at test time: the mean over `n` views of `size` x `size` pixels, placed by
+    `mode` (data.test_crops) from `seed`. One value, so that n, size and seed are never swapped by position."""
+    __test__ = False                  # a kit class, not a pytest test class
+
+    n: int
+    size: int
+    mode: str = "seeded_random"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, low in (("n", 1), ("size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"TestCrops.{name}: {value!r}; it must be a whole number of at least {low}")
+        if self.mode not in TEST_CROP_MODES:
+            raise ConfigError(f"TestCrops.mode: {self.mode!r}; choose one of {', '.join(TEST_CROP_MODES)}")
 
 
 def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
@@ -36,11 +64,10 @@ class IQAModel(nn.Module):
         # non_blocking: a blocking host-to-device copy would wait for the GPU to finish its queue
         return {"x": x, "y": y.to(x.device, non_blocking=True), "idx": idx}
 
-    def test_views(self, sampler, idx: torch.Tensor, n: int, size: int, mode: str = "seeded_random",
-                   seed: int = 0) -> torch.Tensor:
-        """The inputs of n test views per image, rows i*n .. i*n+n-1 for idx[i] (evaluation's per-image
-        mean): size x size crops at the stored resolution, as DEIQT tests."""
-        return sampler.test_crops(idx, n, size, mode=mode, seed=seed)
+    def test_views(self, sampler, idx: torch.Tensor, crops: TestCrops) -> torch.Tensor:
+        """The inputs of crops.n test views per image, rows i*n .. i*n+n-1 for idx[i] (evaluation's
+        per-image mean): crops.size-pixel crops at the stored resolution, as DEIQT tests."""
+        return sampler.test_crops(idx, crops.n, crops.size, mode=crops.mode, seed=crops.seed)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
         """The loss of one whole batch: its per-sample terms plus the set terms over its embeddings."""

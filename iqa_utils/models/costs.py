@@ -24,6 +24,7 @@ import contextlib
 import logging
 import resource
 import statistics
+from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
@@ -37,6 +38,7 @@ logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
 from ..config.check import make_config, override
+from ..config.fields import ConfigError
 from ..devices import amp_dtype, autocast, device_name, train_mode
 from .csfiqa import CSFIQA
 
@@ -100,7 +102,7 @@ def _autocast(device: torch.device, amp: str | None):
 
 # ---------------------------------------------------------------- MACs
 
-def count_macs(model: nn.Module, input_size=None, batch: int = 1, inputs: torch.Tensor | None = None,
+def count_macs(model: nn.Module, input_size=None, *, batch: int = 1, inputs: torch.Tensor | None = None,
                by_op: bool = False):
     """GMACs per crop (FLOPs / 2 / 1e9 / batch) of one forward pass in eval mode.
 
@@ -130,7 +132,7 @@ def _images(batch: int, input_size, device) -> torch.Tensor:
     return torch.randn(batch, 3, h, w, device=device)
 
 
-def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+def _time_it(fn: Callable[[], None], device: torch.device, *, warmup: int, iters: int) -> float:
     """Median seconds per call of fn over `iters` calls, each timed by torch.utils.benchmark.Timer (which
     synchronises CUDA); the median is robust to other processes sharing the CPU."""
     for _ in range(warmup):
@@ -140,7 +142,7 @@ def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: i
     return statistics.median(timer.timeit(1).mean for _ in range(iters))
 
 
-def latency(model: nn.Module, input_size=None, device="cpu", batch: int = 1, warmup: int = 3,
+def latency(model: nn.Module, input_size=None, device="cpu", *, batch: int = 1, warmup: int = 3,
             iters: int = 10, amp: str | None = None) -> float:
     """Inference latency in ms per image (median over iters of one batched forward, / batch)."""
     device = torch.device(device)
@@ -151,7 +153,7 @@ def latency(model: nn.Module, input_size=None, device="cpu", batch: int = 1, war
         model(x)
 
     with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
-        sec = _time_it(step, device, warmup, iters)
+        sec = _time_it(step, device, warmup=warmup, iters=iters)
     return 1000.0 * sec / batch
 
 
@@ -193,7 +195,7 @@ class SyntheticSampler:
         return self._x(len(idx) * n, 2, 3, size, size)
 
 
-def _train_step_fn(model: nn.Module, input_size, device, batch: int, amp: str | None):
+def _train_step_fn(model: nn.Module, input_size, device, *, batch: int, amp: str | None):
     """One full optimizer step: the model's own train_batch/loss when it has them, else MSE on scores."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=0.0)     # full update arithmetic, weights left as they were
@@ -219,7 +221,7 @@ def _train_step_fn(model: nn.Module, input_size, device, batch: int, amp: str | 
     return step
 
 
-def throughput(model: nn.Module, input_size=None, device="cpu", batch: int = 32, train: bool = False,
+def throughput(model: nn.Module, input_size=None, device="cpu", *, batch: int = 32, train: bool = False,
                warmup: int = 2, iters: int = 5, amp: str | None = None) -> float:
     """Crops per second. train=True times forward + loss + backward + optimizer step (the model's
     own `train_batch`/`loss` when it has them, so extra views a method samples are included: the
@@ -232,13 +234,14 @@ def throughput(model: nn.Module, input_size=None, device="cpu", batch: int = 32,
         was_training = model.training
         model.train()
         try:
-            sec = _time_it(_train_step_fn(model, size, device, batch, amp), device, warmup, iters)
+            step = _train_step_fn(model, size, device, batch=batch, amp=amp)
+            sec = _time_it(step, device, warmup=warmup, iters=iters)
         finally:
             model.train(was_training)
     else:
         x = _images(batch, size, device)
         with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
-            sec = _time_it(lambda: model(x), device, warmup, iters)
+            sec = _time_it(lambda: model(x), device, warmup=warmup, iters=iters)
     return batch / sec
 
 
@@ -284,7 +287,7 @@ def _cpu_rss_kib() -> int:
     return 0
 
 
-def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1, train: bool = False,
+def peak_memory(model: nn.Module, input_size=None, device="cpu", *, batch: int = 1, train: bool = False,
                 amp: str | None = None) -> dict:
     """Peak memory of one forward (train=False) or one training step beyond what was held before.
 
@@ -295,11 +298,11 @@ def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1,
     model = model.to(device)
     size = _input_size_of(model, input_size)
     if train:
-        run = _train_step_fn(model, size, device, batch, amp)
+        once = _train_step_fn(model, size, device, batch=batch, amp=amp)
     else:
         x = _images(batch, size, device)
 
-        def run():
+        def once():
             with train_mode(model, False), torch.inference_mode(), _autocast(device, amp):
                 model(x)
 
@@ -307,30 +310,66 @@ def peak_memory(model: nn.Module, input_size=None, device="cpu", batch: int = 1,
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        run()
+        once()
         _sync(device)
         peak = torch.cuda.max_memory_allocated(device) - before
         return {"peak_mib": peak / 2**20, "method": "cuda_max_memory_allocated"}
 
     if _reset_hwm():
         before = _cpu_rss_kib()
-        run()
+        once()
         return {"peak_mib": (_read_hwm_kib() - before) / 1024, "method": "cpu_vmhwm_delta"}
     _trim_heap()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
-    run()
+    once()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_mib": (after - before) / 1024, "method": "cpu_ru_maxrss_delta"}
 
 
 # ---------------------------------------------------------------- table
 
-def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", batch: int = 1,
-               crops_per_image: int | None = None, timing: bool = True, train_batch: int | None = None,
-               memory: bool = False, warmup: int = 3, iters: int = 10, amp: str | None = None):
+@dataclass(frozen=True)
+class Timing:
+    """How cost_table measures: inference throughput (and peak memory) at `batch` crops, training
+    throughput at `train_batch` (not measured when None), each the median of `iters` timed calls after
+    `warmup` untimed ones (training: 1 warm-up and 3 timed steps, a step being slow). A profile's
+    plan gives one as its "cost" entry."""
+    batch: int = 1
+    train_batch: int | None = None
+    warmup: int = 3
+    iters: int = 10
+
+    def __post_init__(self):
+        for name, low in (("batch", 1), ("train_batch", 1), ("warmup", 0), ("iters", 1)):
+            value = getattr(self, name)
+            if value is None and name == "train_batch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"Timing.{name}: {value!r}; it must be a whole number of at least {low}")
+
+
+def _timed_columns(model: nn.Module, size, device, *, timing: Timing, amp: str | None) -> dict:
+    """latency_ms, infer_crops_per_s@batch and (with a train_batch) train_samples_per_s@train_batch; NaN
+    for a model on the meta device."""
+    names = ["latency_ms", f"infer_crops_per_s@{timing.batch}"] + \
+        ([f"train_samples_per_s@{timing.train_batch}"] if timing.train_batch else [])
+    if _model_device(model).type == "meta":
+        return dict.fromkeys(names, float("nan"))
+    repeat = {"warmup": timing.warmup, "iters": timing.iters}
+    values = [latency(model, size, device, batch=1, amp=amp, **repeat),
+              throughput(model, size, device, batch=timing.batch, amp=amp, **repeat)]
+    if timing.train_batch:
+        values.append(throughput(model, size, device, batch=timing.train_batch, train=True, warmup=1, iters=3,
+                                 amp=amp))
+    return dict(zip(names, values))
+
+
+def cost_table(models: dict[str, nn.Module], *, input_sizes=None, device="cpu", timing: Timing | None = Timing(),
+               memory: bool = False, crops_per_image: int | None = None, amp: str | None = None):
     """One row per model: params (total/trainable/frozen, millions), GMACs per crop (and per image
-    when crops_per_image is given), latency ms/image, inference crops/s at `batch`, optionally
-    training samples/s at `train_batch` and peak memory, and the device name.
+    when crops_per_image is given), then, with a `timing`, latency ms/image, inference crops/s and
+    optionally training samples/s (`Timing`), and with `memory` the peak memory of a forward at
+    timing.batch (1 without timing); the device name.
 
     input_sizes: int, or {name: int | (H, W)}; default each model's `input_size`.
     Models on the meta device get params and MACs only (timing columns are NaN).
@@ -346,16 +385,11 @@ def cost_table(models: dict[str, nn.Module], input_sizes=None, device="cpu", bat
         if crops_per_image:
             row["GMACs_per_image"] = row["GMACs_per_crop"] * crops_per_image
         on_meta = _model_device(model).type == "meta"
-        nan = float("nan")
         if timing:
-            row["latency_ms"] = nan if on_meta else latency(model, size, device, 1, warmup, iters, amp)
-            row[f"infer_crops_per_s@{batch}"] = (
-                nan if on_meta else throughput(model, size, device, batch, False, warmup, iters, amp))
-            if train_batch:
-                row[f"train_samples_per_s@{train_batch}"] = (
-                    nan if on_meta else throughput(model, size, device, train_batch, True, 1, 3, amp))
+            row.update(_timed_columns(model, size, device, timing=timing, amp=amp))
         if memory:
-            m = {"peak_mib": nan, "method": ""} if on_meta else peak_memory(model, size, device, batch, amp=amp)
+            m = {"peak_mib": float("nan"), "method": ""} if on_meta else \
+                peak_memory(model, size, device, batch=timing.batch if timing else 1, amp=amp)
             row["peak_mem_MiB"], row["mem_method"] = m["peak_mib"], m["method"]
         row["device"] = "meta (not run)" if on_meta else device_name(device)
         row["amp"] = amp or "off"
@@ -374,20 +408,20 @@ def csfiqa_cost(cfg=None, input_size: int | None = None, macs: bool = True) -> d
     cfg = cfg if cfg is not None else make_config("paper", "csfiqa")
     # shapes only: LLaMA-7B dimensions, nothing read or downloaded
     cfg = override(cfg, {"csfiqa.ic_weights": None, **({"csfiqa.input_size": input_size} if input_size else {})})
-    c = cfg.csfiqa
+    csfiqa = cfg.csfiqa
     with torch.device("meta"):
-        model = CSFIQA(c, "small", device="meta")
+        model = CSFIQA(csfiqa, "small", device="meta")
     counts = count_params(model)
     parts = {name: sum(p.numel() for p in mod.parameters()) for name, mod in model.named_children()}
     out = {"params_total": counts["total"], "params_trainable": counts["trainable"],
            "params_frozen": counts["frozen"], "params_by_part": parts,
            "params_train_only": parts.get("proj_large", 0) + parts.get("proj_small", 0),
-           "input_size": c.input_size}
+           "input_size": csfiqa.input_size}
     out["params_inference"] = out["params_total"] - out["params_train_only"]
     if macs:
-        x = torch.empty(1, 3, c.input_size, c.input_size, device="meta")
-        if c.scale_mode in ("crop", "crop_per_branch"):
-            x = torch.empty(1, 2, 3, c.input_size, c.input_size, device="meta")
+        x = torch.empty(1, 3, csfiqa.input_size, csfiqa.input_size, device="meta")
+        if csfiqa.scale_mode in ("crop", "crop_per_branch"):
+            x = torch.empty(1, 2, 3, csfiqa.input_size, csfiqa.input_size, device="meta")
         with FlopCounterMode(display=False) as fc, torch.no_grad():
             model.eval()(x)
         out["macs"] = fc.get_total_flops() / 2
@@ -411,7 +445,7 @@ MEASURE_BATCHES = {"lmliqa": (16, 32)}
 BACKWARD_OVERHEAD = 1.3
 
 
-def saved_bytes(model: nn.Module, batch: int, device="cpu", dtype: torch.dtype | None = None) -> int:
+def saved_bytes(model: nn.Module, batch: int, device="cpu", *, dtype: torch.dtype | None = None) -> int:
     """Bytes autograd saves for backward in the loss of one training batch of `batch` listed samples
     (the model's own train_batch views), summed over unique storages, the model's own tensors left out.
     Only a forward runs: the measurement needs no GPU and no backward."""
@@ -434,16 +468,16 @@ def saved_bytes(model: nn.Module, batch: int, device="cpu", dtype: torch.dtype |
     return sum(seen.values())
 
 
-def step_memory(model: nn.Module, device="cpu", dtype: torch.dtype | None = None, batches=(2, 4)) -> dict:
+def step_memory(model: nn.Module, device="cpu", *, dtype: torch.dtype | None = None, batches=(2, 4)) -> dict:
     """A training step's memory model: bytes saved per listed sample (the difference of two small
     batches), the fixed part of the activations, and the state (weights, buffers, gradients, AdamW's two
     float32 moments of every trainable parameter). The image store is not counted."""
-    a, b = (saved_bytes(model, n, device, dtype) for n in batches)
-    per = max(0.0, (b - a) / (batches[1] - batches[0]))
+    small, large = (saved_bytes(model, n, device, dtype=dtype) for n in batches)
+    per = max(0.0, (large - small) / (batches[1] - batches[0]))
     trainable = [p for p in model.parameters() if p.requires_grad]
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     grads = sum(p.numel() * p.element_size() for p in trainable)
-    return {"per_crop": per, "fixed": max(0.0, a - per * batches[0]),
+    return {"per_crop": per, "fixed": max(0.0, small - per * batches[0]),
             "state": weights + grads + 2 * 4 * sum(p.numel() for p in trainable)}
 
 
@@ -454,13 +488,15 @@ def peak_bytes(mem: dict, n: int) -> float:
     return mem["state"] + BACKWARD_OVERHEAD * (mem["fixed"] + n * mem["per_crop"])
 
 
-def largest_micro(share: int, mem: dict, free_bytes: float, margin: float = MARGIN) -> int | None:
-    """The largest divisor of `share` whose step fits `margin` of free_bytes; None if not even one does."""
-    for d in sorted((d for d in range(1, share + 1) if share % d == 0), reverse=True):
+def largest_micro(per_rank: int, mem: dict, free_bytes: float, *, margin: float = MARGIN) -> int | None:
+    """The largest divisor of `per_rank` (a process's samples of a step) whose step fits `margin` of
+    free_bytes; None if not even one does."""
+    for d in sorted((d for d in range(1, per_rank + 1) if per_rank % d == 0), reverse=True):
         if peak_bytes(mem, d) <= margin * free_bytes:
             return d
     return None
 
 
-def cards_fitting(mem: dict, n: int, cards=CARDS_GB, margin: float = MARGIN) -> list[int]:
-    return [c for c in cards if peak_bytes(mem, n) <= margin * c * 2**30]
+def cards_fitting(mem: dict, n: int, *, cards=CARDS_GB, margin: float = MARGIN) -> list[int]:
+    """The cards (GB) whose `margin` holds a step computed in chunks of n samples."""
+    return [card for card in cards if peak_bytes(mem, n) <= margin * card * 2**30]

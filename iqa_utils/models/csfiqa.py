@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from timm.models.crossvit import CrossVit
 from torch import nn
 
-from . import losses as L
-from .base import IQAModel, regression_loss
+from . import losses
+from .base import IQAModel, TestCrops, regression_loss
 from .concentrator import build_concentrator
 from .deiqt import PanelDecoder, float32_linear
 from .pretrained import LLAMA_HUB_ID, crossvit_hub_id, fit_pos_embed, load_encoder_weights, weights_source
@@ -42,24 +42,27 @@ from .proxy import SIZE as PROXY_SIZE
 from .proxy import encoder_source
 from .registry import register_model
 
-# tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (12/16-px branches, width 1:2,
-# CLS cross-attention), narrow enough to train in seconds on a CPU.
-TINY_CROSSVIT = dict(patch_size=[12, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
+# tiny: the same 3 x MultiScaleBlock structure as crossvit_small_240 (two branches, width 1:2, CLS
+# cross-attention), narrow enough to train in seconds on a CPU. Its small branch cuts 8-px patches (a 12x12
+# grid at 96 px, as DEIQT-tiny's): with 12-px patches CSFIQA-tiny stayed near chance on some splits
+# (validation SRCC over split seeds 0-2, docs/datasets.md: 0.20 median with 12/16 px, 0.35 with 8/16)
+TINY_CROSSVIT = dict(patch_size=[8, 16], embed_dim=[32, 64], depth=[[1, 1, 0]] * 3, num_heads=[2, 2],
                      mlp_ratio=[2, 2, 1])
 
 
 # ---------------------------------------------------------------------------------------------------
 # encoder
 # ---------------------------------------------------------------------------------------------------
-def branch_sizes(input_size: int) -> tuple[int, int]:
-    """Image side each branch sees (the crop is resized to it): the multiple of 12 nearest to the input
-    for the 12-px branch, the multiple of 16 nearest to input * 224/240 (timm's img_scale) for the 16-px
-    branch: 240 -> (240, 224) as in timm, 224 -> (228, 208) (D3), 96 -> (96, 96) (smoke)."""
-    return 12 * max(1, round(input_size / 12)), 16 * max(1, round(input_size * 224 / 240 / 16))
+def branch_sizes(input_size: int, patch: tuple[int, int] = (12, 16)) -> tuple[int, int]:
+    """Image side each branch sees (the crop is resized to it): the multiple of the small branch's patch
+    nearest to the input, the multiple of the large branch's patch nearest to input * 224/240 (timm's
+    img_scale): 240 -> (240, 224) as in timm, 224 -> (228, 208) (D3); tiny's 8/16 px at 96 -> (96, 96)."""
+    p0, p1 = patch
+    return p0 * max(1, round(input_size / p0)), p1 * max(1, round(input_size * 224 / 240 / p1))
 
 
 def build_crossvit(size: str, encoder: str = "crossvit_small_240", input_size: int = 240):
-    s0, s1 = branch_sizes(input_size)
+    s0, s1 = branch_sizes(input_size, TINY_CROSSVIT["patch_size"] if size == "tiny" else (12, 16))
     scale = (1.0, (s1 + 0.5) / s0)            # +0.5: timm floors int(size * scale)
     if size == "tiny":
         enc = CrossVit(img_size=s0, img_scale=scale, num_classes=0, qkv_bias=True, **TINY_CROSSVIT)
@@ -151,10 +154,10 @@ def _forget_host_steps(model, _incompatible) -> None:
 
 
 class CSFIQA(IQAModel):
-    def __init__(self, c, size: str = "tiny", regression: str = "smooth_l1", device=None):
+    def __init__(self, csfiqa, size: str = "tiny", regression: str = "smooth_l1", device=None):
         super().__init__()
-        self.c, self.size, self.regression = c, size, regression
-        self.input_size = c.input_size
+        self.csfiqa, self.size, self.regression = csfiqa, size, regression
+        self.input_size = csfiqa.input_size
         self.label_range = None            # set by the caller for label_distance='dataset_range'
         self.steps_per_epoch = None        # set by the engine: NSM's warm-up is counted in epochs (D13)
         # optimizer steps taken (NSM warm-up); a buffer, so a resumed run goes on from its checkpoint.
@@ -162,23 +165,24 @@ class CSFIQA(IQAModel):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self._steps = 0
         self.register_load_state_dict_post_hook(_forget_host_steps)
-        self.encoder = build_crossvit(size, c.encoder, c.input_size)
+        self.encoder = build_crossvit(size, csfiqa.encoder, csfiqa.input_size)
         enc = self.encoder
         d0, d1 = enc.embed_dim
         heads = enc.blocks[0].blocks[1][0].attn.num_heads      # the large branch's heads
         self.grids = [tuple(s // p for s, p in zip(pe.img_size, pe.patch_size)) for pe in enc.patch_embed]
         # which encoder branch gives each scale's tokens
-        crop = c.scale_mode == "crop"
+        crop = csfiqa.scale_mode == "crop"
         self.d_small = d1 if crop else d0
         self.dim = d1
-        two = c.scale_mode != "single"
+        two = csfiqa.scale_mode != "single"
         self.to_common = (nn.Linear(self.d_small, d1) if self.d_small != d1 else nn.Identity()) if two else None
-        self.afs = self._build_afs(d1, heads, joint=c.afs_scope == "joint" or not two)
-        self.ic = build_concentrator(d1, c.ic, weights=c.ic_weights, layer_idx=c.ic_layer, tiny=size == "tiny",
-                                     dtype=c.ic_dtype, num_heads=heads, device=device, ic_norm=c.ic_norm)
-        self.decoder = PanelDecoder(d1, heads) if c.decoder == "panel" else nn.Linear(d1, 1)
-        self.proj_large = _projector(d1, c.proj_dim)
-        self.proj_small = (_projector(self.d_small, c.proj_dim) if c.proj_dim > 0 else
+        self.afs = self._build_afs(d1, heads, joint=csfiqa.afs_scope == "joint" or not two)
+        self.ic = build_concentrator(d1, csfiqa.ic, weights=csfiqa.ic_weights, layer_idx=csfiqa.ic_layer,
+                                     tiny=size == "tiny", dtype=csfiqa.ic_dtype, num_heads=heads, device=device,
+                                     ic_norm=csfiqa.ic_norm)
+        self.decoder = PanelDecoder(d1, heads) if csfiqa.decoder == "panel" else nn.Linear(d1, 1)
+        self.proj_large = _projector(d1, csfiqa.proj_dim)
+        self.proj_small = (_projector(self.d_small, csfiqa.proj_dim) if csfiqa.proj_dim > 0 else
                            (nn.Linear(self.d_small, d1, bias=False) if self.d_small != d1 else nn.Identity())) \
             if two else None
         if not two:
@@ -187,9 +191,9 @@ class CSFIQA(IQAModel):
 
     def _build_afs(self, dim: int, heads: int, joint: bool) -> nn.Module:
         """D15: top-k selective attention, the same layer dense ("w/o AFS"), or none ("off", identity)."""
-        if self.c.afs == "off":
+        if self.csfiqa.afs == "off":
             return nn.Identity()
-        ratio = self.c.afs_k if self.c.afs == "topk" else 1.0
+        ratio = self.csfiqa.afs_k if self.csfiqa.afs == "topk" else 1.0
         if joint:
             return SelectiveAttention(dim, heads, ratio)
         return nn.ModuleList([SelectiveAttention(dim, heads, ratio), SelectiveAttention(dim, heads, ratio)])
@@ -209,7 +213,7 @@ class CSFIQA(IQAModel):
         """trunc-normal(0.02) on the modules CSFIQA adds (as DEIQT and timm do); the encoder keeps timm's
         init (or the checkpoint), the frozen LLaMA layer its weights."""
         mods = [self.to_common, self.afs, self.decoder, self.proj_large, self.proj_small]
-        if self.c.ic != "off" and self.c.ic.startswith("llama"):
+        if self.csfiqa.ic != "off" and self.csfiqa.ic.startswith("llama"):
             mods += [self.ic.w1, self.ic.w2]
         for mod in mods:
             if mod is None:
@@ -264,23 +268,23 @@ class CSFIQA(IQAModel):
         if x.dim() == 5:
             return x[:, 0], x[:, 1]
         s = x.shape[-1]
-        r = self.c.crop_ratio_small / self.c.crop_ratio_large
-        c = max(1, round(s * r))
-        o = (s - c) // 2
-        small = F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bicubic", align_corners=False)
+        r = self.csfiqa.crop_ratio_small / self.csfiqa.crop_ratio_large
+        side = max(1, round(s * r))
+        o = (s - side) // 2
+        small = F.interpolate(x[..., o:o + side, o:o + side], size=(s, s), mode="bicubic", align_corners=False)
         return small, x
 
     def scale_views(self, x) -> tuple:
         """(small view, large view): the two scales' inputs. branch/single: the crop itself for both (a
         pair (x0, x1) feeds each branch its own input); crop modes: see `_views`."""
-        if self.c.scale_mode in ("branch", "single"):
+        if self.csfiqa.scale_mode in ("branch", "single"):
             return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
         return self._views(x)
 
     def encode(self, x) -> dict:
         """Token features per scale: 'blocks_small'/'blocks_large' (per block, pre-norm, CLS first),
         'small'/'large' (final, normed), 'grid_small'/'grid_large'."""
-        mode = self.c.scale_mode
+        mode = self.csfiqa.scale_mode
         xs, xl = self.scale_views(x)
         if mode == "single":           # the large branch alone: no small patch embedding, no fusion (D4)
             bl = self._branch_blocks(1, xl, len(self.encoder.blocks) - 1)
@@ -302,10 +306,10 @@ class CSFIQA(IQAModel):
         """AFS then IC. Returns (query CLS (B, D), decoder memory (B, M, D), joint tokens before, after).
         The decoder reads the large-scale tokens after the joint AFS (ic_tokens="large"), or both scales'
         tokens (the mean of the two CLS as query) when the IC takes all of them, or when AFS is off."""
-        c = self.c
+        csfiqa = self.csfiqa
         if small is None:                                   # single scale
             pre = large
-            large = self.ic(self.afs(large)) if c.ic_tokens != "cls" else self._ic_cls(self.afs(large))
+            large = self.ic(self.afs(large)) if csfiqa.ic_tokens != "cls" else self._ic_cls(self.afs(large))
             return large[:, 0], large[:, 1:], pre, large
         small = self.to_common(small)
         ns = small.shape[1]
@@ -315,13 +319,13 @@ class CSFIQA(IQAModel):
         else:
             j = self.afs(pre)
             small, large = j[:, :ns], j[:, ns:]
-        if c.ic_tokens == "large":
+        if csfiqa.ic_tokens == "large":
             post = torch.cat([small, self.ic(large)], 1)
-            if c.afs != "off":
+            if csfiqa.afs != "off":
                 return post[:, ns], post[:, ns + 1:], pre, post
             # afs="off": nothing has brought the small scale into the large tokens, so the decoder
             # reads both scales' tokens (as ic_tokens="all" does); else the small scale would be lost
-        elif c.ic_tokens == "all":
+        elif csfiqa.ic_tokens == "all":
             post = self.ic(torch.cat([small, large], 1))
         else:                                               # cls: only the two CLS tokens go through the IC
             cls = self.ic(torch.stack([small[:, 0], large[:, 0]], 1))
@@ -355,46 +359,47 @@ class CSFIQA(IQAModel):
 
     # ---- training ---------------------------------------------------------------------------------
     def train_batch(self, sampler, idx, y, generator):
-        c, s = self.c, self.input_size
-        if c.scale_mode in ("branch", "single"):
+        csfiqa, s = self.csfiqa, self.input_size
+        if csfiqa.scale_mode in ("branch", "single"):
             return super().train_batch(sampler, idx, y, generator)
-        if c.crop_nesting == "nested":       # the small crop inside the large one, as at test time (D4)
-            xs, xl, _ = sampler.nested_crops(idx, c.crop_ratio_small, c.crop_ratio_large, s, flip=self.flip,
-                                             generator=generator)
+        if csfiqa.crop_nesting == "nested":  # the small crop inside the large one, as at test time (D4)
+            xs, xl, _ = sampler.nested_crops(idx, csfiqa.crop_ratio_small, csfiqa.crop_ratio_large, s,
+                                             flip=self.flip, generator=generator)
         else:
-            xs = sampler.resized_crops(idx, c.crop_ratio_small, s, flip=self.flip, generator=generator)
-            xl = sampler.resized_crops(idx, c.crop_ratio_large, s, flip=self.flip, generator=generator)
+            xs = sampler.resized_crops(idx, csfiqa.crop_ratio_small, s, flip=self.flip, generator=generator)
+            xl = sampler.resized_crops(idx, csfiqa.crop_ratio_large, s, flip=self.flip, generator=generator)
         return {"x": torch.stack([xs, xl], 1), "y": y.to(xl.device, non_blocking=True), "idx": idx}
 
-    def test_views(self, sampler, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
+    def test_views(self, sampler, idx, crops: TestCrops):
         """Crop modes: the training geometry at test time (D4), seeded per image: a 40 % crop resized to the
         input size and a 20 % one inside it (crop_nesting); branch/single: the base class's crops."""
-        c = self.c
-        if c.scale_mode in ("branch", "single"):
-            return super().test_views(sampler, idx, n, size, mode, seed)
-        return sampler.nested_test_crops(idx, n, c.crop_ratio_small, c.crop_ratio_large, size,
-                                         mode=mode, seed=seed, nested=c.crop_nesting == "nested")
+        csfiqa = self.csfiqa
+        if csfiqa.scale_mode in ("branch", "single"):
+            return super().test_views(sampler, idx, crops)
+        return sampler.nested_test_crops(idx, crops.n, csfiqa.crop_ratio_small, csfiqa.crop_ratio_large,
+                                         crops.size, mode=crops.mode, seed=crops.seed,
+                                         nested=csfiqa.crop_nesting == "nested")
 
     def _scl_layer(self) -> int:
         n = len(self.encoder.blocks)
-        if self.c.scl_layer == "last":
+        if self.csfiqa.scl_layer == "last":
             return n - 1
-        if self.c.scl_layer == "middle":
+        if self.csfiqa.scl_layer == "middle":
             return n // 2
-        return int(self.c.scl_layer)
+        return int(self.csfiqa.scl_layer)
 
     def scl_tokens(self, e: dict, views: tuple):
         """(small, large) tokens (CLS first) of SCL layer l (D5); small is None in single mode.
         branch_patch_mean: each scale's branch run alone on its view (`branch_alone`); else the joint
         pass's block outputs."""
-        li, mode = self._scl_layer(), self.c.scale_mode
-        if self.c.scl_pool != "branch_patch_mean" or mode == "single":    # single: encoded alone already
+        li, mode = self._scl_layer(), self.csfiqa.scale_mode
+        if self.csfiqa.scl_pool != "branch_patch_mean" or mode == "single":    # single: encoded alone already
             return (e["blocks_small"][li] if "blocks_small" in e else None), e["blocks_large"][li]
         small_branch = 1 if mode == "crop" else 0           # crop: each scale is the 16-px branch of its crop
         return self.branch_alone(small_branch, views[0], li), self.branch_alone(1, views[1], li)
 
     def _pool(self, t):
-        return t[:, 0] if self.c.scl_pool == "cls" else t[:, 1:].mean(1)
+        return t[:, 0] if self.csfiqa.scl_pool == "cls" else t[:, 1:].mean(1)
 
     def scl_embeddings(self, e: dict, views: tuple):
         """L2-normalised (B, P) embeddings of both scales (small is None in single mode), and the tokens."""
@@ -405,7 +410,7 @@ class CSFIQA(IQAModel):
 
     def region_embeddings(self, e: dict, ts, tl):
         """Projected, L2-normalised region embeddings (B, R, P) of both scales on the common grid."""
-        rs, rl = L.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
+        rs, rl = losses.align_grids(ts[:, 1:], tl[:, 1:], e["grid_small"], e["grid_large"])
         return F.normalize(self.proj_small(rs).float(), dim=-1), F.normalize(self.proj_large(rl).float(), dim=-1)
 
     def after_step(self) -> None:
@@ -420,19 +425,19 @@ class CSFIQA(IQAModel):
     def nsm_started(self) -> bool:
         """NSM selects noise after nsm_warmup_epochs of steps (D13); without an epoch length (a model
         used outside the engine) it starts at once."""
-        w = self.c.nsm_warmup_epochs
+        w = self.csfiqa.nsm_warmup_epochs
         return not w or self.steps_per_epoch is None or self.steps_taken() >= w * self.steps_per_epoch
 
     def nsm_args(self, emb: dict, meta: dict) -> dict:
         """The NSM (D13) keyword arguments of `losses.scl_loss`, from the embeddings (and, for regional
         NSM on tokens, the region agreement) of the whole set; before the warm-up ends nothing is noise."""
-        kind, zs, zl, on = self.c.nsm, emb.get("zs"), emb["zl"], self.nsm_started()
+        kind, zs, zl, on = self.csfiqa.nsm, emb.get("zs"), emb["zl"], self.nsm_started()
         if kind == "off" or zs is None:
             return {}
         if kind == "pooled":
-            return {"noise": L.nsm_pooled(zs, zl) if on else zs.new_zeros(len(zs))}
+            return {"noise": losses.nsm_pooled(zs, zl) if on else zs.new_zeros(len(zs))}
         if kind == "qfm":
-            return {"qfm_weight": self.c.nsm_weight if on else 1.0}
+            return {"qfm_weight": self.csfiqa.nsm_weight if on else 1.0}
         rs, rl = emb["rs"], emb["rl"]
         weight, hard = self.noise_regions(rs, rl, meta.get("agreement"))
         if not on:
@@ -443,12 +448,12 @@ class CSFIQA(IQAModel):
         """Regional NSM's selection (D13, nsm_input) over the whole set: on the cross-scale agreement of
         the detached SCL-layer tokens before the projectors (`step_terms` measures it per chunk), or on
         the projected region embeddings rs, rl."""
-        if self.c.nsm_input == "projected":
-            return L.nsm_regional(rs, rl, self.c.nsm_quantile)
-        return L.noise_regions(agreement, self.c.nsm_quantile)
+        if self.csfiqa.nsm_input == "projected":
+            return losses.nsm_regional(rs, rl, self.csfiqa.nsm_quantile)
+        return losses.noise_regions(agreement, self.csfiqa.nsm_quantile)
 
     def has_set_loss(self) -> bool:
-        return self.c.scl and self.c.lam != 0
+        return self.csfiqa.scl and self.csfiqa.lam != 0
 
     def step_terms(self, batch: dict):
         """Regression on the chunk's crops; SCL's embeddings (both scales, NSM's regions) for the set, and
@@ -460,34 +465,35 @@ class CSFIQA(IQAModel):
         zs, zl, tokens = self.scl_embeddings(e, self.scale_views(batch["x"]))
         emb = {"zl": zl} if zs is None else {"zl": zl, "zs": zs}
         meta = {"y": batch["y"].float()}
-        if zs is not None and self.c.nsm in ("regional", "regional_weight"):
+        if zs is not None and self.csfiqa.nsm in ("regional", "regional_weight"):
             emb["rs"], emb["rl"] = self.region_embeddings(e, *tokens)
-            if self.c.nsm_input == "tokens":
-                ts, tl = L.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
-                meta["agreement"] = L.region_agreement(ts, tl)
+            if self.csfiqa.nsm_input == "tokens":
+                ts, tl = losses.align_grids(tokens[0][:, 1:], tokens[1][:, 1:], e["grid_small"], e["grid_large"])
+                meta["agreement"] = losses.region_agreement(ts, tl)
         return reg, emb, meta, {"loss_reg": reg.detach()}
 
     def set_loss(self, emb: dict, meta: dict):
         """lam * L_SCL over the step's sets (csfiqa.set_size: the whole global batch, or its consecutive
         groups of that size, as per-GPU sets), in float32."""
-        n = self.c.set_size
+        n = self.csfiqa.set_size
         sets = torch.arange(len(meta["y"]), device=meta["y"].device) // n if n else None
-        return L.over_sets(self._scl, emb, meta, sets)
+        return losses.over_sets(self._scl, emb, meta, sets)
 
     def _scl(self, emb: dict, meta: dict):
-        c = self.c
-        with L.float32(emb["zl"]):
+        csfiqa = self.csfiqa
+        with losses.float32(emb["zl"]):
             emb = {k: v.float() for k, v in emb.items()}
-            scl, logs = L.scl_loss(emb.get("zs"), emb["zl"], meta["y"], gamma1=c.gamma1, gamma2=c.gamma2,
-                                   tau=c.tau, alpha=c.alpha, beta=c.beta, distance=c.label_distance,
-                                   label_range=self.label_range, infonce=c.infonce, **self.nsm_args(emb, meta))
+            scl, logs = losses.scl_loss(emb.get("zs"), emb["zl"], meta["y"], gamma1=csfiqa.gamma1,
+                                        gamma2=csfiqa.gamma2, tau=csfiqa.tau, alpha=csfiqa.alpha, beta=csfiqa.beta,
+                                        distance=csfiqa.label_distance, label_range=self.label_range,
+                                        infonce=csfiqa.infonce, **self.nsm_args(emb, meta))
         logs["loss_scl"] = scl.detach()
-        return c.lam * scl, logs
+        return csfiqa.lam * scl, logs
 
     def fit_precision(self, dtype) -> None:
         """fp16 autocast (cards without bf16): the frozen LLaMA layer in float32 unless csfiqa.ic_dtype
         names a dtype (its ~0.8 GB, counted by the memory estimate, which measures the model as built)."""
-        if dtype == torch.float16 and self.c.ic_dtype == "auto" and hasattr(self.ic, "llama"):
+        if dtype == torch.float16 and self.csfiqa.ic_dtype == "auto" and hasattr(self.ic, "llama"):
             self.ic.keep_float32()
 
     def source_state_keys(self) -> set[str]:
@@ -512,12 +518,12 @@ class CSFIQA(IQAModel):
 
 @register_model("csfiqa", display="CSFIQA")
 def csfiqa(cfg) -> CSFIQA:
-    c = cfg.csfiqa
-    if c.ic.startswith("llama") and cfg.model.size != "tiny" and not c.ic_weights:
-        c = replace(c, ic_weights=weights_source(LLAMA_HUB_ID))     # the kit's default LLaMA-7B source
-    model = CSFIQA(c, cfg.model.size, cfg.train.regression_loss)
+    csfiqa = cfg.csfiqa
+    if csfiqa.ic.startswith("llama") and cfg.model.size != "tiny" and not csfiqa.ic_weights:
+        csfiqa = replace(csfiqa, ic_weights=weights_source(LLAMA_HUB_ID))     # the kit's default LLaMA-7B source
+    model = CSFIQA(csfiqa, cfg.model.size, cfg.train.regression_loss)
     if cfg.model.pretrained:      # ImageNet's CrossViT (small) or the proxy pretraining's (tiny)
-        src = encoder_source(cfg, "crossvit_tiny", lambda: build_crossvit("tiny", c.encoder, PROXY_SIZE),
-                             crossvit_hub_id(c.encoder))
+        src = encoder_source(cfg, "crossvit_tiny", lambda: build_crossvit("tiny", csfiqa.encoder, PROXY_SIZE),
+                             crossvit_hub_id(csfiqa.encoder))
         load_encoder_weights(model.encoder, src, crossvit_key_map(model.encoder))
     return model

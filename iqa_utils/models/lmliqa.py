@@ -155,31 +155,31 @@ class ProjectionHead(nn.Module):
 class LMLIQA(IQAModel):
     """Student DEIQT + projection head, and an EMA teacher (a copy of the student, never trained)."""
 
-    def __init__(self, student: DEIQT, lcfg, regression: str = "smooth_l1"):
+    def __init__(self, student: DEIQT, lmliqa, regression: str = "smooth_l1"):
         super().__init__()
-        self.lcfg = copy.deepcopy(lcfg)
+        self.lmliqa = copy.deepcopy(lmliqa)
         self.regression = regression
         self.student = student
         self.input_size = student.input_size
         dim = student.encoder.embed_dim
-        self.proj = ProjectionHead(dim, lcfg.proj_dim) if lcfg.proj_dim > 0 else nn.Identity()
+        self.proj = ProjectionHead(dim, lmliqa.proj_dim) if lmliqa.proj_dim > 0 else nn.Identity()
         deiqt_init_(self.proj)
-        self.eval_branch = lcfg.eval_branch
+        self.eval_branch = lmliqa.eval_branch
         # D10: the teacher starts as an exact copy of the (possibly pretrained) student
         self.teacher = copy.deepcopy(student)
-        self._ema = get_ema_multi_avg_fn(float(lcfg.ema_momentum))
+        self._ema = get_ema_multi_avg_fn(float(lmliqa.ema_momentum))
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         # D16 "teacher": MoCo's momentum keys need the projector on the teacher's side too (an EMA copy)
         self.teacher_proj = None
-        if lcfg.queue_size > 0 and lcfg.queue_source == "teacher":
+        if lmliqa.queue_size > 0 and lmliqa.queue_source == "teacher":
             self.teacher_proj = copy.deepcopy(self.proj).requires_grad_(False)
         # D16: a ring buffer of past crop embeddings (and their store index) as extra inter-image
         # negatives; buffers, so checkpoints carry them and a resumed run matches an uninterrupted one
-        if lcfg.queue_size > 0:
-            width = lcfg.proj_dim if lcfg.proj_dim > 0 else dim
-            self.register_buffer("queue", torch.zeros(lcfg.queue_size, width))
-            self.register_buffer("queue_img", torch.full((lcfg.queue_size,), -1, dtype=torch.long))
+        if lmliqa.queue_size > 0:
+            width = lmliqa.proj_dim if lmliqa.proj_dim > 0 else dim
+            self.register_buffer("queue", torch.zeros(lmliqa.queue_size, width))
+            self.register_buffer("queue_img", torch.full((lmliqa.queue_size,), -1, dtype=torch.long))
             self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -195,7 +195,7 @@ class LMLIQA(IQAModel):
         after every optimizer step (torch's EMA update, a lerp); buffers are copied. mutual == "off"
         keeps the teacher at its initialisation."""
         self._enqueue()
-        if self.lcfg.mutual == "off":
+        if self.lmliqa.mutual == "off":
             return
         pairs = [(self.teacher, self.student)]
         if self.teacher_proj is not None:
@@ -209,7 +209,7 @@ class LMLIQA(IQAModel):
     def _queue_args(self, idx_con: torch.Tensor) -> dict:
         """The queue as loss arguments: entries valid for an anchor image when filled and not cut from
         that same image (an earlier crop of it would be a false negative)."""
-        if self.lcfg.queue_size == 0:
+        if self.lmliqa.queue_size == 0:
             return {}
         img = self.queue_img.view(1, -1)
         return {"queue": self.queue, "queue_valid": (img >= 0) & (img != idx_con.view(-1, 1).to(img.device))}
@@ -252,7 +252,7 @@ class LMLIQA(IQAModel):
     @torch.no_grad()
     def saliency(self, glob: torch.Tensor) -> torch.Tensor:
         """D2 saliency map of each global view, (M, h, w); "random" is handled in train_batch."""
-        kind = self.lcfg.saliency
+        kind = self.lmliqa.saliency
         if kind == "teacher_cls_attn":
             return cls_attention(self.teacher.encoder, glob).float()
         if kind == "teacher_decoder_attn":
@@ -282,7 +282,7 @@ class LMLIQA(IQAModel):
     def embed(self, feats: dict, proj: nn.Module | None = None) -> torch.Tensor:
         """The L2-normalised contrastive embedding (D6) of one branch's features, by `proj` (the student's
         projector unless given)."""
-        src = self.lcfg.proj_source
+        src = self.lmliqa.proj_source
         h = feats["cls"] if src == "cls" else feats["patches"].mean(1) if src == "patch_mean" \
             else feats["panel"].mean(1)
         return F.normalize((self.proj if proj is None else proj)(h).float(), dim=-1)
@@ -298,9 +298,9 @@ class LMLIQA(IQAModel):
     # ---- training --------------------------------------------------------------------------------
     def contrastive_images(self, idx: torch.Tensor) -> torch.Tensor:
         """Positions in the batch of the M images that get the contrastive views (first distinct ones)."""
-        B, K = idx.numel(), self.lcfg.k_crops
-        M = max(2, round(self.lcfg.con_share * B / K))
-        if self.lcfg.budget == "match_deiqt":
+        B, K = idx.numel(), self.lmliqa.k_crops
+        M = max(2, round(self.lmliqa.con_share * B / K))
+        if self.lmliqa.budget == "match_deiqt":
             M = min(M, max(2, B // K))
         first = []
         seen = set()
@@ -315,21 +315,21 @@ class LMLIQA(IQAModel):
     def roles(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions of the contrastive images, positions regressed on one random crop each) of a batch."""
         pick = self.contrastive_images(idx)
-        if self.lcfg.budget != "match_deiqt":
+        if self.lmliqa.budget != "match_deiqt":
             return pick, torch.arange(idx.numel())
         rest = torch.ones(idx.numel(), dtype=torch.bool)
         rest[pick] = False
-        return pick, rest.nonzero().view(-1)[:max(0, idx.numel() - pick.numel() * self.lcfg.k_crops)]
+        return pick, rest.nonzero().view(-1)[:max(0, idx.numel() - pick.numel() * self.lmliqa.k_crops)]
 
     def train_batch(self, sampler, idx: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> dict:
-        lc, size = self.lcfg, self.input_size
+        lmliqa, size = self.lmliqa, self.input_size
         idx = torch.as_tensor(idx, dtype=torch.long).view(-1).cpu()
         y = torch.as_tensor(y).view(-1)
         pick, rest = self.roles(idx)
-        M, K = pick.numel(), lc.k_crops
-        flip = self.flip and lc.flip_crops
-        crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lc.crop_mode,
-                                                flip=flip, max_iou=lc.max_iou)
+        M, K = pick.numel(), lmliqa.k_crops
+        flip = self.flip and lmliqa.flip_crops
+        crops, boxes = sampler.crops_with_boxes(idx[pick], K, size, generator=generator, mode=lmliqa.crop_mode,
+                                                flip=flip, max_iou=lmliqa.max_iou)
         dev = crops.device
         # host-to-device copies with non_blocking: a blocking one waits for the GPU to finish its queue
         batch = {"crops": crops, "boxes": boxes, "y_con": y[pick].to(dev, non_blocking=True), "idx": idx,
@@ -341,11 +341,11 @@ class LMLIQA(IQAModel):
         else:
             batch["x"] = crops.new_zeros(0, 3, size, size)
         batch["y"] = y[rest].to(dev, non_blocking=True)
-        if lc.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
+        if lmliqa.anchor == "train_crop":    # D3: the anchor is a regression crop of the image
             batch["anchor_x"] = sampler.random_crops(idx[pick], size, flip=self.flip, generator=generator)
-        elif lc.anchor == "native_crop":
+        elif lmliqa.anchor == "native_crop":
             batch.update(self._native_anchor(sampler, idx[pick], batch["glob"], flip, generator))
-        if lc.saliency == "random":
+        if lmliqa.saliency == "random":
             batch["rand_pos"] = torch.randint(K, (M,), generator=generator).to(dev, non_blocking=True)
         return batch
 
@@ -353,7 +353,7 @@ class LMLIQA(IQAModel):
         """D3 "native_crop": an anchor at the crops' resolution (not the squashed global view), centred on
         the saliency peak of the global view (a random centre for saliency="random"); the map is kept
         so that the positive is chosen on the same map."""
-        if self.lcfg.saliency == "random":
+        if self.lmliqa.saliency == "random":
             centres = torch.rand(len(idx), 2, generator=generator, dtype=torch.float64)
             return {"anchor_x": sampler.crops_at(idx, centres, self.input_size, flip, generator)}
         sal = self.saliency(glob)
@@ -370,12 +370,12 @@ class LMLIQA(IQAModel):
         chunks. Each chunk's terms are normalised by the step's totals (den_reg, den_mut), so the chunks
         of all ranks add up to the whole batch's: each weighs 1."""
         share = share or slice(0, len(idx))
-        G = len(idx)
+        global_batch = len(idx)
         pick, rest = self.roles(torch.as_tensor(idx).view(-1).cpu())
-        M, n_reg, K = pick.numel(), rest.numel(), self.lcfg.k_crops
-        anchored = self.lcfg.loss_form == "single" and self.lcfg.anchor in ("train_crop", "native_crop")
+        M, n_reg, K = pick.numel(), rest.numel(), self.lmliqa.k_crops
+        anchored = self.lmliqa.loss_form == "single" and self.lmliqa.anchor in ("train_crop", "native_crop")
         dens = {"den_reg": n_reg + M * K + (M if anchored else 0), "den_mut": M * K}
-        gen = streams(0, G) if callable(streams) else streams
+        gen = streams(0, global_batch) if callable(streams) else streams
         whole: dict = {}
 
         def cut(r: slice, c: slice):
@@ -385,27 +385,27 @@ class LMLIQA(IQAModel):
                 return {**_rows(whole, r, c), **dens}
             return make
         n = max(1, -(-(share.stop - share.start) // micro))
-        reg_at = _bounds(n_reg * share.start // G, n_reg * share.stop // G, n)
-        con_at = _bounds(M * share.start // G, M * share.stop // G, n)
+        reg_at = _bounds(n_reg * share.start // global_batch, n_reg * share.stop // global_batch, n)
+        con_at = _bounds(M * share.start // global_batch, M * share.stop // global_batch, n)
         parts = [(slice(*r), slice(*c)) for r, c in zip(reg_at, con_at) if r[1] > r[0] or c[1] > c[0]]
         return [(1.0, cut(r, c)) for r, c in (parts or [(slice(0, 0), slice(0, 0))])]
 
     def has_set_loss(self) -> bool:
-        return self.lcfg.lambda_con > 0
+        return self.lmliqa.lambda_con > 0
 
     def step_terms(self, batch: dict):
         """Regression on every crop the chunk's student sees (and the mutual term); the embeddings of its
         contrastive images (anchor or augmented salient crop, K crops) with their salient crop index."""
-        lc = self.lcfg
+        lmliqa = self.lmliqa
         crops, boxes = batch["crops"], batch["boxes"]
         M, K = crops.shape[:2]
-        anchor_crop = lc.loss_form == "single" and lc.anchor in ("train_crop", "native_crop")
+        anchor_crop = lmliqa.loss_form == "single" and lmliqa.anchor in ("train_crop", "native_crop")
         views = [batch["x"], crops.flatten(0, 1)]
-        if lc.loss_form == "single":
+        if lmliqa.loss_form == "single":
             views.append(batch["anchor_x"] if anchor_crop else batch["glob"])
         n_reg, n_crop = batch["x"].shape[0], M * K
         pos = self._salient(batch, boxes) if M else torch.zeros(0, dtype=torch.long, device=crops.device)
-        if lc.loss_form == "two_term":   # augmented copy of the salient crop for the intra term
+        if lmliqa.loss_form == "two_term":   # augmented copy of the salient crop for the intra term
             views.append(crops[torch.arange(M, device=crops.device), pos].flip(-1))
         score, feats = self.student(torch.cat(views), return_features=True)
         z = self.embed(feats)
@@ -418,24 +418,24 @@ class LMLIQA(IQAModel):
         reg = regression_loss(torch.cat(pred), torch.cat(target).to(score.device), self.regression) * \
             (n / batch.get("den_reg", n)) if n else score.sum() * 0
         total, logs = reg, {"loss_reg": reg.detach()}
-        if lc.mutual == "pred_consistency" and M:
+        if lmliqa.mutual == "pred_consistency" and M:
             # D8: student scores on the K crops vs the stop-grad teacher score on the salient crop (L1)
             with torch.no_grad():
                 t = self.teacher(crops[torch.arange(M, device=crops.device), pos]).float()
             mut = (score[n_reg:n_reg + n_crop].float().view(M, K) - t.view(M, 1)).abs().sum() / \
                 batch.get("den_mut", M * K)
-            total = total + lc.lambda_mut * mut
+            total = total + lmliqa.lambda_mut * mut
             logs["loss_mut"] = mut.detach()
         emb = {"anchor": z[n_reg + n_crop:], "crops": z[n_reg:n_reg + n_crop].view(M, K, -1)}
         meta = {"pos": pos, "idx_con": batch["idx_con"], "at": batch.get("pick", torch.arange(M))}
-        if lc.queue_size:                            # D16: this chunk's queue keys, enqueued after the step
+        if lmliqa.queue_size:                            # D16: this chunk's queue keys, enqueued after the step
             meta["keys"] = self._queue_keys(crops, emb["crops"]).view(M, K, z.shape[-1]) if M else \
                 emb["crops"].detach().float()
         return total, emb, meta, logs
 
     def _salient(self, batch: dict, boxes: torch.Tensor) -> torch.Tensor:
         """D2: the salient crop of each contrastive image (teacher pass under no_grad)."""
-        if self.lcfg.saliency == "random":
+        if self.lmliqa.saliency == "random":
             return batch["rand_pos"]
         return salient_crop(batch["sal_map"] if "sal_map" in batch else self.saliency(batch["glob"]), boxes)
 
@@ -444,25 +444,25 @@ class LMLIQA(IQAModel):
         the step's queue keys (the teacher's, or the student's own: lmliqa.queue_source) wait for
         `after_step`, which enqueues them once per step. lmliqa.set_size
         (D19): the images of each set of that many listed samples compared among themselves."""
-        lc = self.lcfg
-        if lc.queue_size:
+        lmliqa = self.lmliqa
+        if lmliqa.queue_size:
             keys = meta["keys"]
             self._pending.append((keys.flatten(0, 1).float(), meta["idx_con"].repeat_interleave(keys.shape[1])))
-        ids = meta["at"] // lc.set_size if lc.set_size else None
+        ids = meta["at"] // lmliqa.set_size if lmliqa.set_size else None
         return over_sets(self._local_manifold, emb, meta, ids)
 
     def _local_manifold(self, emb: dict, meta: dict):
-        lc = self.lcfg
+        lmliqa = self.lmliqa
         with float32(emb["crops"]):
             q = self._queue_args(meta["idx_con"])
             a, c = emb["anchor"].float(), emb["crops"].float()
-            if lc.loss_form == "single":
-                con = local_manifold_loss(a, c, meta["pos"], lc.tau, lc.w_intra, intra=lc.intra_negatives,
-                                          inter=lc.inter_negatives, **q)
+            if lmliqa.loss_form == "single":
+                con = local_manifold_loss(a, c, meta["pos"], lmliqa.tau, lmliqa.w_intra,
+                                          intra=lmliqa.intra_negatives, inter=lmliqa.inter_negatives, **q)
             else:
-                con = local_manifold_two_term(c, meta["pos"], a, lc.tau, lc.w_intra, intra=lc.intra_negatives,
-                                              inter=lc.inter_negatives, **q)
-        return lc.lambda_con * con, {"loss_con": con.detach()}
+                con = local_manifold_two_term(c, meta["pos"], a, lmliqa.tau, lmliqa.w_intra,
+                                              intra=lmliqa.intra_negatives, inter=lmliqa.inter_negatives, **q)
+        return lmliqa.lambda_con * con, {"loss_con": con.detach()}
 
     def no_weight_decay(self) -> set[str]:
         return {"student." + n for n in self.student.no_weight_decay()}

@@ -39,6 +39,7 @@ and part of the run key, so runs from other weights get other records.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -278,14 +279,23 @@ def folder(data_root=None, recipe: str = DEFAULT_RECIPE) -> Path:
     return default_root(data_root) / "pretrained" / recipe
 
 
-def _identity(name: str, recipe: str) -> dict:
+def architecture(build: Callable[[], nn.Module]) -> str:
+    """A digest of the encoder's parameter names and shapes: a file made for another architecture of the
+    same name (a changed tiny encoder) is not current, rather than failing the strict load."""
+    with torch.device("meta"):
+        shapes = [(k, tuple(v.shape)) for k, v in build().state_dict().items()]
+    return hashlib.sha256(repr(shapes).encode()).hexdigest()[:16]
+
+
+def _identity(name: str, recipe: str, build: Callable[[], nn.Module]) -> dict:
     """What decides the weights; the JSON beside them must match it."""
     if recipe not in RECIPES:
         raise KitError(f"model.proxy_pretraining: unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    return {"encoder": name, "recipe": recipe, **RECIPES[recipe], "photos": list(PHOTOS)}
+    return {"encoder": name, "recipe": recipe, **RECIPES[recipe], "photos": list(PHOTOS),
+            "architecture": architecture(build)}
 
 
-def is_current(weights: Path, name: str, recipe: str) -> bool:
+def is_current(weights: Path, name: str, recipe: str, build: Callable[[], nn.Module]) -> bool:
     meta = weights.with_suffix(".json")
     if not (weights.is_file() and meta.is_file()):
         return False
@@ -293,7 +303,7 @@ def is_current(weights: Path, name: str, recipe: str) -> bool:
         info = read_json(meta, "proxy pretraining record")
     except KitError:
         return False
-    return info.get("identity") == _identity(name, recipe) and info.get("sha256") == file_sha256(weights)
+    return info.get("identity") == _identity(name, recipe, build) and info.get("sha256") == file_sha256(weights)
 
 
 def _announce(name: str, recipe: str, path: Path) -> None:
@@ -310,14 +320,14 @@ def proxy_weights(name: str, build: Callable[[], nn.Module], data_root=None, rec
     first when missing or made by another recipe (a line says so, and a progress bar counts the steps
     when progress). Returns the .safetensors path."""
     path = folder(data_root, recipe) / f"{name}.safetensors"
-    if is_current(path, name, recipe):
+    if is_current(path, name, recipe, build):
         return path
     _announce(name, recipe, path)
     t0 = time.perf_counter()
     state, log = pretrain(build, RECIPES[recipe], f"proxy {name}", progress)
     atomic_save(state, path, save_safetensors)
     n = max(1, len(log) // 10)                # the last tenth of the steps
-    atomic_write_json({"identity": _identity(name, recipe), "sha256": file_sha256(path),
+    atomic_write_json({"identity": _identity(name, recipe, build), "sha256": file_sha256(path),
                        "seconds": round(time.perf_counter() - t0, 1), "torch": torch.__version__,
                        "final_loss": float(np.mean([l for l, _ in log[-n:]])),
                        "final_accuracy": float(np.mean([a for _, a in log[-n:]]))}, path.with_suffix(".json"))

@@ -22,6 +22,7 @@ from ..data.splits import Split
 from ..data.manifest import Manifest
 from ..data.store import CropSampler
 from ..models import display_name
+from ..models.base import TestCrops
 from ..runs.experiments import manifest_for, visual_configs, with_base
 from ..runs.records import run_or_load
 from ..devices import resolve_device
@@ -104,7 +105,7 @@ SCORE_NOTE = ("under each map, that model's score of the input shown (the whole 
 def _large_half(model, reshape):
     """CSFIQA's crop modes run both crops through the encoder as one batch (small first): the large
     scale is the second half."""
-    if getattr(getattr(model, "c", None), "scale_mode", None) not in CROP_MODES:
+    if getattr(getattr(model, "csfiqa", None), "scale_mode", None) not in CROP_MODES:
         return reshape
     return lambda t: reshape(t[t.shape[0] // 2:])
 
@@ -136,7 +137,7 @@ def sfa_targets(model) -> list[tuple[str, list, object]]:
     the decoder reads (after SFA: its memory, input 1); the large scale's patch tokens of each."""
     afs = model.afs[-1] if isinstance(model.afs, torch.nn.ModuleList) else model.afs
     out = [("SFA input (before SFA)", [(afs, 0)], _last_tokens(model))]
-    if model.c.decoder == "panel":                 # a linear decoder reads the CLS alone: no token map
+    if model.csfiqa.decoder == "panel":                 # a linear decoder reads the CLS alone: no token map
         out.append(("decoder input (after SFA)", [(model.decoder, 1)], _last_tokens(model)))
     return out
 
@@ -265,7 +266,7 @@ def scale_mos(V: Visuals) -> tuple[Figure, str]:
 @torch.no_grad()
 def crop_features(model, sampler, rows, n_crops: int, size: int) -> torch.Tensor:
     """(images, n_crops, D) L2-normalised quality features (the CLS fed to the decoder) of random crops."""
-    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), n_crops, size, seed=7)
+    x = test_views(model, sampler, torch.as_tensor(rows, dtype=torch.long), crops=TestCrops(n_crops, size, seed=7))
     _, f = model(x, return_features=True)
     return torch.nn.functional.normalize(f["cls"].float(), dim=-1).reshape(len(rows), n_crops, -1).cpu()
 
@@ -305,7 +306,7 @@ def features(model, sampler, rows, n_crops: int, size: int, batch: int = 64) -> 
     out = []
     for i in range(0, len(rows), batch):
         idx = torch.as_tensor(rows[i:i + batch], dtype=torch.long)
-        x = test_views(model, sampler, idx, n_crops, size)
+        x = test_views(model, sampler, idx, crops=TestCrops(n_crops, size))
         _, f = model(x, return_features=True)
         out.append(f["cls"].float().reshape(len(idx), n_crops, -1).mean(1).cpu().numpy())
     return np.concatenate(out)
@@ -338,8 +339,8 @@ def gmad_figure(V: Visuals, pool_dir: str | None = None, n_levels: int = 4) -> t
     else:
         paths, sampler = V.manifest.df.path.tolist(), V.sampler
     rows = list(range(len(paths)))
-    scores = {k: _denorm(V.models[k], np.asarray(predict_rows(V.models[k], sampler, rows,
-                                                               V.config(k).data.crops_test, V.models[k].input_size)))
+    scores = {k: _denorm(V.models[k], np.asarray(predict_rows(
+                  V.models[k], sampler, rows, crops=TestCrops(V.config(k).data.crops_test, V.models[k].input_size))))
               for k in ("deiqt", "lmliqa")}
     table = plots.gmad_pairs(scores["deiqt"], scores["lmliqa"], n_levels=n_levels, names=("DEIQT", "LML-IQA"))
     return plots.plot_gmad(paths, table), f"{title}: {len(table)} pairs from a pool of {len(paths)} images"

@@ -163,7 +163,7 @@ def step_memory(profile: str, model: str, amp: str = "bf16") -> dict:
     dtype = amp_dtype(amp, torch.device("cpu"))
     net = create_model(cfg)
     net.fit_precision(dtype)
-    mem = costs.step_memory(net, "cpu", dtype, costs.MEASURE_BATCHES.get(model, (2, 4)))
+    mem = costs.step_memory(net, "cpu", dtype=dtype, batches=costs.MEASURE_BATCHES.get(model, (2, 4)))
     atomic_write_json(mem, path)
     return mem
 

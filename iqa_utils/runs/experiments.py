@@ -75,9 +75,9 @@ class _Manifests:
 
 def method_row(rec: dict, variant: str = "") -> dict:
     """The columns tables need from a run record, with the paper's method name and the variant label."""
-    r = record_row(rec)
-    row = {"method": display_name(r["model"]), "variant": variant}
-    row.update({k: r[k] for k in ("dataset", "test_dataset", "split_seed", "train_fraction", "selection", "key",
+    flat = record_row(rec)
+    row = {"method": display_name(flat["model"]), "variant": variant}
+    row.update({k: flat[k] for k in ("dataset", "test_dataset", "split_seed", "train_fraction", "selection", "key",
                                   "time_s", *RESULT_METRICS)})
     return row
 
@@ -126,17 +126,17 @@ def run_all(planned: Planned, results_dir: str = "results", data_root: str | Non
 # --- the runs each table needs, as (config, label) lists: notebooks run them, `iqa-kit plan` counts them ----
 def main_configs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
                  overrides: dict | None = None) -> Planned:
-    p = plan(profile)
+    scope = plan(profile)
     return [(c, "") for m in models
-            for c in configs(profile, m, datasets or p["datasets"], seeds or p["seeds"], overrides)]
+            for c in configs(profile, m, datasets or scope["datasets"], seeds or scope["seeds"], overrides)]
 
 
 def variant_configs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None) -> Planned:
     """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
-    p, tiny = plan(profile), make_config(profile).model.size == "tiny"
+    scope, tiny = plan(profile), make_config(profile).model.size == "tiny"
     return [(c, label) for label, ov in variants.items() if not (tiny and label in FULL_SIZE_ONLY)
-            for c in configs(profile, model, datasets or p["ablation_datasets"], seeds or p["side_seeds"],
-                             {**p["side_budget"], **ov})]
+            for c in configs(profile, model, datasets or scope["ablation_datasets"], seeds or scope["side_seeds"],
+                             {**scope["side_budget"], **ov})]
 
 
 def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values: list) -> Planned:
@@ -152,25 +152,26 @@ def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values
 def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
     """Train on A (all of it by default, data.cross_train; kit X1), test on all of B; one run per side seed,
     which sets the training seed (and the split seed, which draws the 80 % part under cross_train="split")."""
-    p = plan(profile)
-    return [(make_config(profile, m, {**p["side_budget"], "data.dataset": a, "test_dataset": b, "split_seed": s,
-                                      "train.seed": s}), "")
-            for m in models for a, b in (pairs or p["cross_pairs"]) for s in (seeds or p["side_seeds"])]
+    scope = plan(profile)
+    return [(make_config(profile, model, {**scope["side_budget"], "data.dataset": source, "test_dataset": target,
+                                          "split_seed": seed, "train.seed": seed}), "")
+            for model in models for source, target in (pairs or scope["cross_pairs"])
+            for seed in (seeds or scope["side_seeds"])]
 
 
 def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=None) -> Planned:
     """Data-efficient learning: train on a share of the training split, same test split."""
-    p = plan(profile)
-    return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or p["fractions"])
-            for c in configs(profile, m, datasets or p["fraction_datasets"], seeds or p["side_seeds"],
-                             {**p["side_budget"], "data.train_fraction": f})]
+    scope = plan(profile)
+    return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or scope["fractions"])
+            for c in configs(profile, m, datasets or scope["fraction_datasets"], seeds or scope["side_seeds"],
+                             {**scope["side_budget"], "data.train_fraction": f})]
 
 
 def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Planned:
     """The same model evaluated before any training step (epochs = 0): the floor training must clear."""
-    p = plan(profile)
-    return [(c, "untrained") for c in configs(profile, model, datasets or p["datasets"][:1],
-                                                seeds or p["seeds"], {"train.epochs": 0})]
+    scope = plan(profile)
+    return [(c, "untrained") for c in configs(profile, model, datasets or scope["datasets"][:1],
+                                                seeds or scope["seeds"], {"train.epochs": 0})]
 
 
 # --- sweeps and ablations named in docs/csfiqa.md and docs/lmliqa.md -------------------------------------
@@ -315,14 +316,13 @@ def _timed_models(profile: str, dev) -> dict:
 def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10) -> pd.DataFrame:
     """Params and MACs at full size (each paper's input size), then latency, throughput and peak
     memory of the profile's model size on `device` (named in the table), at the profile's budget."""
-    dev, budget = resolve_device(device), plan(profile)["cost"]
+    dev, timing = resolve_device(device), costs.Timing(**plan(profile)["cost"])
     full = {display_name(m): full_size_model(m) for m in list_models()}
     sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
-    t_full = costs.cost_table(full, sizes, timing=False, crops_per_image=crops_per_image)
+    t_full = costs.cost_table(full, input_sizes=sizes, timing=None, crops_per_image=crops_per_image)
     t_full.insert(1, "size", "full (paper)")
-    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), batch=budget["batch"],
-                             train_batch=budget["train_batch"], memory=True, crops_per_image=crops_per_image,
-                             warmup=budget["warmup"], iters=budget["iters"])
+    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), timing=timing, memory=True,
+                             crops_per_image=crops_per_image)
     if make_config(profile).model.size == "tiny":
         t_run.insert(1, "size", "tiny (smoke)")
         return pd.concat([t_full, t_run], ignore_index=True)

@@ -51,14 +51,15 @@ def rng_state(shuffle_gen: torch.Generator) -> dict:
     }
 
 
-def set_rng_state(s: dict, shuffle_gen: torch.Generator) -> None:
-    shuffle_gen.set_state(s["shuffle"])
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    random.setstate((s["python"]["version"], tuple(s["python"]["state"].tolist()), None))
+def set_rng_state(rng: dict, shuffle_gen: torch.Generator) -> None:
+    """Every random stream back to a checkpoint's `rng` (as rng_state saved it)."""
+    shuffle_gen.set_state(rng["shuffle"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    mt = rng["numpy"]
+    np.random.set_state(("MT19937", mt["keys"].numpy().astype(np.uint32), mt["pos"], mt["has_gauss"], mt["gauss"]))
+    random.setstate((rng["python"]["version"], tuple(rng["python"]["state"].tolist()), None))
 
 
 def save_checkpoint(path, *, ident: dict, model, opt, scaler, state: dict, best_weights: dict | None,

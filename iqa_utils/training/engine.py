@@ -35,8 +35,9 @@ from ..config.fields import ConfigError, RunConfig
 from ..data.cache import open_store
 from ..data.store import CropSampler, CropStream
 from ..models import costs, create_model
+from ..models.base import TestCrops
 from ..models.pretrained import load_kit_state
-from ..devices import amp_dtype, autocast
+from ..devices import Precision, amp_dtype
 from ..system import KitError
 from . import distributed
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, seed_all, set_rng_state, state_dict_cpu
@@ -101,7 +102,8 @@ def _labels(store, rows) -> np.ndarray | None:
     return store.labels[torch.as_tensor(rows, dtype=torch.long)].numpy() if len(rows) else None
 
 
-def _stores(cfg, manifest, test_manifest, store, test_store, device, min_side, progress, stores):
+def _stores(cfg, manifest, test_manifest, *, store, test_store, device, min_side: int, progress: bool, stores):
+    """The opened training and test stores: the ones given, else opened (one when there is no test set)."""
     def build(m):
         return open_store(m, resize_mode=cfg.data.resize_mode, max_side=cfg.data.max_side, min_side=min_side,
                           device=device, kind=cfg.data.store, progress=progress, stores=stores)
@@ -111,78 +113,80 @@ def _stores(cfg, manifest, test_manifest, store, test_store, device, min_side, p
     return store, test_store or build(test_manifest)
 
 
-def _batching(cfg: RunConfig, dataset: str, n_train: int, dist: Dist) -> tuple[int, int, int]:
+def _batching(cfg: RunConfig, dataset: str, n_train: int, *, dist: Dist) -> tuple[int, int, int]:
     """(global batch, optimizer steps per epoch, micro-batch of this process's share)."""
-    G = global_batch_for(cfg, dataset)
-    E = steps_per_epoch(n_train, cfg.data.crops_train, G)
-    E = min(E, cfg.train.max_steps_per_epoch or E)
-    if E == 0 and cfg.train.epochs > 0:
-        raise ConfigError(f"train.global_batch: {G} is more than the {n_train} training images x "
+    global_batch = global_batch_for(cfg, dataset)
+    steps = steps_per_epoch(n_train, cfg.data.crops_train, global_batch)
+    steps = min(steps, cfg.train.max_steps_per_epoch or steps)
+    if steps == 0 and cfg.train.epochs > 0:
+        raise ConfigError(f"train.global_batch: {global_batch} is more than the {n_train} training images x "
                           f"{cfg.data.crops_train} crops of {dataset} make; lower it")
-    check_batch(cfg, G, dist.world)
-    share = G // dist.world
-    return G, E, min(cfg.train.micro_batch or share, share)
+    check_batch(cfg, global_batch, dist.world)
+    per_rank = global_batch // dist.world
+    return global_batch, steps, min(cfg.train.micro_batch or per_rank, per_rank)
 
 
-def setup(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, store=None, test_store=None,
+def setup(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, store=None, test_store=None,
           progress: bool = True, stores=None) -> Run:
     """The model (from the training seed, as DEIQT seeds after drawing the split), data, optimizer."""
-    tc, dc = cfg.train, cfg.data
-    dist = distributed.context(tc.device)
+    train = cfg.train
+    dist = distributed.context(train.device)
     device = dist.device
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    if tc.selection == "val" and not split.val:
+    if train.num_threads:
+        torch.set_num_threads(train.num_threads)
+    if train.selection == "val" and not split.val:
         raise ConfigError("train.selection: 'val' needs a validation split; set data.val_fraction > 0")
-    G, E, micro = _batching(cfg, manifest.name, len(split.train), dist)
-    seed_all(tc.seed)
+    global_batch, steps, micro = _batching(cfg, manifest.name, len(split.train), dist=dist)
+    seed_all(train.seed)
     model = create_model(cfg).to(device)
-    model.fit_precision(amp_dtype(tc.amp, device))
-    if tc.channels_last:
+    model.fit_precision(amp_dtype(train.amp, device))
+    if train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = model.input_size
-    store, test_store = _stores(cfg, manifest, test_manifest, store, test_store, device,
-                                max(size, dc.crop_size), progress and dist.main, stores)
+    store, test_store = _stores(cfg, manifest, test_manifest, store=store, test_store=test_store, device=device,
+                                min_side=max(size, cfg.data.crop_size), progress=progress and dist.main,
+                                stores=stores)
     sampler = CropSampler(store, device=device)
     test_sampler = sampler if test_store is store else CropSampler(test_store, device=device)
     test_rows = list(range(len(test_manifest))) if test_manifest is not None else list(split.test)
-    norm = LabelNorm(tc.label_norm, manifest.label_range)
+    norm = LabelNorm(train.label_norm, manifest.label_range)
     if hasattr(model, "label_range") and manifest.label_range:
         model.label_range = tuple(float(v) for v in norm(np.asarray(manifest.label_range, dtype=float)))
     if hasattr(model, "steps_per_epoch"):          # CSFIQA's NSM warm-up counts epochs of steps
-        model.steps_per_epoch = E
-    dtype = amp_dtype(tc.amp, device)
-    if tc.micro_batch is None and device.type == "cuda":
-        micro = auto_micro(model, cfg.model.name, micro, device, dtype, dist.main)
+        model.steps_per_epoch = steps
+    dtype = amp_dtype(train.amp, device)
+    if train.micro_batch is None and device.type == "cuda":
+        micro = auto_micro(model, cfg.model.name, micro, device=device, dtype=dtype, say=dist.main)
     return Run(cfg=cfg, name=f"{cfg.model.name} on {manifest.name}", device=device, model=model, size=size,
                sampler=sampler, test_sampler=test_sampler, test_rows=test_rows,
                test_labels=_labels(test_store, test_rows), val_rows=list(split.val),
                val_labels=_labels(store, split.val), norm=norm,
                train_rows=torch.as_tensor(split.train, dtype=torch.long),
-               all_labels=norm(store.labels.float()), global_batch=G, micro=micro,
-               steps=E, opt=make_optimizer(model, tc, device),
+               all_labels=norm(store.labels.float()), global_batch=global_batch, micro=micro,
+               steps=steps, opt=make_optimizer(model, train, device),
                scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), dtype=dtype,
-               eval_dtype=amp_dtype(tc.eval_amp or tc.amp, device),
-               shuffle_gen=torch.Generator().manual_seed(tc.seed + 1), dist=dist, loss_fn=dist.wrap(model),
+               eval_dtype=amp_dtype(train.eval_amp or train.amp, device),
+               shuffle_gen=torch.Generator().manual_seed(train.seed + 1), dist=dist, loss_fn=dist.wrap(model),
                ident={"key": cfg.key(), "split": split.digest(),
                       "test": test_manifest.name if test_manifest is not None else None},
                out_dir=Path(out_dir), progress=progress and dist.main)
 
 
-def auto_micro(model, name: str, share: int, device, dtype, say: bool) -> int:
-    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch whose
-    step, estimated from the bytes two small batches save for backward on this device, fits 85% of the
-    memory this process can still use; one line says which and why. The numbers do not depend on it."""
+def auto_micro(model, name: str, per_rank: int, *, device, dtype, say: bool) -> int:
+    """train.micro_batch=auto on CUDA: the largest divisor of this process's share of a batch (per_rank
+    samples) whose step, estimated from the bytes two small batches save for backward on this device, fits
+    85% of the memory this process can still use; one line says which and why. The numbers do not depend
+    on it."""
     with torch.random.fork_rng(devices=[device]):        # the run's random streams stay as they were
-        mem = costs.step_memory(model, device, dtype, costs.MEASURE_BATCHES.get(name, (2, 4)))
+        mem = costs.step_memory(model, device, dtype=dtype, batches=costs.MEASURE_BATCHES.get(name, (2, 4)))
     usable = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
-    micro = costs.largest_micro(share, mem, usable)
+    micro = costs.largest_micro(per_rank, mem, usable)
     if micro is None:
         raise KitError(f"train.micro_batch: even one sample per chunk needs about "
                        f"{costs.peak_bytes(mem, 1) / 2**30:.1f} GiB, more than the {usable / 2**30:.1f} GiB "
                        f"usable on {device}")
     if say:
-        print(f"train.micro_batch=auto: {micro} of {share} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
+        print(f"train.micro_batch=auto: {micro} of {per_rank} samples per chunk ({mem['per_crop'] / 2**20:.0f} "
               f"MiB each, est. peak {costs.peak_bytes(mem, micro) / 2**30:.1f} GiB of "
               f"{usable / 2**30:.1f} GiB usable on {device})")
     return micro
@@ -207,16 +211,16 @@ def crop_streams(seed: int, step: int, start: int = 0):
     return lambda offset, n: CropStream(seed, step, start + offset, n)
 
 
-def _prepared(make, channels_last: bool) -> dict:
+def _prepared(make, precision: Precision) -> dict:
     batch = make()
-    if channels_last and isinstance(batch.get("x"), torch.Tensor) and batch["x"].dim() == 4:
-        batch["x"] = batch["x"].contiguous(memory_format=torch.channels_last)
+    if "x" in batch:
+        batch["x"] = precision.layout(batch["x"])
     return batch
 
 
-def _add_logs(logs_sum: dict, logs: dict, w: float) -> None:
+def _add_logs(logs_sum: dict, logs: dict, weight: float) -> None:
     for k, v in logs.items():
-        logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * w
+        logs_sum[k] = logs_sum.get(k, 0.0) + torch.as_tensor(v).detach().double() * weight
 
 
 def _rng_state(device) -> tuple:
@@ -229,7 +233,7 @@ def _set_rng_state(state: tuple, device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def set_terms(model, dist: Dist, emb: dict, meta: dict) -> tuple[torch.Tensor, dict]:
+def set_terms(model, emb: dict, meta: dict, *, dist: Dist) -> tuple[torch.Tensor, dict]:
     """The model's set terms over the rows of every rank (gathered with their graph); the models take
     them in float32 (losses.float32)."""
     rows = {k: dist.gather(v.float().contiguous(), grad=True) for k, v in emb.items()}
@@ -237,7 +241,7 @@ def set_terms(model, dist: Dist, emb: dict, meta: dict) -> tuple[torch.Tensor, d
     return model.set_loss(rows, info)
 
 
-def embedding_grads(model, parts, dist: Dist, device, dtype, channels_last: bool):
+def embedding_grads(model, parts, *, dist: Dist, device, precision: Precision):
     """Pass 1 of the gradient cache (Gao et al. 2021): every chunk's embeddings without a graph, the set
     terms over all of them, and their gradient with respect to each chunk's embeddings.
     Returns (per-chunk gradients, RNG state of each chunk, set terms (detached), their logs)."""
@@ -245,22 +249,22 @@ def embedding_grads(model, parts, dist: Dist, device, dtype, channels_last: bool
     with torch.no_grad():
         for _, make in parts:
             states.append(_rng_state(device))
-            with autocast(device, dtype):
-                _, emb, meta, _ = model.step_terms(_prepared(make, channels_last))
+            with precision.autocast(device):
+                _, emb, meta, _ = model.step_terms(_prepared(make, precision))
             embs.append(emb)
             metas.append(meta)
     sizes = [len(next(iter(m.values()))) for m in metas]
     leaves = {k: torch.cat([e[k].float() for e in embs]).requires_grad_() for k in embs[0]}
     meta = {k: torch.cat([m[k] for m in metas]) for k in metas[0]}
-    con, logs = set_terms(model, dist, leaves, meta)
+    con, logs = set_terms(model, leaves, meta, dist=dist)
     grads = torch.autograd.grad(con, list(leaves.values()), allow_unused=True)
     grads = {k: (g if g is not None else torch.zeros_like(leaves[k])).split(sizes)
              for k, g in zip(leaves, grads)}
     return [{k: g[i] for k, g in grads.items()} for i in range(len(parts))], states, con.detach(), logs
 
 
-def forward_backward(model, sampler, idx, labels, generator, micro: int, device, dtype=None, scaler=None,
-                     channels_last: bool = False, loss_fn=None, dist: Dist | None = None,
+def forward_backward(model, sampler, idx, *, labels, streams, micro: int, device,
+                     precision: Precision = Precision(), scaler=None, loss_fn=None, dist: Dist | None = None,
                      share: slice | None = None) -> tuple[torch.Tensor, dict]:
     """Gradients of the step's loss on the batch idx, computed in chunks of `micro` samples of this
     process's `share` of it (all of it in one process).
@@ -272,25 +276,27 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
     embedding; pass 2 re-runs each chunk (the same crops, `model.step_batches`, and the same RNG state)
     with a graph and back-propagates its per-sample terms together with its cached embedding gradients.
     One chunk: the set terms are taken directly (gathered with their graph under torchrun).
-    `generator`: `crop_streams(seed, step)` (a sample's crops depend on its position) or one
-    torch.Generator the chunks draw from in turn (a split then changes the crops). loss_fn: the
+    `labels`: the normalised targets of every row of the store (idx indexes them). `streams`:
+    `crop_streams(seed, step)` (a sample's crops depend on its position) or one torch.Generator the
+    chunks draw from in turn (a split then changes the crops). `precision`: autocast dtype and layout;
+    `scaler`: the GradScaler of fp16 training. loss_fn: the
     LossModule around the model, DDP-wrapped under torchrun (all-reduce on the last chunk).
     Returns this rank's loss (its mean over the ranks is the step's loss) and logs, as tensors on the
     device: nothing here waits for the GPU.
     """
     dist = dist or Dist(device=device)
     loss_fn = loss_fn or distributed.LossModule(model)
-    parts = model.step_batches(sampler, idx, labels, generator, micro, share)
+    parts = model.step_batches(sampler, idx, labels, streams, micro, share)
     world, has_set = dist.world, model.has_set_loss()
-    cache = embedding_grads(model, parts, dist, device, dtype, channels_last) if has_set and len(parts) > 1 \
-        else None
+    cache = embedding_grads(model, parts, dist=dist, device=device, precision=precision) \
+        if has_set and len(parts) > 1 else None
     total, logs_sum = 0.0, {}
     for i, (w, make) in enumerate(parts):
         if cache:
             _set_rng_state(cache[1][i], device)
-        batch = _prepared(make, channels_last)
+        batch = _prepared(make, precision)
         with accumulate(loss_fn, last=i == len(parts) - 1):
-            with autocast(device, dtype):
+            with precision.autocast(device):
                 if has_set:
                     terms, emb, meta, logs = loss_fn(batch, part="terms")
                 else:                           # the model's own loss (a subclass may wrap it)
@@ -299,7 +305,7 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
             if cache:
                 loss = loss + sum((emb[k].float() * g).sum() for k, g in cache[0][i].items())
             elif has_set:
-                con, clogs = set_terms(model, dist, emb, meta)
+                con, clogs = set_terms(model, emb, meta, dist=dist)
                 loss = loss + con
                 total = total + con.detach().double()
                 _add_logs(logs_sum, clogs, 1.0)
@@ -316,14 +322,15 @@ def forward_backward(model, sampler, idx, labels, generator, micro: int, device,
 def optimize_step(run: Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
     """One optimizer step on the batch idx (this process's share of it under torchrun): LR, gradients
     (accumulated, averaged over the ranks), clipping, update, EMA hooks."""
-    tc = run.cfg.train
-    set_lr(run.opt, lr_at(step, run.steps, tc))
-    loss, logs = forward_backward(run.model, run.sampler, idx, run.all_labels, crop_streams(tc.seed, step),
-                                  run.micro, run.device, run.dtype, run.scaler, tc.channels_last, run.loss_fn,
-                                  run.dist, run.dist.share(len(idx)))
+    train = run.cfg.train
+    set_lr(run.opt, lr_at(step, run.steps, train))
+    loss, logs = forward_backward(run.model, run.sampler, idx, labels=run.all_labels,
+                                  streams=crop_streams(train.seed, step), micro=run.micro, device=run.device,
+                                  precision=Precision(run.dtype, train.channels_last), scaler=run.scaler,
+                                  loss_fn=run.loss_fn, dist=run.dist, share=run.dist.share(len(idx)))
     run.scaler.unscale_(run.opt)
-    if tc.clip_grad:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.clip_grad)
+    if train.clip_grad:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), train.clip_grad)
     run.scaler.step(run.opt)
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)
@@ -333,12 +340,12 @@ def optimize_step(run: Run, idx: torch.Tensor, step: int) -> tuple[torch.Tensor,
 
 def train_epoch(run: Run, state: LoopState, epoch: int) -> dict:
     """One epoch: every training image crops_train times, shuffled, in batches of global_batch."""
-    G, E, t0 = run.global_batch, run.steps, time.perf_counter()
+    global_batch, steps, t0 = run.global_batch, run.steps, time.perf_counter()
     order = run.train_rows.repeat_interleave(run.cfg.data.crops_train)
     order = order[torch.randperm(len(order), generator=run.shuffle_gen)]
     losses, logs_sum = [], {}
-    for it in tqdm(range(E), desc=f"epoch {epoch + 1}", leave=False, disable=not run.progress):
-        loss, logs = optimize_step(run, order[it * G:(it + 1) * G], state.step)
+    for it in tqdm(range(steps), desc=f"epoch {epoch + 1}", leave=False, disable=not run.progress):
+        loss, logs = optimize_step(run, order[it * global_batch:(it + 1) * global_batch], state.step)
         state.step += 1
         losses.append(loss)
         for k, v in logs.items():
@@ -349,20 +356,22 @@ def train_epoch(run: Run, state: LoopState, epoch: int) -> dict:
         raise NonFiniteError(f"{run.name}: the training loss became NaN or infinite in epoch {epoch + 1} "
                              f"(try a lower train.lr; check the labels); no record written")
     state.train_s += time.perf_counter() - t0
-    state.train_crops += E * G
-    return {"epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step - 1, E, run.cfg.train),
-            "train_loss": mean_loss, **{k: float(run.dist.mean(v)) / E for k, v in logs_sum.items()}}
+    state.train_crops += steps * global_batch
+    return {"epoch": epoch + 1, "step": state.step, "lr": lr_at(state.step - 1, steps, run.cfg.train),
+            "train_loss": mean_loss, **{k: float(run.dist.mean(v)) / steps for k, v in logs_sum.items()}}
 
 
-def _eval(run: Run, state: LoopState, rows, labels, sampler):
-    dc, t0 = run.cfg.data, time.perf_counter()        # seeded_random/grid crops: the same every epoch
-    m, pred = evaluate(run.model, sampler, rows, labels, dc.crops_test, run.size, dc.test_crops,
-                       run.cfg.train.seed, max(run.global_batch, run.micro), run.eval_dtype,
-                       run.cfg.train.channels_last, run.norm.inverse, map_rows=run.dist.map_rows)
-    require_finite(m, f"{run.name}, epoch {state.epoch}")
+def _eval(run: Run, state: LoopState, *, rows, labels, sampler):
+    data, t0 = run.cfg.data, time.perf_counter()     # seeded_random/grid crops: the same every epoch
+    crops = TestCrops(n=data.crops_test, size=run.size, mode=data.test_crops, seed=run.cfg.train.seed)
+    metrics, pred = evaluate(run.model, sampler, rows, labels=labels, crops=crops,
+                             batch_size=max(run.global_batch, run.micro),
+                             precision=Precision(run.eval_dtype, run.cfg.train.channels_last),
+                             denorm=run.norm.inverse, map_rows=run.dist.map_rows)
+    require_finite(metrics, f"{run.name}, epoch {state.epoch}")
     state.eval_s += time.perf_counter() - t0
-    state.eval_crops += len(rows) * dc.crops_test
-    return m, pred
+    state.eval_crops += len(rows) * crops.n
+    return metrics, pred
 
 
 def _better(metrics, best) -> bool:
@@ -370,14 +379,15 @@ def _better(metrics, best) -> bool:
     return metrics is not None and (best is None or metrics["plcc"] >= best)
 
 
-def evaluate_and_select(run: Run, state: LoopState, rec: dict, best_weights: dict | None) -> dict | None:
+def evaluate_and_select(run: Run, state: LoopState, rec: dict, *, best_weights: dict | None) -> dict | None:
     """Evaluate into rec; model selection keeps the chosen epoch's test predictions (and weights)."""
     selection = run.cfg.train.selection
     test_pred = None
     if run.test_rows:
-        rec["test"], test_pred = _eval(run, state, run.test_rows, run.test_labels, run.test_sampler)
+        rec["test"], test_pred = _eval(run, state, rows=run.test_rows, labels=run.test_labels,
+                                       sampler=run.test_sampler)
     if run.val_rows:
-        rec["val"], _ = _eval(run, state, run.val_rows, run.val_labels, run.sampler)
+        rec["val"], _ = _eval(run, state, rows=run.val_rows, labels=run.val_labels, sampler=run.sampler)
     judged = {"last": None, "val": rec.get("val"), "max_test_plcc": rec.get("test")}[selection]
     if selection == "last" or _better(judged, state.best):
         state.best = judged["plcc"] if judged else None
@@ -388,7 +398,7 @@ def evaluate_and_select(run: Run, state: LoopState, rec: dict, best_weights: dic
     return best_weights
 
 
-def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> dict:
+def finish(run: Run, state: LoopState, *, best_weights: dict | None, manifest) -> dict:
     """Save the selected weights; the result: history, final metrics, selection, predictions, timings."""
     if run.cfg.train.selection != "last" and best_weights:
         load_kit_state(run.model, best_weights, "the selected epoch's weights")
@@ -396,8 +406,8 @@ def finish(run: Run, state: LoopState, best_weights: dict | None, manifest) -> d
     if run.test_rows and state.best_preds is not None:
         final = final_metrics(np.asarray(state.best_preds), run.test_labels, run.name)
     if run.dist.main:
-        save_trained(run.model, run.cfg, manifest, run.out_dir, min_side=max(run.size, run.cfg.data.crop_size),
-                     selected_epoch=state.best_epoch)
+        save_trained(run.model, run.cfg, manifest, out_dir=run.out_dir,
+                     min_side=max(run.size, run.cfg.data.crop_size), selected_epoch=state.best_epoch)
     dtype = run.dtype
     return {
         "global_batch": run.global_batch, "micro_batch": run.micro, "steps_per_epoch": run.steps,
@@ -422,7 +432,7 @@ def compile_run(run: Run) -> None:
     run.loss_fn.compile()
 
 
-def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, progress: bool = True,
+def train_run(cfg: RunConfig, manifest, split, out_dir, *, test_manifest=None, progress: bool = True,
               store=None, test_store=None, stop_after_epoch: int | None = None, stores=None) -> dict:
     """Train cfg's model on split.train, evaluate every cfg.train.eval_every epochs, return the result.
 
@@ -431,14 +441,15 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
     from and kept in (a sweep's runs share it, so each dataset is decoded once). A checkpoint in out_dir
     written by the same config and split is resumed from.
     """
-    run = setup(cfg, manifest, split, out_dir, test_manifest, store, test_store, progress, stores)
+    run = setup(cfg, manifest, split, out_dir, test_manifest=test_manifest, store=store, test_store=test_store,
+                progress=progress, stores=stores)
     state, best_weights = resume(run)
     if cfg.train.compile:
         compile_run(run)
     run.model.train()
     if cfg.train.epochs == 0 and not state.history:      # the untrained model, evaluated once ("epoch 0")
         rec = {"epoch": 0, "step": 0}
-        best_weights = evaluate_and_select(run, state, rec, best_weights)
+        best_weights = evaluate_and_select(run, state, rec, best_weights=best_weights)
         state.history.append(rec)
     epochs = tqdm(range(state.epoch, cfg.train.epochs), desc=run.name, unit="epoch", initial=state.epoch,
                   total=cfg.train.epochs, disable=not run.progress)
@@ -447,7 +458,7 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
         state.epoch = epoch + 1
         last = state.epoch == cfg.train.epochs
         if state.epoch % cfg.train.eval_every == 0 or last:
-            best_weights = evaluate_and_select(run, state, rec, best_weights)
+            best_weights = evaluate_and_select(run, state, rec, best_weights=best_weights)
             if "test" in rec:
                 epochs.set_postfix(srcc=f"{rec['test']['srcc']:.3f}", plcc=f"{rec['test']['plcc']:.3f}")
         state.history.append(rec)
@@ -458,4 +469,4 @@ def train_run(cfg: RunConfig, manifest, split, out_dir, test_manifest=None, prog
         run.dist.barrier()                   # the ranks leave an epoch together, its checkpoint written
         if stop_after_epoch is not None and state.epoch == stop_after_epoch and not last:
             raise TrainingInterrupted(f"stopped after epoch {state.epoch} (checkpoint {run.out_dir / CHECKPOINT})")
-    return finish(run, state, best_weights, manifest)
+    return finish(run, state, best_weights=best_weights, manifest=manifest)

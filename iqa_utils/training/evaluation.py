@@ -1,8 +1,8 @@
 """Scores per image (the mean over its test crops), the label scale, and the metrics of a run.
 
     LabelNorm(kind, label_range)           regression target: raw labels (DEIQT) or min-max scaled
-    predict_rows(model, sampler, rows, ..) per-image mean of the model's scores on n test crops
-    evaluate(model, sampler, rows, labels) (metrics, per-image predictions)
+    predict_rows(model, sampler, rows, crops=TestCrops(n, size))  per-image mean of the model's scores
+    evaluate(model, sampler, rows, labels=, crops=)                (metrics, per-image predictions)
     final_metrics(pred, labels, what)      the run's metrics, with the logistic-fitted PLCC when it fits
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..devices import Precision, train_mode
 from ..metrics import LogisticFitError, all_metrics
-from ..devices import amp_dtype, autocast, train_mode
+from ..models.base import TestCrops
 from ..system import KitError
 
 
@@ -37,46 +38,39 @@ class LabelNorm:
         return p if self.kind == "raw" else p * self.span + self.lo
 
 
-def test_views(model, sampler, idx, n: int, size: int, mode: str = "seeded_random", seed: int = 0):
-    """A model's n test views per image (`IQAModel.test_views`; plain test crops for any other module)."""
+def test_views(model, sampler, idx, *, crops: TestCrops):
+    """A model's test views of the images idx (`IQAModel.test_views`; plain test crops for any other module)."""
     if hasattr(model, "test_views"):
-        return model.test_views(sampler, idx, n, size, mode, seed)
-    return sampler.test_crops(idx, n, size, mode=mode, seed=seed)
+        return model.test_views(sampler, idx, crops)
+    return sampler.test_crops(idx, crops.n, crops.size, mode=crops.mode, seed=crops.seed)
 
 
 @torch.no_grad()
-def predict_rows(model, sampler, rows, n_crops: int, size: int, mode: str = "seeded_random", seed: int = 0,
-                 batch_size: int = 64, amp: torch.dtype | None = None, channels_last: bool = False,
-                 progress: bool = False, desc: str = "eval") -> np.ndarray:
-    """Per-image mean of the model's scores on n_crops test crops of each row (model in eval mode)."""
+def predict_rows(model, sampler, rows, *, crops: TestCrops, batch_size: int = 64,
+                 precision: Precision = Precision(), progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """Per-image mean of the model's scores on the test crops of each row (model in eval mode)."""
     device = next(model.parameters()).device
-    per = max(1, batch_size // n_crops)                     # images per forward
+    per = max(1, batch_size // crops.n)                     # images per forward
     rows = list(map(int, rows))
     out = []
     with train_mode(model, False):
         for i in tqdm(range(0, len(rows), per), desc=desc, leave=False, disable=not progress):
             chunk = rows[i:i + per]
-            x = test_views(model, sampler, torch.tensor(chunk), n_crops, size, mode, seed).to(device)
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp):
-                s = model(x)
-            out.append(s.float().view(len(chunk), n_crops).mean(1))
+            x = precision.layout(test_views(model, sampler, torch.tensor(chunk), crops=crops).to(device))
+            with precision.autocast(device):
+                scores = model(x)
+            out.append(scores.float().view(len(chunk), crops.n).mean(1))
     return torch.cat(out).cpu().double().numpy() if out else np.zeros(0)
 
 
-def evaluate(model, sampler, rows, labels, n_crops: int, size: int, mode: str = "seeded_random",
-             seed: int = 0, batch_size: int = 64, amp: torch.dtype | str | None = None,
-             channels_last: bool = False, denorm=None, logistic: bool = False, progress: bool = False,
+def evaluate(model, sampler, rows, *, labels, crops: TestCrops, batch_size: int = 64,
+             precision: Precision = Precision(), denorm=None, logistic: bool = False, progress: bool = False,
              map_rows=None):
-    """(metrics on the per-image means, per-image predictions). amp: a dtype, "off"/"fp32" or None.
+    """(metrics on the per-image means, per-image predictions).
     map_rows(fn, rows): how the rows are scored, e.g. split over torchrun ranks (Dist.map_rows)."""
-    if isinstance(amp, str):
-        amp = amp_dtype(amp, next(model.parameters()).device)
-
     def predict(part):
-        return predict_rows(model, sampler, part, n_crops, size, mode, seed, batch_size, amp, channels_last,
-                            progress)
+        return predict_rows(model, sampler, part, crops=crops, batch_size=batch_size, precision=precision,
+                            progress=progress)
     pred = map_rows(predict, rows) if map_rows else predict(rows)
     if denorm is not None:
         pred = denorm(pred)

@@ -1,9 +1,9 @@
 """DEIQT's optimizer and learning-rate schedule (docs/protocol.md, "Learning-rate schedule").
 
-    param_groups(model, wd)          AdamW groups: no decay on 1-D tensors nor on model.no_weight_decay()
-    make_optimizer(model, tc, dev)   AdamW (fused on CUDA), starting at warmup_lr
-    lr_at(step, E, tc)               the LR of optimizer step `step`: a pure function, as in nanoGPT
-    global_batch_for(cfg, dataset)   the run's global batch: the config's, else the dataset's DEIQT value
+    param_groups(model, wd)              AdamW groups: no decay on 1-D tensors nor on model.no_weight_decay()
+    make_optimizer(model, train, dev)    AdamW (fused on CUDA), starting at warmup_lr (train: cfg.train)
+    lr_at(step, epoch_steps, train)      the LR of optimizer step `step`: a pure function, as in nanoGPT
+    global_batch_for(cfg, dataset)       the run's global batch: the config's, else the dataset's DEIQT value
 """
 from __future__ import annotations
 
@@ -30,27 +30,30 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(model: torch.nn.Module, tc, device: torch.device) -> torch.optim.AdamW:
-    fused = {"fused": True} if tc.fused_optimizer and device.type == "cuda" else {}
-    return torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.warmup_lr, betas=tuple(tc.betas),
-                             eps=tc.eps, **fused)
+def make_optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with train (cfg.train)'s betas, eps and weight decay, at its warm-up LR."""
+    fused = {"fused": True} if train.fused_optimizer and device.type == "cuda" else {}
+    return torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.warmup_lr,
+                             betas=tuple(train.betas), eps=train.eps, **fused)
 
 
-def schedule_value(t: int, E: int, tc) -> float:
-    """f(t) of docs/protocol.md (or the cosine alternative), t = optimizer updates done."""
-    W = tc.warmup_epochs * E
-    if t < W:
-        return tc.warmup_lr + t * (tc.lr - tc.warmup_lr) / W
-    if tc.schedule == "deiqt_step":
-        return tc.lr * tc.decay_rate ** (t // max(1, tc.decay_epochs * E))
-    T = max(W + 1, tc.epochs * E)                                     # cosine
-    return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1 + math.cos(math.pi * (t - W) / (T - W)))
+def schedule_value(done: int, epoch_steps: int, train) -> float:
+    """f(done) of docs/protocol.md (or the cosine alternative), done = optimizer updates done; train is
+    cfg.train, epoch_steps the optimizer steps per epoch."""
+    warmup_steps = train.warmup_epochs * epoch_steps
+    if done < warmup_steps:
+        return train.warmup_lr + done * (train.lr - train.warmup_lr) / warmup_steps
+    if train.schedule == "deiqt_step":
+        return train.lr * train.decay_rate ** (done // max(1, train.decay_epochs * epoch_steps))
+    total_steps = max(warmup_steps + 1, train.epochs * epoch_steps)                     # cosine
+    return train.min_lr + 0.5 * (train.lr - train.min_lr) * (
+        1 + math.cos(math.pi * (done - warmup_steps) / (total_steps - warmup_steps)))
 
 
-def lr_at(step: int, steps_per_epoch: int, train_cfg) -> float:
+def lr_at(step: int, epoch_steps: int, train) -> float:
     """LR of optimizer step `step` (0-based). timm's scheduler is updated after each step with the
     index of the step just taken, so step 0 runs at warmup_lr and step s >= 1 at f(s - 1)."""
-    return schedule_value(max(step - 1, 0), steps_per_epoch, train_cfg)
+    return schedule_value(max(step - 1, 0), epoch_steps, train)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

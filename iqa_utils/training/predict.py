@@ -1,6 +1,6 @@
 """Trained models on disk: what a run saves, how it is loaded back, and scoring image files with it.
 
-    save_trained(model, cfg, manifest, out_dir)   model.safetensors + config.json (working resolution,
+    save_trained(model, cfg, manifest, out_dir=)  model.safetensors + config.json (working resolution,
                                                   label scale): all `iqa-kit predict` needs
     load_trained(path) -> (model, cfg)            from a run folder, its model.safetensors or a checkpoint.pt
     predict_images(model, paths)                  scores of image files, in label units
@@ -18,8 +18,9 @@ from ..data.cache import open_store
 from ..data.manifest import Manifest
 from ..data.store import CropSampler
 from ..models import create_model
+from ..models.base import TestCrops
 from ..models.pretrained import load_kit_state, load_weights, save_weights
-from ..devices import amp_dtype, resolve_device
+from ..devices import Precision, amp_dtype, resolve_device
 from ..system import KitError, MissingFile, atomic_write_text, read_json
 from .checkpoint import read_checkpoint
 from .evaluation import LabelNorm, predict_rows
@@ -28,7 +29,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_trained(model, cfg: RunConfig, manifest, out_dir, min_side: int, selected_epoch=None) -> Path:
+def save_trained(model, cfg: RunConfig, manifest, *, out_dir, min_side: int, selected_epoch=None) -> Path:
     """model.safetensors + config.json: all `iqa-kit predict` needs (working resolution, label scale)."""
     out_dir = Path(out_dir)
     save_weights(model, out_dir / WEIGHTS)
@@ -66,25 +67,27 @@ def load_trained(path, device: str | None = "cpu"):
     return model.to(resolve_device(device)).eval(), cfg
 
 
-def predict_images(model, paths, cfg: RunConfig | None = None, n_crops: int | None = None,
+def predict_images(model, paths, cfg: RunConfig | None = None, *, n_crops: int | None = None,
                    mode: str | None = None, seed: int = 0, batch_size: int = 64, device: str | None = None,
                    amp: str = "off", progress: bool = False) -> np.ndarray:
-    """Scores of image files: decode at the training set's working resolution, test crops, mean."""
+    """Scores of image files: decode at the training set's working resolution, test crops (n_crops and
+    mode default to the run's config), mean."""
     meta = getattr(model, "kit_meta", {})
     if n_crops is not None and n_crops < 1:
         raise KitError(f"crops: {n_crops} test crops per image; it must be at least 1")
     cfg = cfg or (config_from_dict(meta["config"]) if meta else RunConfig())
-    w = meta.get("working", {})
-    mode_ = w.get("resize_mode", cfg.data.resize_mode)
+    working = meta.get("working", {})
+    resize_mode = working.get("resize_mode", cfg.data.resize_mode)
     dev = resolve_device(device) if device else next(model.parameters()).device
     model.to(dev).eval()
     size = model.input_size
-    files = Manifest.of_files(paths, parity_size=w.get("parity_size"),
-                              keep_aspect_short_side=w.get("keep_aspect_short_side"))
-    store = open_store(files, resize_mode=mode_, max_side=w.get("max_side", cfg.data.max_side),
-                       min_side=w.get("min_side", max(size, cfg.data.crop_size)), kind="ram", progress=progress)
+    files = Manifest.of_files(paths, parity_size=working.get("parity_size"),
+                              keep_aspect_short_side=working.get("keep_aspect_short_side"))
+    store = open_store(files, resize_mode=resize_mode, max_side=working.get("max_side", cfg.data.max_side),
+                       min_side=working.get("min_side", max(size, cfg.data.crop_size)), kind="ram", progress=progress)
     norm = LabelNorm(cfg.train.label_norm, meta.get("label_range"))
-    pred = predict_rows(model, CropSampler(store, device=dev), range(len(store)), n_crops if n_crops is not None else cfg.data.crops_test,
-                        size, mode or cfg.data.test_crops, seed, batch_size, amp_dtype(amp, dev),
-                        progress=progress)
+    crops = TestCrops(n=n_crops if n_crops is not None else cfg.data.crops_test, size=size,
+                      mode=mode or cfg.data.test_crops, seed=seed)
+    pred = predict_rows(model, CropSampler(store, device=dev), range(len(store)), crops=crops,
+                        batch_size=batch_size, precision=Precision(amp_dtype(amp, dev)), progress=progress)
     return norm.inverse(pred)
