@@ -54,9 +54,11 @@ def tiny_manifest(root, n=20, size=(40, 48), seed=0) -> Manifest:
 
 
 def tiny_cfg(**over):
-    """The smoke DEIQT config sized for tiny_manifest: 32-px crops, batch 8, three short epochs."""
+    """The smoke DEIQT config sized for tiny_manifest: 32-px crops, batch 8, three short epochs, each
+    evaluated (tests read every epoch's test metrics)."""
     base = {"data.crop_size": 32, "data.crops_train": 4, "data.crops_test": 2, "train.global_batch": 8,
-            "train.epochs": 3, "train.warmup_epochs": 1, "train.decay_epochs": 2, "train.num_threads": 2}
+            "train.epochs": 3, "train.warmup_epochs": 1, "train.decay_epochs": 2, "train.num_threads": 2,
+            "train.eval_every": 1}
     return make_config("smoke", "deiqt", {**base, **over})
 
 

@@ -247,3 +247,17 @@ def test_amp_choice():
 def test_load_trained_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_trained(tmp_path)
+
+
+def test_evaluating_less_often_changes_no_number(tiny_data, tmp_path):
+    """The smoke profile evaluates every other epoch (train.eval_every=2) to save time: an evaluation
+    draws nothing from the training streams, so a run that keeps its last epoch (smoke's train.selection)
+    ends with the same weights and scores."""
+    assert tiny_cfg(**{"train.eval_every": 2}).key() != tiny_cfg().key()
+    split = make_split(tiny_data, 0)
+    every, other = [train_run(tiny_cfg(**{"train.eval_every": n}), tiny_data, split, tmp_path / str(n),
+                              progress=False) for n in (1, 2)]
+    assert [("test" in e) for e in other["epochs"]] == [False, True, True]     # epoch 2, and the last
+    assert other["final"] == every["final"] and other["predictions"] == every["predictions"]
+    a, b = _weights(tmp_path / "1"), _weights(tmp_path / "2")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -35,7 +35,9 @@ def test_micro_batches_give_the_whole_batch_gradients(sampler, name, over):
         assert logs2[k].item() == pytest.approx(logs8[k].item(), rel=1e-4, abs=1e-6), k
     assert g8.keys() == g2.keys() and len(g8) > 10
     for k in g8:
-        torch.testing.assert_close(g2[k], g8[k], rtol=1e-4, atol=1e-6, msg=k)
+        # atol: float32 sums in another order differ by ~2e-6 on entries near zero (CSFIQA-tiny's 145 small
+        # tokens); a chunk that lost its set gradient is off by orders more
+        torch.testing.assert_close(g2[k], g8[k], rtol=1e-4, atol=1e-5, msg=k)
     if name == "csfiqa":
         assert "loss_scl" in logs8 or over["csfiqa.nsm"] == "off"
         assert g8["proj_large.0.weight"].abs().sum() > 0           # the contrastive term reached the projector
