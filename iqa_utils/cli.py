@@ -213,7 +213,7 @@ def data(args) -> int:
 
 
 def plan_cmd(args) -> int:
-    from .runs.budget import check_rate, memory_table, plan_table
+    from .runs.estimate import check_rate, memory_table, plan_table
     check_rate(args.crops_per_s, "--crops-per-s")
     profile = rehearsal_of(args.profile) if args.rehearse else args.profile
     data_root = str(_data_root(args.data_root, must_exist=True)) if args.data_root else None

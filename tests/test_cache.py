@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import iqa_utils.data.cache as cache
-from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, MemoryBudget, StoreCache,
+from iqa_utils.data.cache import (CacheError, CacheFile, MappedImageStore, FreeMemory, StoreCache,
                                   default_cache_dir, open_store, ram_available, read_index)
 from iqa_utils.data.manifest import DatasetError, Manifest
 from iqa_utils.data.store import CropSampler, resize_settings
@@ -281,19 +281,19 @@ def test_two_builds_at_once(data, monkeypatch):
 def test_auto_choice(data, capsys):
     m, cache_dir = data
     n = sum(3 * h * w for h, w in CODED_SIZES)
-    small = open_store(m, cache_dir=cache_dir, budget=MemoryBudget(ram_available=4 * n - 1),
+    small = open_store(m, cache_dir=cache_dir, free=FreeMemory(ram_available=4 * n - 1),
                        resize_mode="native", min_side=None)
     out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("store coded")]
     assert small.kind == "disk" and "of RAM available" in small.reason
     assert out == [f"store coded: disk ({small.reason})"]
-    big = open_store(m, cache_dir=cache_dir, budget=MemoryBudget(ram_available=4 * n + 4), **QUIET)
+    big = open_store(m, cache_dir=cache_dir, free=FreeMemory(ram_available=4 * n + 4), **QUIET)
     assert big.kind == "ram" and _same_pixels(big, small)
     gpu = torch.device("cuda")
-    assert MemoryBudget(ram_available=10**12, gpu_free=3 * n + 3).choose(n, gpu)[0] == "gpu"
-    assert MemoryBudget(ram_available=10**12, gpu_free=3 * n).choose(n, gpu)[0] == "ram"
-    kind, why = MemoryBudget(ram_available=0, gpu_free=0).choose(n, gpu)
+    assert FreeMemory(ram_available=10**12, gpu_free=3 * n + 3).choose(n, gpu)[0] == "gpu"
+    assert FreeMemory(ram_available=10**12, gpu_free=3 * n).choose(n, gpu)[0] == "ram"
+    kind, why = FreeMemory(ram_available=0, gpu_free=0).choose(n, gpu)
     assert kind == "disk" and "free on cuda" in why and "RAM" in why
-    assert MemoryBudget(ram_available=10**12, gpu_free=10**12).choose(n, "cpu")[0] == "ram"
+    assert FreeMemory(ram_available=10**12, gpu_free=10**12).choose(n, "cpu")[0] == "ram"
 
 
 def test_bad_arguments_and_files(data, monkeypatch):

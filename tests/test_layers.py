@@ -76,7 +76,7 @@ LAZY_IN_CLI = {
     ("train", "iqa_utils.runs.experiments"), ("train", "iqa_utils.training.distributed"),
     ("predict", "iqa_utils.training.predict"), ("decisions", "iqa_utils.config.check"),
     ("_check_dataset", "iqa_utils.data.images"), ("_check_dataset", "iqa_utils.data.registry"),
-    ("plan_cmd", "iqa_utils.runs.budget"), ("weights_cmd", "iqa_utils.models"),
+    ("plan_cmd", "iqa_utils.runs.estimate"), ("weights_cmd", "iqa_utils.models"),
     ("_proxy_first", "iqa_utils.config.check"), ("_proxy_first", "iqa_utils.models.proxy"),
     ("proxy_cmd", "iqa_utils.config.check"), ("proxy_cmd", "iqa_utils.models.proxy"),
     ("weights_cmd", "iqa_utils.runs.experiments"), ("_check_dataset_names", "iqa_utils.data.registry"),

@@ -6,7 +6,7 @@ import torch
 from iqa_utils import cli
 from iqa_utils.config.check import make_config
 from iqa_utils.models import costs, create_model
-from iqa_utils.runs.budget import memory_table
+from iqa_utils.runs.estimate import memory_table
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from iqa_utils.models.pretrained import WEIGHTS_ENV, WeightsError
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
-    return weights.write_stand_ins(tmp_path_factory.mktemp("w"), llama_layers=(15, 31))   # the paper plan's
+    return weights.write_stand_ins(tmp_path_factory.mktemp("w"), llama_layers=(15, 31))   # the paper profile's
 
 
 def test_stand_ins_pass_the_check_and_load_through_the_profiles(stand_ins, monkeypatch):

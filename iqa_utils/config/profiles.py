@@ -1,4 +1,4 @@
-"""Profiles (one switch, the same code path) and what each runs (its plan)."""
+"""Profiles (one switch, the same code path) and what each covers (its scope)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ from .fields import ConfigError
 
 # Profiles: one switch, the same code path. Values are dotted overrides on RunConfig.
 # `quick` and `paper` build the same full-size, pretrained models with DEIQT's recipe; they differ only
-# in what they run (PROFILE_PLAN). A rehearsal profile ("paper-rehearsal", "quick-rehearsal") is its
+# in what they run (PROFILE_SCOPE). A rehearsal profile ("paper-rehearsal", "quick-rehearsal") is its
 # profile's exact code path (full-size architectures, resize modes, every dataset layout, every notebook)
 # at a toy budget: one epoch on a handful of images per dataset, one seed, stand-in weights. Its tables
 # and figures are marked as a rehearsal; its records never answer for real runs (other data digest).
@@ -27,7 +27,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model.size": "tiny", "model.pretrained": False,
         "data.dataset": "synthetic", "data.crop_size": 96, "data.crops_test": 4,
         # the main runs' budget (what `iqa-kit train --profile smoke` trains; the other tables run at the
-        # plan's side_budget): 10 epochs of 2 crops per image in batches of 16, a warm-up epoch, 6 at the
+        # scope's side_budget): 10 epochs of 2 crops per image in batches of 16, a warm-up epoch, 6 at the
         # full rate, 3 at 0.1. Chosen on the validation carve-out; at the
         # earlier 3 epochs of batch 32 (84 steps; now 560) no model learned (median test SRCC 0.15-0.24)
         "data.crops_train": 2, "train.epochs": 10, "train.warmup_epochs": 1, "train.decay_epochs": 7,
@@ -71,7 +71,7 @@ FULL_COST = {"batch": 8, "train_batch": 8, "warmup": 3, "iters": 10}
 # 2 epochs of 2 crops in batches of 16 (a warm-up epoch, one at the full rate; 112 steps, the earlier
 # smoke's 84 steps at two thirds of its crops): every code path runs, the numbers rank nothing
 SMOKE_SIDE_BUDGET = {"train.epochs": 2, "train.decay_epochs": 2}
-PROFILE_PLAN: dict[str, dict[str, Any]] = {
+PROFILE_SCOPE: dict[str, dict[str, Any]] = {
     "smoke": {"datasets": ["synthetic"], "seeds": [0, 1, 2], "side_seeds": [0], "cross_pairs": [("synthetic_a", "synthetic_b")],
               "ablation_datasets": ["synthetic"], "fraction_datasets": ["synthetic"],
               "fractions": (0.2, 0.4, 0.6, 0.8), "sweep_values": "default_and_one", "images": None,
@@ -89,12 +89,12 @@ PROFILE_PLAN: dict[str, dict[str, Any]] = {
               "fractions": (0.2, 0.4, 0.6), "sweep_values": "all", "images": None, "cost": FULL_COST,
               "side_budget": {}},
 }
-REHEARSAL_PLAN = {"seeds": [0], "side_seeds": [0], "sweep_values": "default", "images": 10,
+REHEARSAL_SCOPE = {"seeds": [0], "side_seeds": [0], "sweep_values": "default", "images": 10,
                   "ablation_datasets": ["LIVEC"], "fraction_datasets": ["LIVEC"], "cost": {"batch": 1, "train_batch": 2, "warmup": 0, "iters": 1}}
 for _name in ("quick", "paper"):
-    PROFILE_PLAN[f"{_name}-rehearsal"] = {**PROFILE_PLAN[_name], **REHEARSAL_PLAN}
+    PROFILE_SCOPE[f"{_name}-rehearsal"] = {**PROFILE_SCOPE[_name], **REHEARSAL_SCOPE}
 # a rehearsal's cross-dataset pairs: an authentic, a synthetic and a large-to-small pair stand for all
-PROFILE_PLAN["paper-rehearsal"]["cross_pairs"] = [("LIVEFB", "KonIQ-10k"), ("LIVE", "CSIQ"),
+PROFILE_SCOPE["paper-rehearsal"]["cross_pairs"] = [("LIVEFB", "KonIQ-10k"), ("LIVE", "CSIQ"),
                                                   ("KADID-10k", "TID2013")]
 
 
@@ -108,10 +108,10 @@ def rehearsal_of(profile: str) -> str:
     return profile if is_rehearsal(profile) or profile == "smoke" else f"{profile}-rehearsal"
 
 
-def plan(profile: str) -> dict:
+def profile_scope(profile: str) -> dict:
     """Datasets, split seeds and cross-dataset pairs a profile covers."""
     check_profile(profile)
-    return PROFILE_PLAN[profile]
+    return PROFILE_SCOPE[profile]
 
 
 def check_profile(profile: str) -> str:
@@ -120,7 +120,7 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-# ---- sharding a plan over machines (--shard i/N) ---------------------------------------------------
+# ---- sharding planned runs over machines (--shard i/N) ---------------------------------------------------
 class ShardError(ConfigError):
     """A shard that is not "i/N" with 0 <= i < N."""
 

@@ -427,7 +427,7 @@ def _meminfo_available(meminfo) -> int:
 
 
 @dataclass
-class MemoryBudget:
+class FreeMemory:
     """Free memory and the shares of it a store may take (injectable: tests pass their own)."""
     ram_available: int
     gpu_free: int = 0
@@ -435,7 +435,7 @@ class MemoryBudget:
     gpu_share: float = 1 / 3
 
     @classmethod
-    def measure(cls, device) -> "MemoryBudget":
+    def measure(cls, device) -> "FreeMemory":
         device = torch.device(device)
         gpu = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
         return cls(ram_available(), gpu)
@@ -480,7 +480,7 @@ class StoreCache:
 
 def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side: int | None = None,
                min_side: int | None = 224, device="cpu", kind: str = "auto", cache_dir=None,
-               progress: bool = True, budget: MemoryBudget | None = None,
+               progress: bool = True, free: FreeMemory | None = None,
                release_bytes: int | None = RELEASE_BYTES, local_dir=None,
                stores: StoreCache | None = None) -> ImageStore:
     """The manifest's decoded images on the GPU, in RAM or memory-mapped from a cache file on disk: the
@@ -492,7 +492,7 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
     (straight to the GPU, image by image, for "gpu"). Pixels are identical whichever the kind; "ram" and
     "disk" stores stay on the CPU whatever `device` is (`CropSampler(store, device)` moves each batch).
     The store says which it is and why in `store.kind` and `store.reason` (printed as one line when
-    progress). `budget` replaces the measured free memory (tests, or a machine shared with others).
+    progress). `free` replaces the measured free memory (tests, or a machine shared with others).
     `release_bytes`: a "disk" store unmaps the pages it touched after serving this many bytes, so its
     RSS stays bounded (None: never; faster, see the module docstring).
     `local_dir` (default $IQA_KIT_LOCAL_STORES; set by a notebook's `setup(drive_dir=...)` on Colab): a
@@ -509,7 +509,7 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
             print(f"store {manifest.name}: {store.kind}, reused ({store.reason})")
         return store
     store = _open(manifest, resize_mode=resize_mode, max_side=max_side, min_side=min_side, device=device,
-                  kind=kind, cache_dir=cache_dir, progress=progress, budget=budget,
+                  kind=kind, cache_dir=cache_dir, progress=progress, free=free,
                   release_bytes=release_bytes, local_dir=local_dir)
     if stores is not None:
         stores.put(key, store)
@@ -517,7 +517,7 @@ def open_store(manifest: Manifest, *, resize_mode: str = "keep_aspect", max_side
 
 
 def _open(manifest: Manifest, *, resize_mode: str, max_side: int | None, min_side: int | None, device,
-          kind: str, cache_dir, progress: bool, budget: MemoryBudget | None, release_bytes: int | None,
+          kind: str, cache_dir, progress: bool, free: FreeMemory | None, release_bytes: int | None,
           local_dir) -> ImageStore:
     """open_store without the reuse: choose the kind, then serve it."""
     if kind not in KINDS:
@@ -530,7 +530,7 @@ def _open(manifest: Manifest, *, resize_mode: str, max_side: int | None, min_sid
     index = cache.current_index()
     nbytes = index["data_bytes"] if index else decoded_nbytes([str(p) for p in manifest.df.path], size)
     if kind == "auto":
-        kind, reason = (budget or MemoryBudget.measure(device)).choose(nbytes, device)
+        kind, reason = (free or FreeMemory.measure(device)).choose(nbytes, device)
     else:
         reason = f"kind={kind!r} asked for, {_gib(nbytes)} of pixels"
     store, how = _serve(kind, manifest, cache, index, nbytes=nbytes, size=size, device=device,

@@ -78,10 +78,10 @@ def _needed_shards(index: Path, layers) -> list[str]:
 def download(root, llama_layers=(31,), encoder: str = DEFAULT_ENCODER, llama_repo: str = LLAMA_HUB_ID) -> Path:
     """Fetch every file into root/<repo name>/ and record their SHA-256 in root/iqa-kit-weights.json."""
     root = Path(root).expanduser()
-    plan = [(DEIT_HUB_ID, ["model.safetensors"]), (crossvit_hub_id(encoder), ["model.safetensors"]),
+    downloads = [(DEIT_HUB_ID, ["model.safetensors"]), (crossvit_hub_id(encoder), ["model.safetensors"]),
             (llama_repo, ["config.json", INDEX])]
     sums = {}
-    for repo, files in plan:
+    for repo, files in downloads:
         folder = folder_of(root, repo)
         paths = [_fetch(repo, f, folder) for f in files]
         if repo == llama_repo:

@@ -24,7 +24,7 @@ from IPython.display import Markdown, display
 from matplotlib.figure import Figure
 
 from ..config.check import make_config
-from ..config.profiles import is_rehearsal, plan
+from ..config.profiles import is_rehearsal, profile_scope
 from ..data.cache import LOCAL_STORES_ENV, StoreCache
 from ..models.pretrained import WEIGHTS_ENV
 from ..runs.experiments import Planned, run_all
@@ -42,7 +42,7 @@ class Session:
     data_root: str | None
     device: str                     # the one device of cost tables and figures: the first of `devices`
     shard: str | None
-    plan: dict = field(default_factory=dict)
+    scope: dict = field(default_factory=dict)    # what the profile covers (config.profiles.profile_scope)
     devices: str | None = None      # "cuda:0,cuda:1": training runs spread over these (pool.py)
     overrides: dict = field(default_factory=dict)   # dotted fields set on every run and table (--set)
     stores: StoreCache = field(default_factory=StoreCache, repr=False)   # the notebook's cells share stores
@@ -139,7 +139,7 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
     weights_dir (`iqa-kit reproduce --rehearse` passes its stand-in weights): where the models' pretrained
     weights resolve, as $IQA_KIT_WEIGHTS of this process (see `_weights_env`).
     """
-    runs = plan(profile)
+    scope = profile_scope(profile)
     overrides = dict(overrides or {})
     for model in ("deiqt", "csfiqa", "lmliqa"):
         make_config(profile, model, overrides)
@@ -158,7 +158,7 @@ def setup(notebook: str, profile: str = "smoke", results_dir: str = "../results"
         torch.set_num_threads(int(os.environ["IQA_KIT_THREADS"]))
     devices = parse_devices(device)
     return Session(notebook, profile, results_dir, data_root, devices[0] if devices else device, shard,
-                   dict(runs), devices=device if len(devices) > 1 else None, overrides=overrides)
+                   dict(scope), devices=device if len(devices) > 1 else None, overrides=overrides)
 
 
 def show(table, caption: str = ""):

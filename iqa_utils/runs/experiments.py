@@ -16,7 +16,7 @@ import torch
 
 from ..config.check import make_config, override
 from ..config.fields import RunConfig
-from ..config.profiles import plan
+from ..config.profiles import profile_scope
 from ..config.profiles import shard as take_shard
 from ..data.cache import StoreCache
 from ..data.registry import load_manifest
@@ -56,7 +56,7 @@ def rehearsal_rows(manifest, n: int) -> list[int]:
 def manifest_for(profile: str, name: str, data_root: str | None):
     """The manifest a profile's runs use: the whole dataset, or a rehearsal's handful of images (with
     the release's image count not checked: a rehearsal checks code paths; `iqa-kit data` checks data)."""
-    n = plan(profile)["images"]
+    n = profile_scope(profile)["images"]
     manifest = load_manifest(name, data_root, check_count=n is None)
     return manifest if n is None else manifest.subset(rehearsal_rows(manifest, n))
 
@@ -103,7 +103,7 @@ def run_all(planned: Planned, results_dir: str = "results", data_root: str | Non
 
     device: one device, or several ("cuda:0,cuda:1"): the runs are then trained by one worker process
     per device (pool.py), and this process loads their records (and trains any run a dead worker left).
-    overrides: dotted fields set on every run, except those the plan varies (`with_base`).
+    overrides: dotted fields set on every run, except those the planned runs vary (`with_base`).
     stores: the StoreCache the runs share (default: one for this call), so a sweep decodes each dataset once;
     pass one across calls to share it further."""
     pairs = take_shard(with_base(planned, overrides), shard)
@@ -126,14 +126,14 @@ def run_all(planned: Planned, results_dir: str = "results", data_root: str | Non
 # --- the runs each table needs, as (config, label) lists: notebooks run them, `iqa-kit plan` counts them ----
 def main_configs(profile: str, models=("deiqt", "csfiqa", "lmliqa"), datasets=None, seeds=None,
                  overrides: dict | None = None) -> Planned:
-    scope = plan(profile)
+    scope = profile_scope(profile)
     return [(c, "") for m in models
             for c in configs(profile, m, datasets or scope["datasets"], seeds or scope["seeds"], overrides)]
 
 
 def variant_configs(profile: str, model: str, variants: dict[str, dict], datasets=None, seeds=None) -> Planned:
     """Ablation rows: {variant label: dotted overrides} on the profile's ablation datasets."""
-    scope, tiny = plan(profile), make_config(profile).model.size == "tiny"
+    scope, tiny = profile_scope(profile), make_config(profile).model.size == "tiny"
     return [(c, label) for label, ov in variants.items() if not (tiny and label in FULL_SIZE_ONLY)
             for c in configs(profile, model, datasets or scope["ablation_datasets"], seeds or scope["side_seeds"],
                              {**scope["side_budget"], **ov})]
@@ -152,7 +152,7 @@ def sweep_configs(profile: str, model: str, field: str | tuple[str, ...], values
 def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
     """Train on A (all of it by default, data.cross_train; kit X1), test on all of B; one run per side seed,
     which sets the training seed (and the split seed, which draws the 80 % part under cross_train="split")."""
-    scope = plan(profile)
+    scope = profile_scope(profile)
     return [(make_config(profile, model, {**scope["side_budget"], "data.dataset": source, "test_dataset": target,
                                           "split_seed": seed, "train.seed": seed}), "")
             for model in models for source, target in (pairs or scope["cross_pairs"])
@@ -161,7 +161,7 @@ def cross_configs(profile: str, models, pairs=None, seeds=None) -> Planned:
 
 def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=None) -> Planned:
     """Data-efficient learning: train on a share of the training split, same test split."""
-    scope = plan(profile)
+    scope = profile_scope(profile)
     return [(c, f"{int(round(f * 100))}%") for m in models for f in (fractions or scope["fractions"])
             for c in configs(profile, m, datasets or scope["fraction_datasets"], seeds or scope["side_seeds"],
                              {**scope["side_budget"], "data.train_fraction": f})]
@@ -169,7 +169,7 @@ def fraction_configs(profile: str, models, fractions=None, datasets=None, seeds=
 
 def untrained_configs(profile: str, model: str, datasets=None, seeds=None) -> Planned:
     """The same model evaluated before any training step (epochs = 0): the floor training must clear."""
-    scope = plan(profile)
+    scope = profile_scope(profile)
     return [(c, "untrained") for c in configs(profile, model, datasets or scope["datasets"][:1],
                                                 seeds or scope["seeds"], {"train.epochs": 0})]
 
@@ -236,13 +236,13 @@ def sweep_values(profile: str, model: str, name: str) -> list:
     """A sweep's values: all of them, or (smaller budgets) the default and the first other value, or the
     default alone."""
     fields, values = SWEEPS[model][name]
-    if plan(profile)["sweep_values"] == "all":
+    if profile_scope(profile)["sweep_values"] == "all":
         return values
     tied = (fields,) if isinstance(fields, str) else fields
     default = tuple(getattr_dotted(make_config(profile, model), f) for f in tied)
     default = default[0] if isinstance(fields, str) else default
     others = [v for v in values if v != default]
-    return [default] if plan(profile)["sweep_values"] == "default" else [default, others[0]]
+    return [default] if profile_scope(profile)["sweep_values"] == "default" else [default, others[0]]
 
 
 def named_sweep_configs(profile: str, model: str, name: str) -> Planned:
@@ -252,18 +252,18 @@ def named_sweep_configs(profile: str, model: str, name: str) -> Planned:
 
 def visual_configs(profile: str, dataset: str | None = None, seed: int = 0) -> Planned:
     """The seed-0 run of each model that notebook 06 draws its figures from (LIVEC when planned)."""
-    datasets = plan(profile)["datasets"]
+    datasets = profile_scope(profile)["datasets"]
     dataset = dataset or ("LIVEC" if "LIVEC" in datasets else datasets[0])
     return [(c, "") for m in list_models() for c in configs(profile, m, [dataset], [seed])]
 
 
 def llama_layers(profile: str) -> list[int]:
     """The LLaMA-7B layers the profile's CSFIQA runs read (the default, and any ablation's other index)."""
-    return sorted({c.csfiqa.ic_layer for planned in notebook_plan(profile).values() for c, _ in planned
+    return sorted({c.csfiqa.ic_layer for planned in notebook_runs(profile).values() for c, _ in planned
                    if c.model.name == "csfiqa" and c.csfiqa.ic.startswith("llama")})
 
 
-def notebook_plan(profile: str) -> dict[str, Planned]:
+def notebook_runs(profile: str) -> dict[str, Planned]:
     """Every run each notebook makes, in its order (`iqa-kit plan`; the notebooks call the same lists)."""
     sweeps = {m: [c for name in SWEEPS[m] for c in named_sweep_configs(profile, m, name)] for m in SWEEPS}
     return {
@@ -316,7 +316,7 @@ def _timed_models(profile: str, dev) -> dict:
 def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10) -> pd.DataFrame:
     """Params and MACs at full size (each paper's input size), then latency, throughput and peak
     memory of the profile's model size on `device` (named in the table), at the profile's budget."""
-    dev, timing = resolve_device(device), costs.Timing(**plan(profile)["cost"])
+    dev, timing = resolve_device(device), costs.Timing(**profile_scope(profile)["cost"])
     full = {display_name(m): full_size_model(m) for m in list_models()}
     sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
     t_full = costs.cost_table(full, input_sizes=sizes, timing=None, crops_per_image=crops_per_image)

@@ -1,4 +1,4 @@
-"""The GPU budget `iqa-kit plan` prints (runs.budget): crops per run counted by hand, the GPU-hours of
+"""The GPU budget `iqa-kit plan` prints (runs.estimate): crops per run counted by hand, the GPU-hours of
 the runs without a record, each run counted once, exact counts only when the datasets are on disk.
 
 Hand counts use release image counts (no dataset on disk): n images, split_ratio 0.8 -> train, a
@@ -10,8 +10,8 @@ import pytest
 from iqa_utils.cli import main
 from iqa_utils.config.check import make_config
 from iqa_utils.config.fields import ConfigError
-from iqa_utils.runs.budget import _row, plan_table, relative_cost, run_crops
-from iqa_utils.runs.experiments import manifest_for, notebook_plan
+from iqa_utils.runs.estimate import _row, plan_table, relative_cost, run_crops
+from iqa_utils.runs.experiments import manifest_for, notebook_runs
 from iqa_utils.runs.records import data_digest, record_path
 from iqa_utils.system import KitError
 
@@ -84,7 +84,7 @@ def test_models_cost_their_macs_relative_to_deiqt():
 # ---- the table -----------------------------------------------------------------------------------------
 def test_every_run_is_counted_once_and_the_total_sums_the_notebooks(data_root, tmp_path):
     table = plan_table("smoke", tmp_path, str(data_root)).set_index("notebook")
-    planned = {(c.key(), c.split_seed, c.test_dataset) for runs in notebook_plan("smoke").values() for c, _ in runs}
+    planned = {(c.key(), c.split_seed, c.test_dataset) for runs in notebook_runs("smoke").values() for c, _ in runs}
     notebooks = table.drop("total")
     assert table.loc["total", "runs"] == notebooks.runs.sum() == len(planned)
     assert table.loc["06_visualizations", "runs"] == 0                 # its runs are the main tables', counted there
@@ -94,7 +94,7 @@ def test_every_run_is_counted_once_and_the_total_sums_the_notebooks(data_root, t
 
 def test_a_record_takes_its_run_off_the_hours_left(data_root, tmp_path):
     before = plan_table("smoke", tmp_path, str(data_root), crops_per_s=1.0).set_index("notebook")
-    cfg = notebook_plan("smoke")["01_train_csfiqa"][0][0]
+    cfg = notebook_runs("smoke")["01_train_csfiqa"][0][0]
     record = record_path(cfg, tmp_path, data_digest(manifest_for("smoke", cfg.data.dataset, str(data_root))))
     record.parent.mkdir(parents=True)
     record.write_text("{}")
@@ -107,7 +107,7 @@ def test_a_record_takes_its_run_off_the_hours_left(data_root, tmp_path):
 def test_without_the_datasets_counts_are_the_releases_and_any_record_of_the_run_counts(tmp_path):
     table = plan_table("quick", tmp_path, str(tmp_path / "no-data")).set_index("notebook")
     assert table.loc["total", "counts"] == "≈ release counts" and table.loc["total", "with records"] == 0
-    cfg = notebook_plan("quick")["01_train_csfiqa"][0][0]
+    cfg = notebook_runs("quick")["01_train_csfiqa"][0][0]
     folder = record_path(cfg, tmp_path, "x").parent
     folder.mkdir(parents=True)
     (folder / f"{cfg.key()}-s{cfg.split_seed}-dsomewhere.json").write_text("{}")   # data digest unknown here

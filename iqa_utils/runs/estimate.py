@@ -1,6 +1,6 @@
-"""The GPU budget of a profile before spending it (`iqa-kit plan`).
+"""What a profile will cost, estimated before spending it (`iqa-kit plan`).
 
-For every notebook: the training runs it makes (experiments.notebook_plan, the same lists the notebooks
+For every notebook: the training runs it makes (experiments.notebook_runs, the same lists the notebooks
 run), how many already have a record, the training and test crops they process, and the estimated
 GPU-hours. Image counts come from the datasets when they are on disk (the exact splits), else from the
 releases' counts (marked "≈"). Time: a training crop costs about three forward passes and a test crop
@@ -19,13 +19,13 @@ import torch
 
 from ..config.check import make_config
 from ..config.fields import RunConfig
-from ..config.profiles import plan
+from ..config.profiles import profile_scope
 from ..data.manifest import EXPECTED_COUNTS
 from ..devices import amp_dtype
 from ..models import costs, create_model
 from ..system import KitError, atomic_write_json, cache_dir, read_json
 from ..training.optim import global_batch_for, steps_per_epoch
-from .experiments import full_size_model, manifest_for, notebook_plan
+from .experiments import full_size_model, manifest_for, notebook_runs
 from .records import data_digest, record_path, source_split
 
 
@@ -61,7 +61,7 @@ def _split_sizes(cfg: RunConfig, manifest) -> tuple[int, int, int, bool]:
     if manifest is not None:
         s = source_split(cfg, manifest)
         return len(s.train), len(s.val), len(s.test), True
-    n = plan(cfg.profile)["images"] or EXPECTED_COUNTS.get(d.dataset, 0)
+    n = profile_scope(cfg.profile)["images"] or EXPECTED_COUNTS.get(d.dataset, 0)
     train = round((1.0 if cfg.is_cross() and d.cross_train == "whole" else d.split_ratio) * n)
     val = round(d.val_fraction * train)
     return max(1, round(d.train_fraction * (train - val))), val, n - train, False
@@ -115,7 +115,7 @@ def plan_table(profile: str, results_dir="results", data_root=None, crops_per_s:
     """One row per notebook and a total: runs, runs with records, crops (millions), est. GPU-hours."""
     check_rate(crops_per_s)
     data, seen, rows = _Data(profile, data_root), set(), []
-    for notebook, planned in notebook_plan(profile).items():
+    for notebook, planned in notebook_runs(profile).items():
         runs = []
         for cfg, _ in planned:
             ident = (cfg.key(), cfg.split_seed, cfg.test_dataset)
@@ -179,7 +179,7 @@ def memory_table(profile: str, models=("deiqt", "csfiqa", "lmliqa"), amp: str = 
     rows = []
     for model in models:
         mem = step_memory(profile, model, amp)
-        for dataset in plan(profile)["datasets"]:
+        for dataset in profile_scope(profile)["datasets"]:
             G = global_batch_for(make_config(profile, model, {"data.dataset": dataset}), dataset)
             row = {"model": model, "dataset": dataset, "global batch": G,
                    "MiB / sample": round(mem["per_crop"] / 2**20, 1), "state GiB": _gib(mem["state"]),
