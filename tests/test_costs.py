@@ -87,3 +87,13 @@ def test_training_throughput_runs_the_models_own_views(name, over):
     torch.manual_seed(0)
     model = create_model(make_config("smoke", name, over))
     assert costs.throughput(model, device="cpu", batch=8, train=True, warmup=1, iters=1) > 0
+
+
+@pytest.mark.parametrize("name,low,high", [("deiqt", 23e6, 25e6), ("csfiqa", 200e6, 260e6), ("lmliqa", 47e6, 50e6)])   # LML-IQA: the student and its EMA teacher
+def test_full_size_models_are_shapes_only(name, low, high):
+    """Notebook 05 and `iqa-kit plan` count the paper-size models on the meta device: nothing allocated,
+    read or downloaded, CSFIQA with the LLaMA-7B layer at its real shape (233M reported)."""
+    model = costs.full_size_model(name)
+    params = list(model.parameters())
+    assert all(p.device.type == "meta" for p in params)
+    assert low < sum(p.numel() for p in params) < high

@@ -1,7 +1,9 @@
 import pandas as pd
 import pytest
 
+from iqa_utils.data.registry import load_manifest
 from iqa_utils.reporting import tables
+from iqa_utils.reporting.paper_tables import dataset_summary
 
 
 def test_reported_numbers_have_provenance():
@@ -104,3 +106,17 @@ def test_verdicts_follow_their_own_groups_in_first_order_with_missing_keys():
     t = tables.comparison_table(runs, metrics=("srcc", "plcc")).set_index(["dataset", "metric"])
     assert t.loc[("LIVE", "SRCC"), "verdict"] == "inside" and t.loc[("LIVE", "SRCC"), "min"] == 0.97
     assert t.loc[("LIVEC", "SRCC"), "verdict"].startswith("outside") and t.loc[("LIVEC", "PLCC"), "max"] == 0.73
+
+
+def test_dataset_summary_reads_what_each_manifest_holds(data_root, tiny_data):
+    """Notebook 00's table: one row per dataset, its references and distortion types counted only where
+    the set has them (a reference-split synthetic set against a per-image authentic-like one)."""
+    syn = load_manifest("synthetic", data_root)
+    t = dataset_summary({"synthetic": syn, "tiny": tiny_data}).set_index("dataset")
+    assert t.loc["synthetic", "images"] == len(syn.df) and t.loc["tiny", "images"] == 20
+    assert t.loc["synthetic", "references"] == syn.df.ref.nunique() > 1
+    assert t.loc["synthetic", "distortion types"] == syn.df.distortion.nunique() > 1
+    assert t.loc["synthetic", "split by"] == "ref" and t.loc["tiny", "split by"] == "image"
+    assert pd.isna(t.loc["tiny", "references"]) and pd.isna(t.loc["tiny", "distortion types"])
+    lo, hi = tiny_data.df.label.min(), tiny_data.df.label.max()
+    assert t.loc["tiny", "label range"] == f"{lo:.3g}–{hi:.3g}"

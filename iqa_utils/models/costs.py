@@ -41,6 +41,7 @@ from ..config.check import make_config, override
 from ..config.fields import ConfigError
 from ..devices import amp_dtype, autocast, device_name, train_mode
 from .csfiqa import CSFIQA
+from .registry import create_model
 
 # ---------------------------------------------------------------- parameters
 
@@ -500,3 +501,12 @@ def largest_micro(per_rank: int, mem: dict, free_bytes: float, *, margin: float 
 def cards_fitting(mem: dict, n: int, *, cards=CARDS_GB, margin: float = MARGIN) -> list[int]:
     """The cards (GB) whose `margin` holds a step computed in chunks of n samples."""
     return [card for card in cards if peak_bytes(mem, n) <= margin * card * 2**30]
+
+
+def full_size_model(model: str):
+    """The paper-size model on the meta device: shapes only, nothing allocated, read or downloaded."""
+    cfg = make_config("paper", model, {"model.pretrained": False})
+    with torch.device("meta"):
+        if model == "csfiqa":                      # the LLaMA-7B layer at its real shape, no weights read
+            return CSFIQA(cfg.csfiqa, "small", cfg.train.regression_loss, device="meta")
+        return create_model(cfg)

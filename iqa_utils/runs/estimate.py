@@ -25,13 +25,13 @@ from ..devices import amp_dtype
 from ..models import costs, create_model
 from ..system import KitError, atomic_write_json, cache_dir, read_json
 from ..training.optim import global_batch_for, steps_per_epoch
-from .experiments import full_size_model, manifest_for, notebook_runs
+from .experiments import manifest_for, notebook_runs
 from .records import data_digest, record_path, source_split
 
 
 def _model(profile: str, name: str):
     cfg = make_config(profile, name, {"model.pretrained": False})
-    return create_model(cfg) if cfg.model.size == "tiny" else full_size_model(name)   # full size: shapes only
+    return create_model(cfg) if cfg.model.size == "tiny" else costs.full_size_model(name)   # full size: shapes only
 
 
 @lru_cache(maxsize=None)

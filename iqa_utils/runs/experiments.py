@@ -12,7 +12,6 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..config.check import make_config, override
 from ..config.fields import RunConfig
@@ -20,8 +19,7 @@ from ..config.profiles import profile_scope
 from ..config.profiles import shard as take_shard
 from ..data.cache import StoreCache
 from ..data.registry import load_manifest
-from ..models import costs, create_model, display_name, list_models
-from ..devices import resolve_device
+from ..models import display_name, list_models
 from .pool import parse_devices, run_on_pool
 from .records import record_row, run_or_load
 
@@ -276,58 +274,3 @@ def notebook_runs(profile: str) -> dict[str, Planned]:
         "04_cross_dataset": cross_configs(profile, ("deiqt", "csfiqa", "lmliqa")),
         "06_visualizations": visual_configs(profile),
     }
-
-
-def dataset_summary(manifests: dict) -> pd.DataFrame:
-    rows = []
-    for name, m in manifests.items():
-        df = m.df
-        rows.append({"dataset": name, "images": len(m), "label": m.direction,
-                     "label range": f"{df.label.min():.3g}–{df.label.max():.3g}",
-                     "split by": m.split_unit,
-                     "references": df.ref.nunique() if m.split_unit == "ref" else None,
-                     "distortion types": df.distortion.nunique() if df.distortion.notna().any() else None,
-                     "root": str(m.root)})
-    return pd.DataFrame(rows)
-
-
-# --- cost (notebook 05) --------------------------------------------------------------------------------
-def full_size_model(model: str):
-    """The paper-size model on the meta device: shapes only, nothing allocated, read or downloaded."""
-    cfg = make_config("paper", model, {"model.pretrained": False})
-    with torch.device("meta"):
-        if model == "csfiqa":                      # the LLaMA-7B layer at its real shape, no weights read
-            return costs.CSFIQA(cfg.csfiqa, "small", cfg.train.regression_loss, device="meta")
-        return create_model(cfg)
-
-
-def _timed_models(profile: str, dev) -> dict:
-    """The profile's models on dev, for timing: random init (timing does not depend on the weights)."""
-    out = {}
-    for m in list_models():
-        cfg = make_config(profile, m, {"model.pretrained": False})
-        try:
-            out[display_name(m)] = create_model(cfg).to(dev)
-        except Exception as e:   # e.g. CSFIQA without the LLaMA-7B weights: params/MACs above still hold
-            print(f"{display_name(m)}: not timed ({e})")
-    return out
-
-
-def cost_analysis(profile: str, device: str = "auto", crops_per_image: int = 10) -> pd.DataFrame:
-    """Params and MACs at full size (each paper's input size), then latency, throughput and peak
-    memory of the profile's model size on `device` (named in the table), at the profile's budget."""
-    dev, timing = resolve_device(device), costs.Timing(**profile_scope(profile)["cost"])
-    full = {display_name(m): full_size_model(m) for m in list_models()}
-    sizes = {name: getattr(model, "input_size", 224) for name, model in full.items()}
-    t_full = costs.cost_table(full, input_sizes=sizes, timing=None, crops_per_image=crops_per_image)
-    t_full.insert(1, "size", "full (paper)")
-    t_run = costs.cost_table(_timed_models(profile, dev), device=str(dev), timing=timing, memory=True,
-                             crops_per_image=crops_per_image)
-    if make_config(profile).model.size == "tiny":
-        t_run.insert(1, "size", "tiny (smoke)")
-        return pd.concat([t_full, t_run], ignore_index=True)
-    t_full = t_full.drop(columns=["device"])
-    keep = [c for c in t_run.columns if c not in t_full.columns or c == "model"]
-    return t_full.merge(t_run[keep], on="model", how="left")
-
-
