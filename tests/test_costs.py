@@ -7,8 +7,10 @@ from torch import nn
 
 from iqa_utils import devices
 from iqa_utils.config.check import make_config
+from iqa_utils.config.profiles import PROFILE_SCOPE
 from iqa_utils.models import costs, create_model
 from iqa_utils.models.deiqt import DEIQT
+from iqa_utils.reporting.paper_tables import cost_analysis
 
 DEIQT_PARAMS = 24_043_776          # docs/protocol.md §1
 DEIQT_GMACS = 4.67                 # encoder ≈4.60 + decoder ≈0.07 at 224
@@ -97,3 +99,15 @@ def test_full_size_models_are_shapes_only(name, low, high):
     params = list(model.parameters())
     assert all(p.device.type == "meta" for p in params)
     assert low < sum(p.numel() for p in params) < high
+
+
+def test_cost_analysis_counts_paper_size_and_times_the_profile_models(monkeypatch):
+    """Notebook 05's table: the three models at full size (params, MACs; no timing) and at the profile's
+    size on the device, at the profile's Timing (shrunk here to one repetition)."""
+    monkeypatch.setitem(PROFILE_SCOPE["smoke"], "cost", {"batch": 1, "train_batch": 2, "warmup": 0, "iters": 1})
+    t = cost_analysis("smoke", "cpu")
+    assert t["size"].tolist() == ["full (paper)"] * 3 + ["tiny (smoke)"] * 3
+    assert t["model"].tolist()[:3] == t["model"].tolist()[3:] == ["DEIQT", "CSFIQA", "LML-IQA"]
+    full, tiny = t.iloc[:3].set_index("model"), t.iloc[3:].set_index("model")
+    assert 200 < full.filter(like="params").iloc[:, 0]["CSFIQA"] < 260          # millions, LLaMA layer included
+    assert (tiny.filter(like="params").iloc[:, 0] < 5).all()

@@ -12,7 +12,8 @@ from iqa_utils.models import create_model
 from iqa_utils.models import losses as L
 from iqa_utils.models.costs import csfiqa_cost
 from iqa_utils.data.splits import make_split
-from iqa_utils.models.csfiqa import SelectiveAttention, build_crossvit, crossvit_key_map, topk_attention
+from iqa_utils.models.csfiqa import (SelectiveAttention, branch_sizes, build_crossvit, crossvit_key_map,
+                                     topk_attention)
 from iqa_utils.models.pretrained import WeightsError, load_encoder_weights, load_weights, save_weights
 from iqa_utils.training import engine
 
@@ -455,3 +456,11 @@ def test_weights_files_leave_out_the_frozen_llama_layer(tmp_path):
     save_file(saved, str(tmp_path / "short.safetensors"))
     with pytest.raises(WeightsError, match="ic.w1.weight"):
         load_weights(other, tmp_path / "short.safetensors")
+
+
+@pytest.mark.parametrize("size,patch,sides", [(240, (12, 16), (240, 224)), (224, (12, 16), (228, 208)),
+                                              (96, (8, 16), (96, 96)), (120, (8, 16), (120, 112))])
+def test_branch_sizes_are_multiples_of_each_branch_patch(size, patch, sides):
+    """timm's 240 -> (240, 224); the large branch at input * 224/240; tiny's 8-px small branch (D3)."""
+    assert branch_sizes(size, patch) == sides
+    assert all(s % p == 0 for s, p in zip(sides, patch))

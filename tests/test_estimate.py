@@ -10,7 +10,7 @@ import pytest
 from iqa_utils.cli import main
 from iqa_utils.config.check import make_config
 from iqa_utils.config.fields import ConfigError
-from iqa_utils.runs.estimate import _row, plan_table, relative_cost, run_crops
+from iqa_utils.runs.estimate import _row, check_rate, plan_table, relative_cost, run_crops
 from iqa_utils.runs.experiments import manifest_for, notebook_runs
 from iqa_utils.runs.records import data_digest, record_path
 from iqa_utils.system import KitError
@@ -130,3 +130,10 @@ def test_an_unknown_profile_or_data_root_is_one_line(tmp_path, capsys):
         plan_table("huge", tmp_path)
     assert main(["plan", "--data-root", str(tmp_path / "nowhere"), "--no-memory"]) == 2
     assert capsys.readouterr().err == f"iqa-kit: --data-root: folder not found: {tmp_path / 'nowhere'}\n"
+
+
+@pytest.mark.parametrize("rate", [-5.0, 0.0, math.nan, math.inf])
+def test_check_rate_refuses_what_would_print_nonsense_hours(rate):
+    with pytest.raises(KitError, match=r"^--crops-per-s: .* is not a positive number"):
+        check_rate(rate, "--crops-per-s")
+    assert check_rate(None) is None and check_rate(8000.0) == 8000.0

@@ -171,3 +171,15 @@ def test_other_crop_sizes_resample_the_positions(tmp_path):
     own = model.encoder.state_dict()
     assert own["pos_embed"].shape == (1, 16, 48) and saved["pos_embed"].shape == (1, 144, 48)
     assert all(torch.equal(own[k], saved[k]) for k in own if k != "pos_embed")
+
+
+def test_build_ahead_builds_what_the_models_load_once(tmp_path, capsys):
+    """`iqa-kit proxy`: the encoders of the configs that load proxy weights, each file once; a config
+    from scratch builds nothing."""
+    cfg = lambda model, pretrained: make_config("smoke", model, {"data.data_root": str(tmp_path),
+                                                                   "model.pretrained": pretrained})
+    assert proxy.build_ahead([cfg("deiqt", False)]) == []
+    folders = proxy.build_ahead([cfg("deiqt", True), cfg("lmliqa", True), cfg("deiqt", False)])
+    assert folders == [proxy.folder(str(tmp_path), proxy.DEFAULT_RECIPE)]
+    assert (folders[0] / "vit_tiny.safetensors").is_file()
+    assert capsys.readouterr().out.count("proxy pretraining: building vit_tiny") == 1   # LML-IQA reuses it

@@ -12,7 +12,8 @@ import pytest
 from iqa_utils import cli
 from iqa_utils.models.pretrained import WEIGHTS_ENV
 from iqa_utils.reporting import plots
-from iqa_utils.reporting.index import REHEARSAL_MARK
+from iqa_utils.reporting.index import REHEARSAL_MARK, profile_reason
+from iqa_utils.reporting.paper_tables import paper_versions
 from iqa_utils.reporting.notebook import Session, setup
 from iqa_utils.runs import experiments
 
@@ -95,3 +96,15 @@ def test_reproduce_hands_the_weights_folder_to_the_notebooks_not_to_its_own_envi
                      "--results-dir", str(results)]) == 0
     assert (results / "weights.txt").read_text() == str(stand_ins)
     assert WEIGHTS_ENV not in os.environ
+
+
+def test_profile_reason_says_why_a_profile_cannot_be_compared():
+    assert "smoke profile" in profile_reason("smoke")
+    assert "rehearsal" in profile_reason("paper-rehearsal") and "rehearsal" in profile_reason("quick-rehearsal")
+    assert profile_reason("paper") is None and profile_reason("quick") is None and profile_reason(None) is None
+
+
+def test_paper_versions_follow_the_overrides():
+    """`--set csfiqa.version=v1` quotes CSFIQA v1's numbers; LML-IQA keeps the profile's version."""
+    assert paper_versions("paper") == {"CSFIQA": "v2", "LML-IQA": "v2"}
+    assert paper_versions("paper", {"csfiqa.version": "v1"}) == {"CSFIQA": "v1", "LML-IQA": "v2"}
