@@ -385,3 +385,8 @@ def test_a_drive_session_keeps_the_caches_on_drive_and_stores_local(tmp_path, mo
     monkeypatch.delenv("IQA_KIT_CACHE")
     setup("00_data_prep", drive_dir=str(tmp_path / "drive"))
     assert os.environ["IQA_KIT_CACHE"] == str(tmp_path / "drive" / "cache")
+
+
+def test_free_memory_measures_ram_and_no_gpu_on_a_cpu():
+    free = FreeMemory.measure("cpu")
+    assert free.ram_available > 0 and free.gpu_free == 0

@@ -21,7 +21,8 @@ from iqa_utils.devices import atomic_save
 from iqa_utils.training import engine
 from iqa_utils.training.engine import TrainingInterrupted, train_run
 from iqa_utils.training.evaluation import LabelNorm, evaluate
-from iqa_utils.training.optim import lr_at, param_groups
+from iqa_utils.training.checkpoint import rng_state, set_rng_state
+from iqa_utils.training.optim import lr_at, make_optimizer, param_groups, schedule_value
 from iqa_utils.training.predict import load_trained, predict_images
 
 from helpers import tiny_cfg
@@ -261,3 +262,30 @@ def test_evaluating_less_often_changes_no_number(tiny_data, tmp_path):
     assert other["final"] == every["final"] and other["predictions"] == every["predictions"]
     a, b = _weights(tmp_path / "1"), _weights(tmp_path / "2")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_value_by_hand():
+    """DEIQT's step schedule: linear warm-up over 2 epochs of 10 updates, then x0.1 every 3 epochs."""
+    train = TrainConfig(lr=1e-3, warmup_lr=1e-6, warmup_epochs=2, decay_epochs=3, decay_rate=0.1)
+    assert schedule_value(0, 10, train) == pytest.approx(1e-6)
+    assert schedule_value(10, 10, train) == pytest.approx(1e-6 + 10 * (1e-3 - 1e-6) / 20)
+    assert schedule_value(20, 10, train) == pytest.approx(1e-3)            # 20 // 30 = 0 decays
+    assert schedule_value(30, 10, train) == pytest.approx(1e-4)
+    assert schedule_value(65, 10, train) == pytest.approx(1e-5)
+
+
+def test_make_optimizer_starts_at_the_warm_up_rate_without_decay_on_norms():
+    train = TrainConfig(lr=1e-3, warmup_lr=2e-7, weight_decay=0.05, betas=(0.9, 0.95))
+    opt = make_optimizer(DEIQT("tiny", 32), train, torch.device("cpu"))
+    assert {g["lr"] for g in opt.param_groups} == {2e-7}
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, 0.05]
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_set_rng_state_puts_every_stream_back():
+    gen = torch.Generator().manual_seed(3)
+    saved = rng_state(gen)
+    first = (torch.rand(2), np.random.rand(), torch.randint(9, (3,), generator=gen))
+    set_rng_state(saved, gen)
+    again = (torch.rand(2), np.random.rand(), torch.randint(9, (3,), generator=gen))
+    assert torch.equal(first[0], again[0]) and first[1] == again[1] and torch.equal(first[2], again[2])

@@ -222,3 +222,10 @@ def test_visual_context_trains_with_the_session_s_overrides(tmp_path):
     assert {m: r["config"]["train"]["epochs"] for m, r in V.records.items()} == dict.fromkeys(V.models, 0)
     assert all(V.config(m).data.crops_test == 2 for m in V.models)
     assert all(r["config"]["data"]["crops_test"] == 2 for r in V.records.values())
+
+
+def test_not_made_holds_the_reason_in_the_figure_and_its_caption():
+    fig, caption = figures.not_made("MOS at two scales", "no labels_image_3patch.csv")
+    assert caption == "MOS at two scales: not made: no labels_image_3patch.csv"
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+    assert any("no labels_image_3patch.csv" in t for t in texts)
